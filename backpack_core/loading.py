@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import tempfile
 from pathlib import Path
 
@@ -180,6 +181,23 @@ def resolve_source(source: str | os.PathLike | None) -> Path:
     return _download(text)
 
 
+def _load_pickled_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """torch.load with weights_only=True: tensors and plain containers only, never code."""
+    try:
+        try:
+            raw = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as err:
+            if "mmap" not in str(err).lower() and "zip" not in str(err).lower():
+                raise
+            raw = torch.load(path, map_location="cpu", weights_only=True)  # legacy pickle
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(f"refusing to load {path}: it holds objects other than tensors, "
+                              f"and loading it would run code ({str(err).splitlines()[0]})") from err
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path} does not hold a state dict")
+    return raw
+
+
 def load_backpack(source: str | os.PathLike | None = None, device=None, dtype=None
                   ) -> tuple[Backpack, Tokenizer]:
     """The core model (plain PyTorch, eval mode) and its tokenizer. No transformers import."""
@@ -203,11 +221,7 @@ def load_backpack(source: str | os.PathLike | None = None, device=None, dtype=No
             config = ModelConfig.from_dict(raw_config)
             state = {k.removeprefix("backpack."): v for k, v in state.items()}
     elif (directory / PUBLISHED_WEIGHTS).is_file():
-        try:  # weights_only: tensors only, never code
-            raw = torch.load(directory / PUBLISHED_WEIGHTS, map_location="cpu",
-                             weights_only=True, mmap=True)
-        except RuntimeError:  # a legacy (non-zip) pickle cannot be memory-mapped
-            raw = torch.load(directory / PUBLISHED_WEIGHTS, map_location="cpu", weights_only=True)
+        raw = _load_pickled_tensors(directory / PUBLISHED_WEIGHTS)
         config = published_config(raw_config)
         state = convert_published_state_dict(raw, config.n_layer)
     else:

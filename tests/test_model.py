@@ -1,0 +1,179 @@
+"""The model core: shapes, the cache, padding, the twin, saving and loading, tokenizers, generate."""
+
+import json
+
+import pytest
+import torch
+
+from backpack_core import (Backpack, CheckpointError, ModelConfig, gpt2_tokenizer, load_backpack,
+                           save_backpack, train_bpe)
+from backpack_core.config import PRESETS
+from backpack_core.model import count_parameters, flops_per_token
+
+
+def tiny(**overrides):
+    torch.manual_seed(0)
+    return Backpack(ModelConfig(**{**PRESETS["tiny"], **overrides})).eval()
+
+
+def test_forward_shapes_and_loss():
+    model = tiny()
+    ids = torch.randint(0, 512, (2, 10))
+    out = model(ids, labels=ids, output_contextualization=True, output_senses=True,
+                output_hidden_states=True)
+    assert out.logits.shape == (2, 10, 512)
+    assert out.contextualization.shape == (2, 4, 10, 10)
+    assert out.senses.shape == (2, 4, 10, 32)
+    assert out.hidden_states.shape == (2, 10, 32)
+    # weights are a causal distribution over sources, per sense and query
+    alpha = out.contextualization
+    torch.testing.assert_close(alpha.sum(-1), torch.ones(2, 4, 10))
+    assert alpha.triu(1).abs().max() == 0
+    manual = torch.nn.functional.cross_entropy(out.logits[:, :-1].reshape(-1, 512),
+                                               ids[:, 1:].reshape(-1))
+    torch.testing.assert_close(out.loss, manual)
+
+
+def test_output_is_weighted_sum_of_senses():
+    """logits_i = E sum_l sum_j alpha[l,i,j] C(x_j)_l, with senses context-free."""
+    model = tiny()
+    ids = torch.randint(0, 512, (1, 7))
+    out = model(ids, output_contextualization=True, output_senses=True)
+    torch.testing.assert_close(out.senses[0].transpose(0, 1), model.sense_vectors(ids[0]))
+    mixed = torch.einsum("kij,kjd->id", out.contextualization[0], out.senses[0])
+    torch.testing.assert_close(out.logits[0], mixed @ model.wte.weight.T, atol=1e-5, rtol=1e-5)
+
+
+def test_cache_continues_exactly():
+    model = tiny()
+    ids = torch.randint(0, 512, (2, 12))
+    full = model(ids, output_contextualization=True)
+    first = model(ids[:, :5], use_cache=True)
+    second = model(ids[:, 5:9], past_key_values=first.past_key_values, use_cache=True)
+    third = model(ids[:, 9:], past_key_values=second.past_key_values, use_cache=True,
+                  output_contextualization=True)
+    logits = torch.cat([first.logits, second.logits, third.logits], dim=1)
+    torch.testing.assert_close(logits, full.logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(third.contextualization, full.contextualization[:, :, 9:],
+                               atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_padding_never_leaks(side):
+    model = tiny()
+    ids = torch.randint(1, 512, (2, 9))
+    mask = torch.ones(2, 9, dtype=torch.long)
+    padded = ids.clone()
+    real = slice(3, 9) if side == "left" else slice(0, 6)
+    pad = slice(0, 3) if side == "left" else slice(6, 9)
+    mask[1, pad] = 0
+    padded[1, pad] = 0
+    out = model(padded, attention_mask=mask, output_contextualization=True)
+    alone = model(ids[1:2, real] if side == "left" else padded[1:2, real],
+                  output_contextualization=True)
+    torch.testing.assert_close(out.logits[1, real], alone.logits[0], atol=1e-5, rtol=1e-5)
+    # no real query puts weight on a padded source
+    real_rows = out.contextualization[1][:, real]
+    assert real_rows[..., pad].abs().max() == 0
+    # the unpadded row is unaffected by its neighbour's padding
+    torch.testing.assert_close(out.logits[0], model(ids[:1]).logits[0], atol=1e-5, rtol=1e-5)
+
+
+def test_transformer_twin():
+    model = tiny(model_kind="transformer")
+    assert not hasattr(model, "sense_network")
+    out = model(torch.randint(0, 512, (1, 6)), output_contextualization=True)
+    assert out.logits.shape == (1, 6, 512) and out.contextualization is None
+    parts = count_parameters(model)
+    assert "sense_network" not in parts and parts["total"] == sum(
+        p.numel() for p in model.parameters())
+
+
+def test_flops_count_more_for_backpack():
+    bp, tf = ModelConfig(**PRESETS["tiny"]), ModelConfig(**PRESETS["tiny"], model_kind="transformer")
+    assert flops_per_token(bp, 64) > flops_per_token(tf, 64) > 0
+
+
+def test_too_long_and_bad_config_are_clear():
+    model = tiny()
+    with pytest.raises(ValueError, match="longer than the model's context of 64"):
+        model(torch.zeros(1, 65, dtype=torch.long))
+    with pytest.raises(ValueError, match="n_embd .* divisible by num_senses"):
+        ModelConfig(n_embd=30, n_head=2, num_senses=4)
+    with pytest.raises(ValueError, match="model_kind must be one of"):
+        ModelConfig(model_kind="rnn")
+
+
+def test_published_details_change_the_function():
+    base = tiny()
+    torch.manual_seed(0)
+    published = Backpack(ModelConfig(**PRESETS["tiny"], scale_attn_by_inverse_layer_idx=True,
+                                     sense_mask_value=-10000.0)).eval()
+    published.load_state_dict(base.state_dict())
+    ids = torch.randint(0, 512, (1, 8))
+    assert not torch.allclose(base(ids).logits, published(ids).logits)
+
+
+def test_save_load_round_trip(tmp_path):
+    model = tiny()
+    tok = train_bpe(["the river bank", "the bank of the river", "money in the bank"] * 20, 300)
+    save_backpack(model, tok, tmp_path)
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {
+        p.name for p in tmp_path.iterdir()}
+    assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "backpack"
+    loaded, tok2 = load_backpack(tmp_path, device="cpu")
+    ids = torch.tensor([tok.encode("the river bank")])
+    assert torch.equal(loaded(ids).logits, model(ids).logits)
+    assert tok2.encode("money in the bank") == tok.encode("money in the bank")
+    assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
+
+
+def test_save_load_through_transformers(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from backpack_core import BackpackLM
+
+    lm = BackpackLM.from_backpack(tiny())
+    lm.save_pretrained(tmp_path)
+    ids = torch.randint(0, 512, (1, 9))
+    again = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert isinstance(again, BackpackLM)
+    assert torch.equal(again(ids).logits, lm(ids).logits)
+    # our light loader reads the same files (given a tokenizer that fits the tiny vocabulary)
+    (tmp_path / "tokenizer.json").write_text(train_bpe(["a b c"] * 5, 280).backend.to_str())
+    light, _ = load_backpack(tmp_path)
+    assert torch.equal(light(ids).logits, lm.backpack(ids).logits)
+
+
+def test_bad_sources_are_clear(tmp_path):
+    with pytest.raises(CheckpointError, match="not a directory"):
+        load_backpack(tmp_path / "nope")
+    with pytest.raises(CheckpointError, match="no config.json"):
+        load_backpack(tmp_path)
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        load_backpack(tmp_path)
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(CheckpointError, match="neither model.safetensors nor pytorch_model.bin"):
+        load_backpack(tmp_path)
+    with pytest.raises(ValueError, match="unknown dtype"):
+        from backpack_core import resolve_dtype
+        resolve_dtype("float7", torch.device("cpu"))
+
+
+def test_gpt2_tokenizer_is_byte_identical():
+    tok = gpt2_tokenizer()
+    assert len(tok) == 50257 and tok.eos_token_id == 50256
+    assert tok.encode("Hello world, science!") == [15496, 995, 11, 3783, 0]
+    assert tok.convert_ids_to_tokens([3783]) == ["Ġscience"]
+    text = "Backpacks carry senses: naïve café ☕ <|endoftext|>"
+    assert tok.decode(tok.encode(text)) == text
+    assert tok.encode("<|endoftext|>") == [50256]
+    hf = tok.to_transformers()
+    assert hf("Hello world, science!").input_ids == [15496, 995, 11, 3783, 0]
+
+
+def test_trained_bpe_has_eos_first():
+    tok = train_bpe(["science and engineering"] * 50, 300)
+    assert tok.eos_token_id == 0
+    assert tok.decode(tok.encode("science and engineering")) == "science and engineering"
