@@ -290,6 +290,9 @@ class Backpack(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
+        # Compute each distinct token's senses once per batch and gather them back. The same
+        # function; faster on CPU, slower on GPU (reference doc), so off unless asked for.
+        self.dedup_senses = False
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)  # E: input, senses and output
         self.contextualizer = Contextualizer(config)
         if config.is_backpack:
@@ -381,7 +384,11 @@ class Backpack(nn.Module):
             logits = self.output_logits(hidden_states)
         else:
             # 1. senses of the new tokens (context-free), joined to the cached prefix's
-            senses_new = self.sense_network(token_embeddings)  # (b, s, k, d)
+            if self.dedup_senses:  # once per distinct token: exact, and cheaper on CPU
+                unique_ids, inverse = torch.unique(input_ids, return_inverse=True)
+                senses_new = self.sense_network(self.wte(unique_ids))[inverse]  # (b, s, k, d)
+            else:
+                senses_new = self.sense_network(token_embeddings)  # (b, s, k, d)
             senses_new = rearrange(senses_new, "b s k d -> b k s d")
             if intervention is not None:
                 senses_new = intervention.on_senses(senses_new, input_ids, positions)

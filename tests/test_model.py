@@ -5,8 +5,15 @@ import json
 import pytest
 import torch
 
-from backpack_core import (Backpack, CheckpointError, ModelConfig, gpt2_tokenizer, load_backpack,
-                           save_backpack, train_bpe)
+from backpack_core import (
+    Backpack,
+    CheckpointError,
+    ModelConfig,
+    gpt2_tokenizer,
+    load_backpack,
+    save_backpack,
+    train_bpe,
+)
 from backpack_core.config import PRESETS
 from backpack_core.model import count_parameters, flops_per_token
 

@@ -1,0 +1,53 @@
+import math
+
+import torch
+
+from backpack_core import Backpack, ModelConfig, train_bpe
+from backpack_core.config import PRESETS
+from backpack_core.evaluation import load_benchmark, perplexity, spearman, word_similarity
+
+
+def test_spearman_matches_definition():
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == 1.0
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == -1.0
+    # ties get average ranks: ranks x = [1, 2.5, 2.5, 4], y = [1, 2, 3, 4]
+    rx, ry = [1, 2.5, 2.5, 4], [1, 2, 3, 4]
+    mx, my = sum(rx) / 4, sum(ry) / 4
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
+    expected = cov / math.sqrt(sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry))
+    assert abs(spearman([1, 2, 2, 3], [1, 2, 3, 4]) - expected) < 1e-12
+
+
+def test_perplexity_equals_exp_mean_loss():
+    torch.manual_seed(0)
+    model = Backpack(ModelConfig(**PRESETS["tiny"])).eval()
+    ids = torch.randint(0, 512, (150,))
+    result = perplexity(model, ids, words=100, seq_len=64, batch_size=2)
+    # reference: the model's own loss on each window, weighted by predicted tokens
+    nll, count = 0.0, 0
+    for i in range(0, 150 - 1, 64):
+        w = ids[i:i + 64][None]
+        if w.shape[1] < 2:
+            continue
+        with torch.no_grad():
+            loss = model(w, labels=w).loss
+        nll += float(loss) * (w.shape[1] - 1)
+        count += w.shape[1] - 1
+    assert result.tokens == count
+    assert abs(result.loss - nll / count) < 1e-5
+    assert abs(result.word_perplexity - math.exp(nll / 100)) < 1e-3 * math.exp(nll / 100)
+
+
+def test_word_similarity_covers_methods_and_pairs():
+    pairs = load_benchmark("wordsim353")
+    assert len(pairs) == 353 and pairs[0] == ("love", "sex", 6.77)
+    words = sorted({w for p in pairs[:60] for w in p[:2]})
+    tok = train_bpe([" ".join(words)] * 30, 600, min_frequency=1)
+    torch.manual_seed(0)
+    model = Backpack(ModelConfig(**{**PRESETS["tiny"], "vocab_size": 640})).eval()
+    result = word_similarity(model, tok, "wordsim353", extra={"constant_len": lambda a, b: len(a + b)})
+    assert 0 < result.pairs_used <= 353
+    methods = set(result.spearman)
+    assert {"embedding", "sense_0", "sense_3", "sense_pairs_min", "sense_pairs_max",
+            "sense_pairs_mean", "senses_mean", "constant_len"} <= methods
+    assert all(-1 <= v <= 1 for v in result.spearman.values() if not math.isnan(v))
