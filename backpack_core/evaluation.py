@@ -202,3 +202,46 @@ def word_similarity(model: Backpack, tokenizer, benchmark: str,
         scores[name] = [fn(u[0], u[1]) for u in used]
     return SimilarityResult(benchmark=benchmark, pairs_total=len(pairs), pairs_used=len(used),
                             spearman={m: spearman(s, human) for m, s in scores.items()})
+
+
+# ----------------------------------------------------------------------------------------------
+# word2vec baseline (gensim), trained on the same corpus
+# ----------------------------------------------------------------------------------------------
+
+def corpus_sentences(paths: Iterable[str | Path]) -> Iterable[list[str]]:
+    """Lower-cased word lists, one per line of text, from .jsonl ({"text": ...}) or .txt files."""
+    import json
+    import re
+
+    word = re.compile(r"[a-z]+(?:'[a-z]+)?")
+    for path in paths:
+        path = Path(path)
+        with path.open(encoding="utf-8") as f:
+            for line in f:
+                text = json.loads(line)["text"] if path.suffix == ".jsonl" else line
+                for sentence in text.lower().splitlines():
+                    words = word.findall(sentence)
+                    if len(words) > 1:
+                        yield words
+
+
+def train_word2vec(paths: Iterable[str | Path], dim: int = 256, window: int = 5, epochs: int = 5,
+                   min_count: int = 5, workers: int = 2, seed: int = 0):
+    """Skip-gram word2vec on the corpus (the reference baseline). Returns gensim KeyedVectors."""
+    try:
+        from gensim.models import Word2Vec
+    except ImportError as err:
+        raise ImportError("the word2vec baseline needs gensim: pip install gensim") from err
+    sentences = list(corpus_sentences(paths))
+    model = Word2Vec(sentences=sentences, vector_size=dim, window=window, min_count=min_count,
+                     sg=1, workers=workers, epochs=epochs, seed=seed)
+    return model.wv
+
+
+def keyed_vectors_similarity(wv) -> Callable[[str, str], float | None]:
+    """(w1, w2) -> cosine, or None when either word is out of the vocabulary."""
+    def similarity(w1: str, w2: str) -> float | None:
+        if w1 not in wv.key_to_index or w2 not in wv.key_to_index:
+            return None
+        return float(wv.similarity(w1, w2))
+    return similarity
