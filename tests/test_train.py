@@ -1,0 +1,199 @@
+"""The trainer on the tiny config: loss falls, an interrupted run resumes to exactly the
+uninterrupted run's losses and weights, gradient accumulation and 2 gloo processes match one
+process with the same global batch, and user errors are messages, not tracebacks."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from backpack_core import load_backpack
+from backpack_core.data.loader import ShardSet, eval_windows, gather
+from backpack_core.data.prepare import prepare
+from backpack_core.train import main, run
+from backpack_core.training.checkpoint import saved_step
+from backpack_core.training.config import ConfigError, load_run_config
+from backpack_core.training.schedule import lr_at
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest (and least disturbed by other jobs) on one thread."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def write_corpus(path: Path, n_docs: int = 300, seed: int = 0) -> None:
+    """Short documents of a tiny grammar: learnable, so the loss has somewhere to fall."""
+    rng = random.Random(seed)
+    subjects = ["the cat", "a dog", "my friend", "the teacher", "a bird", "the king", "our baker"]
+    verbs = ["sees", "likes", "eats", "finds", "follows", "hears", "paints"]
+    objects = ["the fish", "an apple", "the river", "a song", "the road", "fresh bread", "a hat"]
+    with open(path, "w") as f:
+        for _ in range(n_docs):
+            sentences = [f"{rng.choice(subjects)} {rng.choice(verbs)} {rng.choice(objects)}."
+                         for _ in range(rng.randint(2, 6))]
+            f.write(json.dumps({"text": " ".join(sentences)}) + "\n")
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("corpus")
+    write_corpus(root / "docs.jsonl")
+    prepare(root / "shards", [root / "docs.jsonl"], tokenizer="bpe:300", val_fraction=0.05,
+            progress=False)
+    return root / "shards"
+
+
+def tiny(shards: Path, out_dir: Path, *overrides: str):
+    return load_run_config("tiny", [f"data.dir={shards}", f"train.out_dir={out_dir}",
+                                    "train.log_every=1", *overrides])
+
+
+def records(out_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def losses(out_dir: Path) -> list[tuple[int, float]]:
+    return [(r["step"], r["loss"]) for r in records(out_dir) if "loss" in r]
+
+
+def test_tiny_config_loss_falls_and_checkpoint_loads(shards, tmp_path):
+    out = tmp_path / "run"
+    result = run(tiny(shards, out, "train.max_steps=40"))
+    assert result.exit_code == 0 and result.step == 40 and saved_step(out) == 40
+    curve = [loss for _, loss in losses(out)]
+    assert len(curve) == 40
+    assert np.mean(curve[:3]) - np.mean(curve[-5:]) > 1.5, curve  # ln(320) = 5.8 -> well below 4
+    evals = [r for r in records(out) if "val_loss" in r]
+    assert [r["step"] for r in evals] == [20, 40] and evals[1]["val_loss"] < evals[0]["val_loss"]
+    first = records(out)[0]
+    assert set(first) >= {"step", "loss", "lr", "tokens_per_s", "mfu", "mem_gib", "tokens"}
+    assert first["mfu"] is None and first["tokens"] == 8 * 32  # no invented CPU peak
+
+    # The run directory is a model in our format: loading it reproduces the final val loss.
+    model, tokenizer = load_backpack(out)
+    assert model.config.vocab_size == 320 and model.config.eos_token_id == tokenizer.eos_token_id
+    data = ShardSet(shards)
+    starts = eval_windows(data.val, 32, 4 * 8)
+    batch = gather(data.val, starts, 32)
+    with torch.no_grad():
+        val = float(model(batch, labels=batch).loss)
+    assert val == pytest.approx(evals[1]["val_loss"], abs=1e-5)
+    config = json.loads((out / "run_config.json").read_text())
+    assert config["train"]["max_steps"] == 40 and config["resolved"]["global_batch"] == 8
+
+
+def test_interrupted_run_resumes_exactly(shards, tmp_path):
+    """SIGTERM at step 13 saves and exits; --resume replays steps 14..30 bit for bit, dropout on."""
+    settings = ("train.max_steps=30", "train.ckpt_every=10", "train.eval_every=10",
+                "model.embd_pdrop=0.1", "model.resid_pdrop=0.1", "model.attn_pdrop=0.1")
+    full, part = tmp_path / "full", tmp_path / "part"
+    run(tiny(shards, full, *settings))
+
+    def interrupt(step: int) -> None:
+        if step == 13:
+            signal.raise_signal(signal.SIGTERM)  # the real handler: finish step, save, stop
+
+    handler_before = signal.getsignal(signal.SIGTERM)
+    stopped = run(tiny(shards, part, *settings), on_step=interrupt)
+    assert (stopped.step, stopped.stopped_by, stopped.exit_code) == (13, "SIGTERM", 128 + signal.SIGTERM)
+    assert saved_step(part) == 13 and losses(part)[-1][0] == 13
+    assert signal.getsignal(signal.SIGTERM) == handler_before  # handlers restored
+
+    assert main(["--resume", str(part)]) == 0  # config from the run's own run_config.json
+    assert losses(part) == losses(full)  # exact equality, not approx
+    assert [r for r in records(part) if "val_loss" in r] == [r for r in records(full) if "val_loss" in r]
+    a, b = load_file(str(full / "model.safetensors")), load_file(str(part / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_gradient_accumulation_matches_bigger_batch(shards, tmp_path):
+    run(tiny(shards, tmp_path / "big", "train.max_steps=8", "train.batch_size=8"))
+    run(tiny(shards, tmp_path / "accum", "train.max_steps=8", "train.batch_size=4", "train.grad_accum=2"))
+    big, accum = losses(tmp_path / "big"), losses(tmp_path / "accum")
+    assert [s for s, _ in big] == [s for s, _ in accum] == list(range(1, 9))
+    assert np.allclose([v for _, v in big], [v for _, v in accum], rtol=0, atol=1e-5)
+
+
+def test_two_gloo_processes_match_one(shards, tmp_path):
+    """torchrun, 2 CPU processes x batch 4 == 1 process x batch 8 (same global batch)."""
+    steps = ("train.max_steps=10", "train.eval_every=5")
+    run(tiny(shards, tmp_path / "one", *steps, "train.batch_size=8"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "backpack_core.train", "--config", "tiny", f"data.dir={shards}",
+           f"train.out_dir={tmp_path / 'two'}", "train.log_every=1", "train.batch_size=4", *steps]
+    proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    one, two = records(tmp_path / "one"), records(tmp_path / "two")
+    assert [sorted(r) for r in one] == [sorted(r) for r in two]  # rank 0 alone wrote: no duplicates
+    for a, b in zip(one, two, strict=True):
+        key = "loss" if "loss" in a else "val_loss"
+        assert a["step"] == b["step"] and abs(a[key] - b[key]) < 1e-5, (a, b)
+    assert json.loads((tmp_path / "two" / "run_config.json").read_text())["resolved"]["world_size"] == 2
+
+
+def test_schedule_warmup_then_decay_to_min_lr():
+    kw = dict(lr=1.0, min_lr=0.1, warmup_steps=4, max_steps=20)
+    assert [lr_at(s, **kw) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    for schedule in ("linear", "cosine"):
+        values = [lr_at(s, schedule=schedule, **kw) for s in range(4, 20)]
+        assert values[0] == 1.0 and values[-1] == pytest.approx(0.1)
+        assert all(a >= b for a, b in zip(values, values[1:]))
+
+
+def test_config_overrides_are_typed_and_errors_are_clear(shards, tmp_path, capsys):
+    cfg = load_run_config("tiny", ["train.lr=3e-4", "model.n_layer=3", "train.betas=0.9,0.99",
+                                   "train.compile=true", "model.n_inner=none", "train.max_tokens=1e6"])
+    assert cfg.train.lr == 3e-4 and cfg.model["n_layer"] == 3 and cfg.train.betas == (0.9, 0.99)
+    assert cfg.train.compile is True and cfg.model["n_inner"] is None
+    assert cfg.train.max_tokens == 1_000_000 and cfg.train.max_steps == 0  # the budget said last wins
+    twin = load_run_config("transformer-52m")
+    assert twin.model["model_kind"] == "transformer" and twin.model["n_embd"] == 512
+
+    for overrides, expected in [
+        (["train.lrr=1"], "unknown key train.lrr. Did you mean train.lr?"),
+        (["train.lr=fast"], "train.lr must be float, got 'fast'"),
+        (["train.schedule=step"], "train.schedule must be one of linear, cosine, constant"),
+        (["model.n_head=3"], "n_embd (32) must be divisible by n_head (3)"),
+        (["lr=1"], "not of the form section.key=value"),
+    ]:
+        assert expected in main_error(["--config", "tiny", *overrides, f"data.dir={shards}",
+                                       f"train.out_dir={tmp_path / 'x'}"], capsys)
+    assert "does not exist" in main_error(["--config", "tiny", f"data.dir={tmp_path / 'nope'}"], capsys)
+    assert "python -m backpack_core.data.prepare" in main_error(["--config", "tiny", f"data.dir={tmp_path}"],
+                                                                capsys)
+    with pytest.raises(ConfigError, match="not found"):
+        load_run_config("no-such-config")
+
+
+def test_refuses_to_clobber_and_to_resume_nothing(shards, tmp_path, capsys):
+    out = tmp_path / "run"
+    run(tiny(shards, out, "train.max_steps=2"))
+    base = ["--config", "tiny", f"data.dir={shards}", f"train.out_dir={out}"]
+    assert "--resume to continue it" in main_error(base, capsys)
+    assert "cannot resume" in main_error([*base, "--resume", "model.n_layer=3"], capsys)
+    assert "nothing to resume" in main_error(["--config", "tiny", f"data.dir={shards}",
+                                              f"train.out_dir={tmp_path / 'new'}", "--resume"], capsys)
+
+
+def main_error(argv: list[str], capsys) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+    return err
