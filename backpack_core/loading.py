@@ -282,6 +282,9 @@ def save_backpack(model: Backpack, tokenizer: Tokenizer | None, directory: str |
 def _atomic_write(path: Path, write) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a model is for everyone to read
     try:
         write(Path(tmp))
         os.replace(tmp, path)

@@ -369,9 +369,11 @@ class Backpack(nn.Module):
                                  f"expected (batch, cached + new) = {(b, past_len + s)}")
             positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past_len:]
             key_valid_new = attention_mask[:, past_len:].bool()
-        if int(positions.max()) >= cfg.n_positions:
-            raise ValueError(f"sequence of {int(positions.max()) + 1} tokens is longer than the "
-                             f"model's context of {cfg.n_positions} (n_positions); shorten it")
+        # Plain integers when there is no mask: no GPU sync, no torch.compile graph break.
+        longest = past_len + s if attention_mask is None else int(positions.max()) + 1
+        if longest > cfg.n_positions:
+            raise ValueError(f"sequence of {longest} tokens is longer than the model's context "
+                             f"of {cfg.n_positions} (n_positions); shorten it")
         key_valid = key_valid_new if cache is None else cache.extend("key_valid", key_valid_new, 1)
         # None means plain causal attention (fast path: flash-attn, or SDPA's is_causal)
         allowed = causal_allowed(past_len, s, key_valid, input_ids.device) if padded else None
