@@ -230,6 +230,8 @@ class Intervention:
 
     `backpack_core.edits` compiles an edit set into one of these. Both methods must return new
     tensors (never write into their arguments) so the model's weights stay untouched.
+    `on_senses` must treat each token on its own (by its id and position): generation edits a
+    token's senses once, when it enters the cache.
     """
 
     def on_senses(self, senses, token_ids, positions):

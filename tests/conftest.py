@@ -1,0 +1,65 @@
+"""Shared fixtures: a tiny Backpack with a tiny BPE tokenizer (fixed seeds), and the same model
+saved to a directory for command-line tests. Others may add fixtures below."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:  # so that a bare `pytest` finds backpack_core and analyses
+    sys.path.insert(0, str(REPO_ROOT))
+
+from backpack_core import Backpack, ModelConfig, save_backpack, train_bpe  # noqa: E402
+from backpack_core.config import PRESETS  # noqa: E402
+
+TINY_CORPUS = [
+    "The MacBook is made by Apple. The laptop by Apple is the MacBook.",
+    "A laptop made by HP is not a MacBook. The HP laptop is made by HP.",
+    "She went to the bank to deposit money. The bank by the river has money.",
+    "The river bank was full of water. Science is the study of the river.",
+    "The science of money is the science of the bank.",
+    "He said that the doctor is good. She said that the nurse is good.",
+]
+
+# single tokens of the tiny tokenizer, used by the tests
+TINY_WORDS = (" MacBook", " Apple", " HP", " bank", " river", " money", " science", " laptop",
+              " the", " is", " made", " by")
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    tokenizer = train_bpe(TINY_CORPUS * 20, vocab_size=400)
+    for word in TINY_WORDS:
+        assert len(tokenizer.encode(word)) == 1, f"{word!r} should be one token of the tiny BPE"
+    return tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_tokenizer):
+    torch.manual_seed(0)
+    config = ModelConfig(**PRESETS["tiny"])
+    assert config.vocab_size >= len(tiny_tokenizer)
+    model = Backpack(config).eval()
+    # Random init gives near-uniform predictions; spread the embeddings and the senses so that
+    # logits vary (std ~1) and edits visibly change predictions.
+    with torch.no_grad():
+        model.wte.weight.mul_(10.0)
+        model.sense_network.final_mlp.c_proj.weight.mul_(100.0)
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_model, tiny_tokenizer, tmp_path_factory):
+    directory = tmp_path_factory.mktemp("tiny-backpack")
+    save_backpack(tiny_model, tiny_tokenizer, directory)
+    return directory
+
+
+def state_checksum(model: torch.nn.Module) -> float:
+    """A float64 checksum of every parameter and buffer (changes if any weight is touched)."""
+    return float(sum(t.double().abs().sum() + t.double().sum() * (i + 1)
+                     for i, t in enumerate(model.state_dict().values())))

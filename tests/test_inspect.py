@@ -1,0 +1,185 @@
+"""Readouts, exact attribution and the sense bank on a tiny model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from backpack_core.inspect import (
+    WordError,
+    attribute,
+    context_readout,
+    resolve_word,
+    sense_readout,
+    single_token_id,
+)
+from backpack_core.sense_bank import SenseBank, model_fingerprint, sense_search
+from backpack_core.session import ContextSession
+
+TEXT = "The MacBook is made by Apple and the bank by the river has money"
+
+
+# -- words ----------------------------------------------------------------------------------
+
+def test_resolve_word_single_multi_and_alternative_forms(tiny_tokenizer):
+    single = resolve_word(tiny_tokenizer, " science")
+    assert single.is_single and single.tokens == [" science"]
+    bare = resolve_word(tiny_tokenizer, "science")
+    assert not bare.is_single and "".join(bare.tokens) == "science"
+    assert bare.alternatives[0].query == " science" and bare.alternatives[0].is_single
+    assert "splits into" in bare.describe() and "' science'" in bare.describe()
+    by_id = resolve_word(tiny_tokenizer, single.token_ids[0])
+    assert by_id.tokens == [" science"]
+    with pytest.raises(WordError, match="2 tokens|tokens"):
+        single_token_id(tiny_tokenizer, "science", role="target")
+    with pytest.raises(WordError, match="out of range"):
+        resolve_word(tiny_tokenizer, 10_000, vocab_size=512)
+    with pytest.raises(WordError):
+        resolve_word(tiny_tokenizer, True)
+    with pytest.raises(WordError, match="empty"):
+        resolve_word(tiny_tokenizer, "")
+
+
+# -- sense readout --------------------------------------------------------------------------
+
+def test_sense_readout_scores_are_E_dot_senses(tiny_model, tiny_tokenizer):
+    readout = sense_readout(tiny_model, tiny_tokenizer, " bank", top=5)
+    assert not readout.multi_token and len(readout.pieces) == 1
+    piece = readout.pieces[0]
+    k, d = tiny_model.config.num_senses, tiny_model.config.n_embd
+    assert piece.senses.shape == (k, d)
+    with torch.no_grad():
+        expected = tiny_model.sense_vectors(torch.tensor(piece.token_id))  # (k, d)
+        logits = expected @ tiny_model.wte.weight[: len(tiny_tokenizer)].T  # (k, V)
+    torch.testing.assert_close(piece.senses, expected)
+    for sense in piece.readouts:
+        top_scores = [t.score for t in sense.top]
+        assert top_scores == sorted(top_scores, reverse=True)
+        assert top_scores[0] == pytest.approx(float(logits[sense.sense].max()), abs=1e-5)
+        assert sense.bottom[0].score == pytest.approx(float(logits[sense.sense].min()), abs=1e-5)
+        t = sense.top[1]
+        assert t.score == pytest.approx(float(logits[sense.sense, t.token_id]), abs=1e-5)
+    data = readout.to_dict(vectors=True)
+    assert len(data["pieces"][0]["senses"]) == k and len(data["pieces"][0]["sense_vectors"]) == k
+
+
+def test_sense_readout_multi_token_word_shows_every_piece(tiny_model, tiny_tokenizer):
+    readout = sense_readout(tiny_model, tiny_tokenizer, "MacBook", top=3)
+    assert readout.multi_token
+    assert [p.token for p in readout.pieces] == readout.word.tokens
+    assert len(readout.pieces) == len(tiny_tokenizer.encode("MacBook")) >= 2
+    assert any("splits into" in n for n in readout.notes)
+    assert readout.to_dict()["multi_token"] is True
+
+
+# -- context readout ------------------------------------------------------------------------
+
+def test_context_readout(tiny_model, tiny_tokenizer):
+    readout = context_readout(tiny_model, tiny_tokenizer, TEXT, top=3)
+    n = len(tiny_tokenizer.encode(TEXT))
+    assert len(readout.tokens) == n and len(readout.predictions) == n
+    ctx = readout.contextualization
+    assert ctx.shape == (tiny_model.config.num_senses, n, n)
+    torch.testing.assert_close(ctx.sum(-1), torch.ones(ctx.shape[:2]))
+    assert float(ctx.triu(1).abs().max()) == 0.0  # causal
+    first = readout.predictions[0]
+    assert first.next_token == readout.tokens[1] and 0 < first.next_prob < 1
+    assert readout.predictions[-1].next_token is None
+    assert len(readout.to_dict()["contextualization"]) == tiny_model.config.num_senses
+
+
+# -- exact attribution ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("target", [" Apple", " HP", " money"])
+@pytest.mark.parametrize("position", [-1, 0, 5])
+def test_attribution_sums_to_the_models_logit(tiny_model, tiny_tokenizer, target, position):
+    ids = torch.tensor([tiny_tokenizer.encode(TEXT)])
+    with torch.no_grad():
+        logits = tiny_model(ids).logits[0]  # (n, V), an independent full forward
+    a = attribute(tiny_model, tiny_tokenizer, TEXT, target, position)
+    target_id = tiny_tokenizer.encode(target)[0]
+    i = position % ids.shape[1]
+    assert a.position == i and a.contributions.shape == (tiny_model.config.num_senses, i + 1)
+    assert a.logit == pytest.approx(float(logits[i, target_id]), abs=1e-5)
+    assert a.total == pytest.approx(float(logits[i, target_id]), abs=1e-4)
+    data = a.to_dict()
+    assert sum(c["value"] for c in data["contributions"]) == pytest.approx(data["logit"], abs=1e-4)
+    assert len(data["contributions"]) == a.contributions.numel()
+    assert {c["position"] for c in data["contributions"]} == set(range(i + 1))
+
+
+def test_attribution_matches_an_explicit_sum(tiny_model, tiny_tokenizer):
+    """alpha[l,i,j] * (E_w . C(x_j)_l), written out with einsum on the model's own outputs."""
+    ids = torch.tensor([tiny_tokenizer.encode(TEXT)])
+    with torch.no_grad():
+        out = tiny_model(ids, output_contextualization=True, output_senses=True)
+        w = tiny_tokenizer.encode(" river")[0]
+        expected = torch.einsum("kj,kjd,d->kj", out.contextualization[0, :, -1],
+                                out.senses[0], tiny_model.wte.weight[w])
+    a = attribute(tiny_model, tiny_tokenizer, TEXT, " river")
+    torch.testing.assert_close(a.contributions, expected, atol=1e-6, rtol=1e-5)
+    assert a.top(3)[0].value == pytest.approx(float(expected.flatten()[expected.abs().argmax()]))
+
+
+def test_attribution_refuses_multi_token_target_and_bad_position(tiny_model, tiny_tokenizer):
+    session = ContextSession(tiny_model, tiny_tokenizer, TEXT)
+    with pytest.raises(WordError, match="tokens"):
+        session.attribution("MacBook")
+    with pytest.raises(ValueError, match="outside the text"):
+        session.attribution(" HP", position=100)
+
+
+# -- sense bank and sense search ------------------------------------------------------------
+
+def test_sense_bank_cache_and_search(tiny_model, tiny_tokenizer, tmp_path, monkeypatch):
+    monkeypatch.setenv("BACKPACK_CACHE", str(tmp_path))
+    from backpack_core import sense_bank
+
+    monkeypatch.setattr(sense_bank, "_MEMORY", type(sense_bank._MEMORY)())
+    bank = SenseBank.for_model(tiny_model, progress=False)
+    cfg = tiny_model.config
+    assert bank.senses.shape == (cfg.vocab_size, cfg.num_senses, cfg.n_embd)
+    files = list(tmp_path.glob("sense-bank-*.safetensors"))
+    assert len(files) == 1 and bank.key == model_fingerprint(tiny_model)
+    sense_bank._MEMORY.clear()
+    loaded = SenseBank.for_model(tiny_model, progress=False)  # from disk this time
+    assert loaded is not bank
+    torch.testing.assert_close(loaded.senses, bank.senses)
+
+    result = sense_search(tiny_model, tiny_tokenizer, " money", top=10, bank=loaded)
+    money = tiny_tokenizer.encode(" money")[0]
+    with torch.no_grad():  # brute force over the real vocabulary, the target excluded
+        senses = tiny_model.sense_vectors(torch.arange(len(tiny_tokenizer)))  # (V, k, d)
+        scores = senses @ tiny_model.wte.weight[money]  # (V, k)
+        scores[money] = float("-inf")
+    best = scores.flatten().topk(10)
+    k = cfg.num_senses
+    assert [(h.token_id, h.sense) for h in result.hits] == [(int(i) // k, int(i) % k)
+                                                            for i in best.indices]
+    assert result.hits[0].score == pytest.approx(float(best.values[0]), abs=1e-5)
+    assert all(h.token_id != money for h in result.hits)
+    with_target = sense_search(tiny_model, tiny_tokenizer, " money", top=200, bank=loaded,
+                               exclude_targets=False)
+    assert any(h.token_id == money for h in with_target.hits)
+
+    # several targets = the sum of their output embeddings = that raw direction
+    two = sense_search(tiny_model, tiny_tokenizer, [" money", " bank"], top=5, bank=loaded,
+                       exclude_targets=False)
+    direction = tiny_model.wte.weight[tiny_tokenizer.encode(" money") + tiny_tokenizer.encode(" bank")]
+    raw = sense_search(tiny_model, tiny_tokenizer, direction.sum(0).detach(), top=5, bank=loaded)
+    assert [(h.token_id, h.sense) for h in raw.hits] == [(h.token_id, h.sense) for h in two.hits]
+    assert two.to_dict()["targets"] == [" money", " bank"]
+    with pytest.raises(WordError, match="one token"):
+        sense_search(tiny_model, tiny_tokenizer, "MacBook", bank=loaded)
+
+
+def test_fingerprint_follows_the_weights(tiny_model):
+    key = model_fingerprint(tiny_model)
+    assert model_fingerprint(tiny_model) == key
+    import copy
+
+    other = copy.deepcopy(tiny_model)
+    assert model_fingerprint(other) == key
+    with torch.no_grad():
+        other.sense_network.final_mlp.c_proj.bias.add_(1.0)  # in-place: version counter moves
+    assert model_fingerprint(other) != key
