@@ -404,15 +404,23 @@ class Backpack(nn.Module):
                 source_positions = cache.extend("positions", positions, 1)
             else:
                 senses, keys, source_ids, source_positions = senses_new, keys_new, input_ids, positions
-            # 2. contextualization weights
-            if allowed is None:
-                allowed = causal_allowed(past_len, s, None, input_ids.device)
-            contextualization = self.sense_weight_network(queries, keys, allowed)
-            if intervention is not None:
-                contextualization = intervention.on_contextualization(
-                    contextualization, source_ids, source_positions, positions)
-            # 3. weighted sum of senses, projected onto the output embeddings
-            logits = self.output_logits(self.mix(contextualization, senses))
+            fused = (allowed is None and cache is None and intervention is None
+                     and not output_contextualization and cfg.sense_mask_value is None)
+            if fused:
+                # 2 + 3 in one fused attention kernel (training): the same softmax and weighted
+                # sum, without materialising the (b, k, s, s) weights. Value width d, query d/k.
+                mixed = F.scaled_dot_product_attention(queries, keys, senses, is_causal=True)
+                logits = self.output_logits(mixed.sum(1))  # (b, k, s, d) -> (b, s, d)
+            else:
+                # 2. contextualization weights
+                if allowed is None:
+                    allowed = causal_allowed(past_len, s, None, input_ids.device)
+                contextualization = self.sense_weight_network(queries, keys, allowed)
+                if intervention is not None:
+                    contextualization = intervention.on_contextualization(
+                        contextualization, source_ids, source_positions, positions)
+                # 3. weighted sum of senses, projected onto the output embeddings
+                logits = self.output_logits(self.mix(contextualization, senses))
 
         loss = None
         if labels is not None:

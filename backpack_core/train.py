@@ -186,6 +186,7 @@ def setup(cfg: RunConfig, d: distributed.Dist, resume: bool, overwrite: bool) ->
     bf16 = t.dtype == "bfloat16" or (t.dtype == "auto" and d.device.type == "cuda")
     torch.manual_seed(t.seed)
     model = Backpack(model_config).to(d.device)
+    model.dedup_senses = t.dedup_senses
     train_model = distributed.wrap_model(model, d, t.fsdp, t.compile, bf16)
     optimizer = build_optimizer(model, t, d.device)
     if resume:

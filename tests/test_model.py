@@ -184,3 +184,18 @@ def test_trained_bpe_has_eos_first():
     tok = train_bpe(["science and engineering"] * 50, 300)
     assert tok.eos_token_id == 0
     assert tok.decode(tok.encode("science and engineering")) == "science and engineering"
+
+
+def test_fused_training_path_and_dedup_compute_the_same_function():
+    """Training takes a fused attention path (no weights materialised) and may compute senses once
+    per distinct token; both must equal the explicit path, gradients included."""
+    model = tiny()
+    ids = torch.randint(0, 512, (3, 40))
+    explicit = model(ids, labels=ids, output_contextualization=True)  # explicit weights
+    fused = model(ids, labels=ids)
+    torch.testing.assert_close(fused.logits, explicit.logits, atol=1e-5, rtol=1e-5)
+    grads_explicit = torch.autograd.grad(explicit.loss, list(model.parameters()))
+    model.dedup_senses = True
+    grads_fused = torch.autograd.grad(model(ids, labels=ids).loss, list(model.parameters()))
+    for a, b in zip(grads_explicit, grads_fused, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)

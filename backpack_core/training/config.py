@@ -58,6 +58,7 @@ class TrainConfig:
     grad_clip: float = 1.0  # max global gradient norm; 0: no clipping
     dtype: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | float32 | bfloat16
     compile: bool = False  # torch.compile the model
+    dedup_senses: bool = False  # sense vectors once per distinct token in a batch (faster on CPU)
     fsdp: bool = False  # shard parameters, gradients and optimizer state (FSDP2) instead of DDP
     seed: int = 1337  # initialization, data order and dropout
     device: str = "auto"  # auto | cpu | cuda (under torchrun: the local GPU)
