@@ -1,0 +1,61 @@
+"""Backpack Workbench dashboard. Run from the repository root:
+
+    streamlit run app/Home.py
+
+BACKPACK_MODEL=/path/to/model picks the default model (else the shipped data/backpack-mini).
+"""
+
+import state
+import streamlit as st
+
+st.set_page_config(page_title="Backpack Workbench", page_icon=":material/backpack:", layout="wide")
+
+PAGES = {
+    "senses": ("app_pages/senses.py", "Senses", ":material/dictionary:",
+               "a word's senses: top and bottom words per sense, two words side by side, "
+               "and sense search (which senses of which words promote a word)"),
+    "context": ("app_pages/context.py", "Context", ":material/notes:",
+                "a text: next-token predictions, contextualization weights, and the exact "
+                "attribution of a prediction by source token and sense"),
+    "steer": ("app_pages/steer.py", "Steer", ":material/tune:",
+              "build an edit set (ablate, scale, replace, knowledge edit): predictions and "
+              "generations before and after, shareable as a link or a JSON file"),
+    "models": ("app_pages/models.py", "Models", ":material/settings:",
+               "choose the model, device and dtype; the model card's numbers; training curves"),
+}
+
+
+def home() -> None:
+    st.title("Backpack Workbench")
+    st.markdown(
+        "A Backpack language model (Hewitt et al., ACL 2023) predicts each word as a weighted sum "
+        "of **senses**: every vocabulary word has *k* context-free sense vectors, and a "
+        "transformer only chooses the **contextualization** weights that mix them. Every "
+        "prediction therefore splits exactly into (source word, sense) **contributions**, and "
+        "editing a sense changes every prediction that uses it, predictably.")
+    choice = state.model_choice()
+    try:
+        model, tokenizer = state.load_model(choice)
+    except (ValueError, OSError) as err:
+        st.error(f"Could not load the model {choice.label}: {err}")
+        st.page_link(state.MODELS_PAGE, label="Choose a model on the Models page", icon=":material/settings:")
+    else:
+        cfg = model.config
+        cols = st.columns(5)
+        cols[0].metric("senses per word (k)", cfg.num_senses)
+        cols[1].metric("width (d)", cfg.n_embd)
+        cols[2].metric("layers", cfg.n_layer)
+        cols[3].metric("vocabulary", f"{len(tokenizer):,}")
+        cols[4].metric("context (tokens)", cfg.n_positions)
+        st.caption(f"Model: {choice.label}")
+    st.subheader("Pages")
+    for path, title, icon, what in PAGES.values():
+        st.page_link(path, label=f"**{title}**: {what}", icon=icon)
+
+
+navigation = st.navigation(
+    [st.Page(home, title="Home", icon=":material/home:", default=True)]
+    + [st.Page(path, title=title, icon=icon, url_path=name)
+       for name, (path, title, icon, _) in PAGES.items()])
+state.sidebar()
+navigation.run()

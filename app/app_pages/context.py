@@ -1,0 +1,102 @@
+"""Context: a text's tokens and next-token predictions, its contextualization weights, and the
+exact attribution of one prediction by source token and sense."""
+
+import components as ui
+import state
+import streamlit as st
+
+from backpack_core import views
+
+PAGE = "context"
+params = state.read_url_once(PAGE)
+state.restore_text(PAGE, params)
+for name, key in (("pos", f"{PAGE}:pos"), ("sense", f"{PAGE}:sense")):
+    value = state.int_param(params, name)
+    if value is not None:
+        st.session_state[f"{key}:pending"] = value
+if params.get("target"):
+    st.session_state[f"{PAGE}:custom-target"] = params["target"]
+
+st.title("Context")
+st.caption("Each prediction is a weighted sum of the senses of the tokens so far; the "
+           "contextualization weights alpha[l, i, j] say how much sense l of source token j "
+           "counts for the prediction after token i.")
+text = state.text_area(PAGE, help="Up to the model's context length, in tokens.")
+try:
+    session = state.context_session(text)
+except ValueError as err:
+    state.show_error(err)
+    st.stop()
+k = session.contextualization.shape[0]
+st.caption(f"{session.n} tokens · {k} senses · context {session.model.config.n_positions} tokens")
+
+# -- tokens and predictions --
+st.subheader("Tokens and next-token predictions")
+n_top = st.slider("Predictions per token", 1, 10, 5, key=f"{PAGE}:top")
+st.dataframe(views.prediction_rows(session, top=n_top), hide_index=True, key=f"{PAGE}:predictions",
+             height=min(420, 38 + 35 * session.n),
+             column_config={"p(next token)": st.column_config.ProgressColumn(
+                 "p(next token)", min_value=0.0, max_value=1.0, format="%.3f")})
+
+
+def pending_choice(key: str, options: list, default) -> None:
+    """Select a value from a shared link (or keep a still-valid selection)."""
+    pending = st.session_state.pop(f"{key}:pending", None)
+    if pending in options:
+        st.session_state[key] = pending
+    elif st.session_state.get(key) not in options:
+        st.session_state[key] = default
+
+
+# -- contextualization --
+st.subheader("Contextualization weights")
+sense_options = ["all"] + list(range(k))
+pending_choice(f"{PAGE}:sense", sense_options, "all")
+sense = st.selectbox("Sense", sense_options, key=f"{PAGE}:sense",
+                     format_func=lambda s: "all senses, summed" if s == "all" else f"sense {s}")
+heat = views.contextualization_heatmap(session, None if sense == "all" else sense)
+st.plotly_chart(ui.heatmap(heat, "Viridis", cell_text=False, colorbar_title="alpha",
+                           height=max(380, min(900, 120 + 14 * session.n))),
+                key=f"{PAGE}:contextualization")
+
+# -- attribution --
+st.subheader("Attribution of one prediction")
+st.caption("The logit of a word after position i is exactly Σ_l Σ_(j≤i) alpha[l, i, j] · "
+           "(E_word · C(x_j)_l): the contributions below sum to it.")
+positions = list(range(session.n))
+pending_choice(f"{PAGE}:pos", positions, session.n - 1)
+cols = st.columns([2, 2, 2])
+position = cols[0].selectbox("Position i (the prediction after this token)", positions,
+                             key=f"{PAGE}:pos",
+                             format_func=lambda i: f"{i}: {views.show_token(session.tokens[i])}")
+options = views.target_options(session, position)
+target_pick = cols[1].selectbox("Target word", options, key=f"{PAGE}:target",
+                                format_func=lambda t: views.show_token(t))
+custom = cols[2].text_input("…or another word (one token, e.g. ' river')", key=f"{PAGE}:custom-target")
+target = custom if custom else target_pick
+try:
+    view = views.attribution_view(session, target, position)
+except ValueError as err:
+    state.show_error(err, "Attribution")
+else:
+    m = st.columns(3)
+    m[0].metric("logit of the target", f"{view.logit:.4f}")
+    m[1].metric("sum of the contributions", f"{view.total:.4f}")
+    m[2].metric("target", views.show_token(view.target))
+    st.plotly_chart(ui.heatmap(view.heatmap, "RdBu", zmid=0.0, cell_text=False,
+                               colorbar_title="contribution", height=max(300, 60 + 22 * k)),
+                    key=f"{PAGE}:contributions")
+    left, right = st.columns(2)
+    left.plotly_chart(ui.bars([f"{r['position']} {r['token']}" for r in view.by_position],
+                              [r["contribution"] for r in view.by_position],
+                              "by source token (summed over senses)", y_title="contribution"),
+                      key=f"{PAGE}:by-position")
+    right.plotly_chart(ui.bars([f"sense {r['sense']}" for r in view.by_sense],
+                               [r["contribution"] for r in view.by_sense],
+                               "by sense (summed over source tokens)", y_title="contribution"),
+                       key=f"{PAGE}:by-sense")
+    st.markdown("**Largest contributions** (source token, sense)")
+    st.dataframe(view.top, hide_index=True, key=f"{PAGE}:top-contributions")
+
+state.write_url(text=text, pos=position, sense=None if sense == "all" else sense,
+                target=custom or None)

@@ -1,0 +1,129 @@
+"""Models: choose the model, device and dtype; the model card's numbers; training curves."""
+
+import components as ui
+import state
+import streamlit as st
+import torch
+
+from backpack_core import views
+from backpack_core.loading import DEFAULT_MODEL_DIR
+
+PAGE = "models"
+SOURCES = {"default": "default", "shipped": "shipped (data/backpack-mini)",
+           "directory": "local directory", "hub": "hub id"}
+env_model = state.default_choice().source
+
+st.title("Models")
+current = state.model_choice()
+st.caption(f"This session uses **{current.label}**. Each model is loaded once per server process "
+           "and shared by every session; the choice here applies to your session only.")
+
+st.subheader("Choose the model")
+kinds = (["default"] if env_model else []) + ["shipped", "directory", "hub"]
+labels = dict(SOURCES, default=f"default (BACKPACK_MODEL={env_model})")
+kind = st.radio("Model", kinds, format_func=labels.get, horizontal=True, key=f"{PAGE}:kind")
+source: str | None = None
+if kind == "default":
+    source = env_model
+elif kind == "directory":
+    source = st.text_input("Directory with config.json, model.safetensors (or pytorch_model.bin) "
+                           "and tokenizer.json", key=f"{PAGE}:dir", placeholder="runs/backpack-mini-cpu")
+elif kind == "hub":
+    source = st.text_input("Hub id (downloaded when online)", "stanfordnlp/backpack-gpt2",
+                           key=f"{PAGE}:hub")
+devices = ["auto", "cpu"] + (["cuda"] if torch.cuda.is_available() else []) + \
+    (["mps"] if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available() else [])
+cols = st.columns(2)
+device = cols[0].selectbox("Device", devices, key=f"{PAGE}:device",
+                           index=devices.index(current.device) if current.device in devices else 0)
+dtypes = ["float32", "bfloat16", "float16"]
+dtype = cols[1].selectbox("dtype", dtypes, key=f"{PAGE}:dtype",
+                          index=dtypes.index(current.dtype) if current.dtype in dtypes else 0,
+                          help="float32 keeps attributions exact; bf16 / fp16 are for GPUs")
+if st.button("Load", type="primary", key=f"{PAGE}:load"):
+    if kind in ("directory", "hub") and not (source or "").strip():
+        st.error("Give a model directory or hub id.")
+    else:
+        choice = state.ModelChoice(source.strip() if source else None, device, dtype)
+        try:
+            state.load_model(choice)
+        except (ValueError, OSError) as err:
+            state.show_error(err, f"Could not load {choice.label}")
+        else:
+            st.session_state["model_choice"] = choice
+            st.session_state.pop(f"{PAGE}:metrics", None)  # show the new model's own curves
+            current = choice
+            st.success(f"Loaded {choice.label}.")
+
+st.subheader("The model")
+try:
+    model, tokenizer = state.load_model(current)
+except (ValueError, OSError) as err:
+    state.show_error(err, f"Could not load {current.label}")
+    model = tokenizer = None
+if model is not None:
+    cfg = model.config
+    m = st.columns(5)
+    m[0].metric("senses per word (k)", cfg.num_senses)
+    m[1].metric("width (d)", cfg.n_embd)
+    m[2].metric("layers", cfg.n_layer)
+    m[3].metric("vocabulary", f"{len(tokenizer):,}")
+    m[4].metric("context (tokens)", cfg.n_positions)
+    with st.expander("Configuration and parameters"):
+        st.dataframe(views.model_rows(model, tokenizer), hide_index=True, key=f"{PAGE}:config")
+
+card = views.model_card(current.source)
+st.subheader("Model card")
+if card.headline:
+    tiles = st.columns(4)
+    for n, row in enumerate(card.headline[:12]):
+        tiles[n % 4].metric(row["metric"], row["value"])
+if card.numbers:
+    with st.expander(f"Every number in `{card.directory}/eval.json` ({len(card.numbers)})",
+                     expanded=not card.headline):
+        st.dataframe(card.numbers, hide_index=True, key=f"{PAGE}:eval")
+if card.readme:
+    with st.expander("Model card (README.md)", expanded=not card.numbers):
+        st.markdown(card.readme)
+for note in card.notes:
+    st.caption(note)
+
+st.subheader("Training curves")
+directory = views.model_directory(current.source)
+found = views.find_metrics(*([directory] if directory else []), state.REPO_ROOT / "runs")
+OTHER = "another file…"
+picked = st.selectbox("Metrics file (a run's metrics.jsonl)", found + [OTHER], key=f"{PAGE}:metrics",
+                      format_func=lambda p: p.removeprefix(f"{state.REPO_ROOT}/"))
+path = st.text_input("Path to a run directory or metrics.jsonl", key=f"{PAGE}:metrics-path") \
+    if picked == OTHER else picked
+if path:
+    try:
+        curves = views.training_curves(path)
+    except OSError as err:
+        state.show_error(err)
+    else:
+        train, val = curves.train, curves.val
+        if not train.get("step") and not val.get("step"):
+            st.info(f"{curves.path} has no records yet.")
+        else:
+            series = []
+            if train.get("loss"):
+                series.append(("train loss", train["step"], train["loss"]))
+            if val.get("val_loss"):
+                series.append(("validation loss", val["step"], val["val_loss"]))
+            left, right = st.columns(2)
+            left.plotly_chart(ui.curves(series, "loss", y_title="nats / token"), key=f"{PAGE}:loss")
+            if train.get("lr"):
+                right.plotly_chart(ui.curves([("learning rate", train["step"], train["lr"])],
+                                             "learning rate"), key=f"{PAGE}:lr")
+            last = {k: v[-1] for k, v in train.items() if v}
+            n = st.columns(4)
+            n[0].metric("steps", f"{int(last.get('step', 0)):,}")
+            n[1].metric("tokens", f"{int(last.get('tokens', 0)):,}" if "tokens" in last else "–")
+            n[2].metric("last train loss", f"{last['loss']:.3f}" if "loss" in last else "–")
+            n[3].metric("last val loss", f"{val['val_loss'][-1]:.3f}" if val.get("val_loss") else "–")
+            if curves.skipped:
+                st.caption(f"{curves.skipped} unreadable line(s) skipped.")
+elif not found:
+    st.caption(f"No metrics.jsonl found next to the model or under runs/ (shipped model: "
+               f"{DEFAULT_MODEL_DIR}).")

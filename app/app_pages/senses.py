@@ -1,0 +1,139 @@
+"""Senses: a word's senses as top / bottom words, two words side by side, and sense search."""
+
+import components as ui
+import state
+import streamlit as st
+
+from backpack_core import views
+from backpack_core.sense_bank import sense_search
+
+PAGE = "senses"
+model, tokenizer, choice = state.require_model()
+params = state.read_url_once(PAGE)
+for slot, name in (("w1", "word"), ("w2", "word2")):
+    if params.get(name):
+        st.session_state[f"{PAGE}:{slot}"] = params[name]
+        st.session_state[f"{PAGE}:{slot}:pending"] = params[name]
+if params.get("word2"):
+    st.session_state[f"{PAGE}:compare"] = True
+if params.get("q"):
+    st.session_state[f"{PAGE}:targets"] = params["q"]
+    st.session_state[f"{PAGE}:search"] = {"targets": params["q"], "in_text": True, "top": 20,
+                                          "largest": True, "exclude": True, "normalize": False}
+
+st.title("Senses")
+st.caption("Every word has k sense vectors C(x)_l, the same in every context. A sense's "
+           "sense_logits E·C(x)_l say which words it promotes (top words) and suppresses "
+           "(bottom words). '␣' is a leading space: ' bank' is how the word appears inside a text.")
+
+controls = st.columns([2, 1])
+top = controls[0].slider("Words per sense", 3, 20, 8, key=f"{PAGE}:top")
+compare = controls[1].toggle("Two words side by side", key=f"{PAGE}:compare")
+
+
+def pick_word(slot: str, default: str) -> str | None:
+    """A search box over the vocabulary and the matching tokens to pick from."""
+    key = f"{PAGE}:{slot}"
+    if key not in st.session_state:
+        st.session_state[key] = default
+    query = st.text_input("Search the vocabulary", key=key,
+                          help="Type a word; matching tokens are listed below (exact matches "
+                               "first). A word that is not one token is explained piece by piece.")
+    matches = views.vocab_matches(tokenizer, query, vocab_size=model.config.vocab_size)
+    options = list(dict.fromkeys(matches + ([query] if query.strip() else [])))
+    if not options:
+        st.info("Type a word to see its senses.")
+        return None
+    pending = st.session_state.pop(f"{key}:pending", None)
+    if pending in options:
+        st.session_state[f"{key}:pick"] = pending
+    return st.selectbox(f"Token ({len(matches)} matching)", options, key=f"{key}:pick",
+                        format_func=lambda t: f"{views.show_token(t)}   ({t!r})")
+
+
+def show_word(word: str, slot: str) -> None:
+    try:
+        view = views.sense_view(model, tokenizer, word, top=top)
+    except ValueError as err:
+        state.show_error(err)
+        return
+    st.caption(view.description)
+    if view.multi_token:
+        st.info(f"{word!r} is not one token: it splits into {len(view.pieces)} pieces. A "
+                "Backpack has senses per token, not per word, so the senses of each piece are "
+                "shown.")
+    tabs = st.tabs([f"piece {i + 1}: {views.show_token(p.token)}" for i, p in enumerate(view.pieces)]
+                   ) if view.multi_token else [st.container()]
+    for n, (tab, piece) in enumerate(zip(tabs, view.pieces)):
+        with tab:
+            st.dataframe(piece.rows, hide_index=True, key=f"{PAGE}:{slot}:table:{n}",
+                         height=38 + 35 * len(piece.rows),
+                         column_config={"sense": st.column_config.NumberColumn(width="small")})
+            top_tab, bottom_tab = st.tabs(["Top words", "Bottom words"])
+            fit = {"max_chars": 7, "font_size": 9} if compare else {}  # half-width columns
+            with top_tab:
+                st.plotly_chart(ui.heatmap(piece.top, "Blues", colorbar_title="score", **fit),
+                                key=f"{PAGE}:{slot}:top:{n}")
+            with bottom_tab:
+                st.plotly_chart(ui.heatmap(piece.bottom, "Reds_r", colorbar_title="score", **fit),
+                                key=f"{PAGE}:{slot}:bottom:{n}")
+
+
+picked = {}
+if compare:
+    left, right = st.columns(2)
+    for column, slot, default in ((left, "w1", "bank"), (right, "w2", "river")):
+        with column:
+            picked[slot] = pick_word(slot, default)
+            if picked[slot]:
+                show_word(picked[slot], slot)
+else:
+    picked["w1"] = pick_word("w1", "bank")
+    if picked["w1"]:
+        show_word(picked["w1"], "w1")
+
+st.divider()
+st.subheader("Sense search")
+st.caption("Which senses of which words promote (or suppress) the words you give? Score of "
+           "(word x, sense l) = C(x)_l · Σ E[w]: the logit the sense adds to the targets per unit of "
+           "contextualization weight. The first search builds the sense bank (every word's senses).")
+with st.form(f"{PAGE}:search-form"):
+    cols = st.columns([3, 1, 1])
+    targets_text = cols[0].text_input("Targets (comma-separated words; #123 is a token id)",
+                                      "science", key=f"{PAGE}:targets")
+    n_hits = cols[1].number_input("Results", 5, 200, 20, key=f"{PAGE}:hits")
+    order = cols[2].radio("Order", ["promote", "suppress"], key=f"{PAGE}:order")
+    flags = st.columns(3)
+    in_text = flags[0].checkbox("In-text form (leading space)", True, key=f"{PAGE}:in-text")
+    exclude = flags[1].checkbox("Leave out the targets' own senses", True, key=f"{PAGE}:exclude")
+    normalize = flags[2].checkbox("Cosine (normalise)", False, key=f"{PAGE}:normalize")
+    if st.form_submit_button("Search senses"):
+        st.session_state[f"{PAGE}:search"] = {
+            "targets": targets_text, "in_text": in_text, "top": int(n_hits),
+            "largest": order == "promote", "exclude": exclude, "normalize": normalize}
+
+query = st.session_state.get(f"{PAGE}:search")
+if query:
+    targets = views.parse_words(query["targets"], query["in_text"])
+    if not targets:
+        st.warning("Give at least one target word.")
+    else:
+        try:
+            result = sense_search(model, tokenizer, targets, top=query["top"], bank=state.sense_bank(),
+                                  exclude_targets=query["exclude"], largest=query["largest"],
+                                  normalize=query["normalize"], progress=False)
+        except ValueError as err:
+            state.show_error(err, "Sense search")
+        else:
+            rows = views.sense_search_rows(result)
+            label = "promote" if result.largest else "suppress"
+            st.markdown(f"Senses that most **{label}** "
+                        f"{', '.join(repr(t) for t in result.targets)}:")
+            table, chart = st.columns([2, 3])
+            table.dataframe(rows, hide_index=True, key=f"{PAGE}:search-table")
+            chart.plotly_chart(ui.bars([f"{r['word']} · {r['sense']}" for r in rows],
+                                       [r["score"] for r in rows], "score by (word · sense)",
+                                       y_title="score", height=360), key=f"{PAGE}:search-chart")
+
+state.write_url(word=picked.get("w1"), word2=picked.get("w2") if compare else None,
+                q=query["targets"] if query else None)

@@ -1,0 +1,233 @@
+"""Steer: build an edit set, see the predictions and generations before and after, share it."""
+
+import json
+
+import components as ui
+import state
+import streamlit as st
+
+from backpack_core import views
+from backpack_core.edits import EditError
+from backpack_core.generation import generate_side_by_side
+
+PAGE = "steer"
+OTHER = "\x00other"  # the word selector's "type another word" entry
+KIND_LABELS = {"ablate_sense": "ablate sense(s)", "scale_sense": "scale sense(s)",
+               "replace_sense": "replace sense(s) by another word's sense",
+               "knowledge_edit": "knowledge edit (move a word's logit to another)",
+               "scale_contextualization": "scale contextualization weight(s)"}
+
+params = state.read_url_once(PAGE)
+state.restore_text(PAGE, params)
+link_problem = state.restore_edits(params)
+if state.int_param(params, "pos") is not None:
+    st.session_state[f"{PAGE}:pos:pending"] = state.int_param(params, "pos")
+
+model, tokenizer, choice = state.require_model()
+
+
+def set_edits(data: dict) -> None:
+    """Replace this session's edit set (called from widget callbacks)."""
+    state.set_edit_set(data)
+    st.session_state[f"{PAGE}:json"] = json.dumps(data, indent=2, ensure_ascii=False)
+    st.session_state.pop(f"{PAGE}:problem", None)
+
+
+def problem(message: str) -> None:
+    st.session_state[f"{PAGE}:problem"] = message
+
+
+def on_add() -> None:
+    s = st.session_state
+    word = s.get(f"{PAGE}:word")
+    if word == OTHER:
+        word = s.get(f"{PAGE}:word-other", "")
+    kind = s[f"{PAGE}:kind"]
+    try:
+        spec = views.edit_spec(
+            kind, word=word, senses=s.get(f"{PAGE}:senses", "all"), factor=s.get(f"{PAGE}:factor"),
+            positions=s.get(f"{PAGE}:positions", ""), source_word=s.get(f"{PAGE}:source-word"),
+            source_sense=s.get(f"{PAGE}:source-sense"), remove=s.get(f"{PAGE}:remove"),
+            add=s.get(f"{PAGE}:add"), renormalize=s.get(f"{PAGE}:renormalize", False))
+        set_edits(views.add_edit(state.edit_set(), spec, model, tokenizer))
+    except EditError as err:
+        problem(f"The edit was not added: {err}")
+
+
+def on_remove(index: int) -> None:
+    set_edits(views.remove_edit(state.edit_set(), index))
+
+
+def on_clear() -> None:
+    set_edits(json.loads(json.dumps(state.EMPTY_EDITS)))
+
+
+def on_apply_json() -> None:
+    try:
+        set_edits(views.read_edit_set(st.session_state[f"{PAGE}:json"], model, tokenizer))
+    except EditError as err:
+        problem(f"The JSON was not applied: {err}")
+
+
+def on_upload() -> None:
+    uploaded = st.session_state.get(f"{PAGE}:upload")
+    if uploaded is None:
+        return
+    try:
+        set_edits(views.read_edit_set(uploaded.getvalue(), model, tokenizer))
+    except EditError as err:
+        problem(f"The uploaded file {uploaded.name!r} was not loaded: {err}")
+
+
+st.title("Steer")
+st.caption("Edit senses or contextualization weights and compare the predictions before and "
+           "after. Edits never change the model: they apply to this session only. The URL "
+           "holds the text, the edit set and the position: copy it to share the view.")
+if link_problem:
+    st.warning(link_problem)
+text = state.text_area(PAGE)
+try:
+    session = state.context_session(text)
+except ValueError as err:
+    state.show_error(err)
+    st.stop()
+
+positions = list(range(session.n))
+pending = st.session_state.pop(f"{PAGE}:pos:pending", None)
+if pending in positions:
+    st.session_state[f"{PAGE}:pos"] = pending
+elif st.session_state.get(f"{PAGE}:pos") not in positions:
+    st.session_state[f"{PAGE}:pos"] = session.n - 1
+position = st.selectbox("Position (the prediction after this token)", positions, key=f"{PAGE}:pos",
+                        format_func=lambda i: f"{i}: {views.show_token(session.tokens[i])}")
+
+builder, results = st.columns([2, 3], gap="large")
+
+# -------------------------------------------------------------------------- the edit set --
+with builder:
+    st.subheader("Edit set")
+    kind = st.selectbox("Edit", views.STEER_KINDS, key=f"{PAGE}:kind",
+                        format_func=lambda kd: KIND_LABELS.get(kd, kd))
+    words = list(dict.fromkeys(session.tokens))
+    word_options = words + [OTHER]
+    here = session.tokens[position]
+    if st.session_state.get(f"{PAGE}:word") not in word_options or \
+            st.session_state.get(f"{PAGE}:word-for") != position:
+        st.session_state[f"{PAGE}:word"] = here  # follow the chosen position's token
+        st.session_state[f"{PAGE}:word-for"] = position
+    cols = st.columns(2)
+    word = cols[0].selectbox("Word", word_options, key=f"{PAGE}:word",
+                             format_func=lambda t: "another word…" if t == OTHER else views.show_token(t))
+    cols[1].text_input("Senses", "all", key=f"{PAGE}:senses",
+                       help=f"'all', one index like 3, or a list like 1, 2 "
+                            f"(0..{model.config.num_senses - 1})")
+    if word == OTHER:
+        st.text_input("Another word (one token; ' bank' with its leading space)", " bank",
+                      key=f"{PAGE}:word-other")
+    if kind in ("scale_sense", "scale_contextualization"):
+        st.number_input("Factor", value=2.0 if kind == "scale_sense" else 0.0, step=0.5,
+                        min_value=None if kind == "scale_sense" else 0.0, key=f"{PAGE}:factor")
+    if kind == "scale_contextualization":
+        st.checkbox("Renormalise the rows", False, key=f"{PAGE}:renormalize")
+    if kind == "replace_sense":
+        c = st.columns(2)
+        c[0].text_input("By the sense of word", " river", key=f"{PAGE}:source-word")
+        c[1].number_input("Sense", 0, model.config.num_senses - 1, 0, key=f"{PAGE}:source-sense")
+    if kind == "knowledge_edit":
+        c = st.columns(2)
+        c[0].text_input("Remove the word", " Apple", key=f"{PAGE}:remove")
+        c[1].text_input("Add the word (optional)", " HP", key=f"{PAGE}:add")
+    st.text_input("Only at positions (blank: every occurrence)", "", key=f"{PAGE}:positions",
+                  placeholder="e.g. 3, 7")
+    st.button("Add edit", type="primary", on_click=on_add, key=f"{PAGE}:add-button")
+    if st.session_state.get(f"{PAGE}:problem"):
+        st.error(st.session_state[f"{PAGE}:problem"])
+
+    edits = state.edit_set()
+    rows = views.edit_rows(edits)
+    if edits.get("name") or edits.get("description"):
+        st.caption(" · ".join(str(edits[k]) for k in ("name", "description") if edits.get(k)))
+    if rows:
+        for row in rows:
+            line = st.columns([8, 1])
+            line[0].markdown(f"`{row['#']}` {row['edit']}")
+            line[1].button("", icon=":material/delete:", key=f"{PAGE}:remove-{row['#']}",
+                           on_click=on_remove, args=(row["#"],), help="remove this edit",
+                           type="tertiary")
+        st.button("Clear all edits", on_click=on_clear, key=f"{PAGE}:clear")
+    else:
+        st.info("No edits yet: the predictions after equal the predictions before.")
+
+    st.download_button("Download the edit set (JSON)", json.dumps(edits, indent=2, ensure_ascii=False),
+                       file_name="edits.json", mime="application/json", key=f"{PAGE}:download",
+                       on_click="ignore")
+    st.file_uploader("Upload an edit set (JSON)", type=["json"], key=f"{PAGE}:upload",
+                     on_change=on_upload)
+    with st.expander("Edit set as JSON"):
+        if f"{PAGE}:json" not in st.session_state:
+            st.session_state[f"{PAGE}:json"] = json.dumps(edits, indent=2, ensure_ascii=False)
+        st.text_area("JSON (schema version 1; see docs/API.md)", key=f"{PAGE}:json", height=220)
+        st.button("Apply the JSON", on_click=on_apply_json, key=f"{PAGE}:apply-json")
+
+# ---------------------------------------------------------------------- before and after --
+with results:
+    st.subheader("Predictions before and after")
+    try:
+        view = views.steer_view(session, edits, position=position, top=10)
+    except (EditError, ValueError) as err:
+        state.show_error(err, "The edit set does not fit this model or text")
+        st.stop()
+    m = st.columns(3)
+    m[0].metric("top-1 changed at", f"{view.n_changed} / {session.n}",
+                help="positions whose most probable next token changed")
+    m[1].metric(f"KL(before ‖ after) at {position}", f"{view.comparison.kl:.4f}")
+    m[2].metric("largest KL", f"{max(view.kl):.4f}")
+    st.markdown(f"Next token after position **{position}** "
+                f"(`{views.show_token(session.tokens[position])}`); green: entered the top 10, "
+                "red: left it.")
+    st.table(ui.detail_table(view.detail))
+
+charts = st.columns(2)
+charts[0].plotly_chart(ui.before_after_bars(view.detail, f"top 10 after position {position}"),
+                       key=f"{PAGE}:bars")
+if view.edits:
+    charts[1].plotly_chart(ui.bars([f"{r['position']} {r['token']}" for r in view.rows], view.kl,
+                                   "KL(before ‖ after) per position", y_title="nats",
+                                   diverging=False, height=320), key=f"{PAGE}:kl")
+else:
+    charts[1].caption("KL(before ‖ after) per position appears here once there are edits.")
+st.markdown("**Every position** (rows whose most probable next token changed are highlighted)")
+st.dataframe(ui.steer_table(view.rows), hide_index=True, key=f"{PAGE}:table",
+             height=min(420, 38 + 35 * session.n))
+
+st.subheader("Generations with and without the edits")
+g = st.columns(4)
+new_tokens = g[0].number_input("New tokens", 1, 200, 30, key=f"{PAGE}:gen-tokens")
+seed = g[1].number_input("Seed", 0, 2**31 - 1, 0, key=f"{PAGE}:gen-seed")
+sample = g[2].toggle("Sample", False, key=f"{PAGE}:gen-sample", help="off: greedy decoding")
+temperature = g[3].number_input("Temperature", 0.05, 5.0, 0.8, step=0.05, key=f"{PAGE}:gen-temp",
+                                disabled=not sample)
+request = {"text": text, "edits": edits, "tokens": int(new_tokens), "seed": int(seed),
+           "sample": bool(sample), "temperature": float(temperature)}
+if st.button("Generate", key=f"{PAGE}:generate"):
+    try:
+        with st.spinner("Generating…"):
+            out = generate_side_by_side(model, tokenizer, text, edits or None,
+                                        max_new_tokens=int(new_tokens), do_sample=bool(sample),
+                                        temperature=float(temperature), top_p=0.95 if sample else None,
+                                        seed=int(seed))
+        st.session_state[f"{PAGE}:generation"] = {"request": request, "result": out}
+    except ValueError as err:
+        state.show_error(err, "Generation")
+generation = st.session_state.get(f"{PAGE}:generation")
+if generation and generation["request"] == request:
+    left, right = st.columns(2)
+    left.markdown("**Without the edits**")
+    left.code(generation["result"]["before"], language=None, wrap_lines=True)
+    right.markdown("**With the edits**")
+    right.code(generation["result"]["after"], language=None, wrap_lines=True)
+elif generation:
+    st.caption("The text, edits or settings changed since the last generation: generate again.")
+
+state.write_url(text=text, edits=state.encode_edits(edits) if edits.get("edits") else None,
+                pos=position)

@@ -1,0 +1,254 @@
+"""Wiring shared by the dashboard's pages: the model, per-session state and the URL.
+
+- The model is loaded once per process and shared by every session: `st.cache_resource` keyed by
+  (source, device, dtype). It is never modified (edits are applied functionally).
+- A text's `ContextSession` (one forward pass: contextualization, senses, logits) is cached the
+  same way, per (model, text): read-only, so sessions share it, and an edit only re-runs the
+  fast path (`views.steer_view`).
+- What belongs to one user lives in `st.session_state`: the chosen model, the text, the edit set,
+  generations. It never leaks into another session.
+- The view's state goes into the URL (`st.query_params`): the text, the edit set (JSON,
+  base64url) and the page's selections, so a link reproduces the view.
+
+Environment: BACKPACK_MODEL (the default model: a directory or hub id; unset = the shipped model
+data/backpack-mini), BACKPACK_DEVICE (default auto: cuda if present, else cpu), BACKPACK_DTYPE
+(default float32: exact attributions), BACKPACK_THREADS (torch CPU threads of the server process;
+on a shared, busy CPU 1 is several times faster than oversubscribed cores).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:  # `streamlit run app/Home.py` from anywhere
+    sys.path.insert(0, str(REPO_ROOT))
+
+from backpack_core import views  # noqa: E402
+from backpack_core.edits import EditError  # noqa: E402
+from backpack_core.loading import DEFAULT_MODEL_DIR, load_backpack  # noqa: E402
+from backpack_core.session import ContextSession  # noqa: E402
+
+MODEL_ENV, DEVICE_ENV, DTYPE_ENV = "BACKPACK_MODEL", "BACKPACK_DEVICE", "BACKPACK_DTYPE"
+THREADS_ENV = "BACKPACK_THREADS"
+DEFAULT_TEXT = ("The MacBook is made by Apple. She went to the bank to deposit money. "
+                "The bank by the river has money.")
+EMPTY_EDITS: dict[str, Any] = {"version": 1, "edits": []}
+MODELS_PAGE = "app_pages/models.py"
+
+
+def _set_threads() -> None:
+    value = os.environ.get(THREADS_ENV, "").strip()
+    if value:
+        try:
+            threads = int(value)
+        except ValueError:
+            threads = 0
+        if threads < 1:
+            print(f"{THREADS_ENV} must be a positive integer, got {value!r}: ignored", file=sys.stderr)
+            return
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+_set_threads()  # once per process: this module is imported once
+
+
+# ----------------------------------------------------------------------------------------------
+# The model: shared, loaded once per process
+# ----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ModelChoice:
+    source: str | None  # None: the shipped model
+    device: str = "auto"
+    dtype: str = "float32"
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.source or "", self.device, self.dtype)
+
+    @property
+    def label(self) -> str:
+        name = self.source if self.source else f"shipped ({DEFAULT_MODEL_DIR.name})"
+        return f"{name} · {self.device} · {self.dtype}"
+
+
+def default_choice() -> ModelChoice:
+    return ModelChoice(os.environ.get(MODEL_ENV) or None, os.environ.get(DEVICE_ENV) or "auto",
+                       os.environ.get(DTYPE_ENV) or "float32")
+
+
+def model_choice() -> ModelChoice:
+    """This session's model (the Models page changes it), else the environment's default."""
+    choice = st.session_state.get("model_choice")
+    return choice if isinstance(choice, ModelChoice) else default_choice()
+
+
+@st.cache_resource(show_spinner="Loading the model…", max_entries=4)
+def _load(source: str, device: str, dtype: str):
+    """(Backpack, Tokenizer), once per process and key. Errors are not cached."""
+    return load_backpack(source or None, device=device, dtype=dtype)
+
+
+def load_model(choice: ModelChoice):
+    """(model, tokenizer) for a choice; CheckpointError / ValueError / OSError if it fails."""
+    model, tokenizer = _load(*choice.key)
+    if not model.config.is_backpack:
+        raise ValueError(f"{choice.source or 'the model'} is a Transformer twin: it has no senses "
+                         "to inspect or edit; choose a Backpack")
+    return model, tokenizer
+
+
+def require_model():
+    """(model, tokenizer, choice), or a clear message in the page and a stop."""
+    choice = model_choice()
+    try:
+        model, tokenizer = load_model(choice)
+    except (ValueError, OSError) as err:
+        st.error(f"Could not load the model {choice.label}: {err}")
+        st.page_link(MODELS_PAGE, label="Choose a model on the Models page", icon=":material/settings:")
+        st.stop()
+    return model, tokenizer, choice
+
+
+@st.cache_resource(show_spinner="Reading the text…", max_entries=16)
+def _session(key: tuple[str, str, str], text: str, _model, _tokenizer) -> ContextSession:
+    return ContextSession(_model, _tokenizer, text)
+
+
+def context_session(text: str) -> ContextSession:
+    """The cached ContextSession of `text` under this session's model (ValueError: empty text,
+    longer than the context)."""
+    model, tokenizer, choice = require_model()
+    if not text.strip():
+        raise ValueError("the text is empty: enter a text to read")
+    return _session(choice.key, text, model, tokenizer)
+
+
+@st.cache_resource(show_spinner="Building the sense bank (every word's senses; once per model)…",
+                   max_entries=2)
+def _sense_bank(key: tuple[str, str, str], _model):
+    from backpack_core.sense_bank import SenseBank
+
+    return SenseBank.for_model(_model, progress=False)
+
+
+def sense_bank():
+    model, _, choice = require_model()
+    return _sense_bank(choice.key, model)
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-session state
+# ----------------------------------------------------------------------------------------------
+
+def text_area(page: str, label: str = "Text", height: int = 110, help: str | None = None) -> str:
+    """The session's text, shared by the pages; each page has its own widget (key `page:text`)."""
+    key = f"{page}:text"
+    if key not in st.session_state:
+        st.session_state[key] = st.session_state.get("text", DEFAULT_TEXT)
+    value = st.text_area(label, key=key, height=height, help=help)
+    st.session_state["text"] = value
+    return value
+
+
+def edit_set() -> dict[str, Any]:
+    """This session's edit set (a JSON-able dict, schema version 1)."""
+    if "edit_set" not in st.session_state:
+        st.session_state["edit_set"] = json.loads(json.dumps(EMPTY_EDITS))
+    return st.session_state["edit_set"]
+
+
+def set_edit_set(data: dict[str, Any]) -> None:
+    st.session_state["edit_set"] = data
+
+
+# ----------------------------------------------------------------------------------------------
+# URL state
+# ----------------------------------------------------------------------------------------------
+
+def encode_edits(data: dict[str, Any]) -> str:
+    """Edit set -> base64url of its compact JSON (no padding)."""
+    raw = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def decode_edits(value: str) -> dict[str, Any]:
+    """base64url JSON -> edit-set dict (EditError if it is not one)."""
+    try:
+        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+    except (binascii.Error, ValueError):
+        raise EditError("the edit set in the link is not valid base64url") from None
+    return views.read_edit_set(raw)
+
+
+def read_url_once(page: str) -> dict[str, str]:
+    """The query parameters, the first time this page runs in this session (a shared link);
+    {} afterwards, so that the widgets own the state from then on."""
+    flag = f"_url_read:{page}"
+    if st.session_state.get(flag):
+        return {}
+    st.session_state[flag] = True
+    return {k: st.query_params[k] for k in st.query_params}
+
+
+def restore_text(page: str, params: dict[str, str]) -> None:
+    """Take the text from a shared link."""
+    if params.get("text"):
+        st.session_state["text"] = params["text"]
+        st.session_state.pop(f"{page}:text", None)
+
+
+def restore_edits(params: dict[str, str]) -> str | None:
+    """Take the edit set from a shared link; returns an error message for a bad one."""
+    if not params.get("edits"):
+        return None
+    try:
+        set_edit_set(decode_edits(params["edits"]))
+    except EditError as err:
+        return f"The edit set in the link was ignored: {err}"
+    return None
+
+
+def write_url(**params: Any) -> None:
+    """Make the URL reproduce the view: only non-empty values, replacing the old ones."""
+    values = {k: str(v) for k, v in params.items() if v is not None and v != ""}
+    if dict(st.query_params) != values:
+        st.query_params.from_dict(values)
+
+
+def int_param(params: dict[str, str], name: str, default: int | None = None) -> int | None:
+    try:
+        return int(params[name])
+    except (KeyError, ValueError):
+        return default
+
+
+# ----------------------------------------------------------------------------------------------
+# Layout shared by the pages
+# ----------------------------------------------------------------------------------------------
+
+def sidebar() -> None:
+    """Which model this session uses and how many edits are active."""
+    with st.sidebar:
+        st.caption(f"**Model:** {model_choice().label}")
+        n = len(st.session_state.get("edit_set", EMPTY_EDITS).get("edits", []))
+        if n:
+            st.caption(f"**Edits:** {n} active (Steer page)")
+
+
+def show_error(err: BaseException, what: str = "") -> None:
+    """A known input error as one message (no traceback)."""
+    message = " ".join(str(err).split())
+    st.error(f"{what}: {message}" if what else message)

@@ -1,0 +1,395 @@
+"""The dashboard's pages under streamlit.testing's AppTest, on the tiny model of conftest.
+
+Each test drives widgets and asserts on what the page shows, against numbers computed
+independently with the core API. The app reads its default model from BACKPACK_MODEL.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from backpack_core import views
+from backpack_core.edits import EditError, EditSet
+from backpack_core.generation import generate
+from backpack_core.inspect import sense_readout
+from backpack_core.loading import load_backpack
+from backpack_core.session import ContextSession
+
+pytest.importorskip("streamlit")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+APP = Path(__file__).resolve().parent.parent / "app"
+if str(APP) not in sys.path:  # the pages `import state`, as under `streamlit run app/Home.py`
+    sys.path.insert(0, str(APP))
+import state  # noqa: E402
+
+TEXT = "The MacBook is made by Apple. The bank by the river has money."
+TIMEOUT = 60
+
+
+@pytest.fixture(scope="module")
+def app_model(tiny_model_dir, tmp_path_factory):
+    """The app's default model: the tiny model directory (loaded by the app itself)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(state.MODEL_ENV, str(tiny_model_dir))
+        mp.setenv(state.DEVICE_ENV, "cpu")
+        mp.setenv(state.DTYPE_ENV, "float32")
+        mp.setenv("BACKPACK_CACHE", str(tmp_path_factory.mktemp("sense-bank")))
+        model, tokenizer = load_backpack(tiny_model_dir)  # an independent copy, for expectations
+        yield model, tokenizer
+
+
+def page(name: str, **query: str) -> AppTest:
+    """A fresh session (a new browser tab) on a page, opened with a link's query parameters."""
+    at = AppTest.from_file(str(APP / "Home.py"), default_timeout=TIMEOUT)
+    for key, value in query.items():
+        at.query_params[key] = value
+    if name != "home":
+        at.switch_page(f"app_pages/{name}.py")
+    return at.run()
+
+
+def ok(at: AppTest) -> AppTest:
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def figures(at: AppTest) -> list[dict]:
+    return [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
+
+
+def messages(at: AppTest) -> str:
+    return " ".join(str(e.value) for e in [*at.error, *at.warning, *at.info])
+
+
+def test_home_shows_the_model(app_model):
+    model, tokenizer = app_model
+    at = ok(page("home"))
+    shown = {m.label: m.value for m in at.metric}
+    assert shown["senses per word (k)"] == str(model.config.num_senses)
+    assert shown["vocabulary"] == f"{len(tokenizer):,}"
+    assert not at.error
+
+
+def test_senses_page_table_heatmaps_pieces_side_by_side(app_model):
+    model, tokenizer = app_model
+    at = ok(page("senses"))
+    # the default search "bank" picks the in-text token ' bank'
+    assert at.selectbox(key="senses:w1:pick").value == " bank"
+    expected = sense_readout(model, tokenizer, " bank", top=8).pieces[0].readouts
+    table = at.dataframe[0].value
+    assert len(table) == model.config.num_senses
+    assert table["top words"].tolist()[2] == " ".join(views.show_token(t.token) for t in expected[2].top)
+    top_map = figures(at)[0]["data"][0]
+    assert top_map["z"][1] == pytest.approx([t.score for t in expected[1].top], rel=1e-5)
+    assert at.query_params["word"] == " bank"
+
+    # a word that is several tokens: every piece is shown, and said so
+    at.text_input(key="senses:w1").input("MacBook").run()
+    at.selectbox(key="senses:w1:pick").set_value("MacBook").run()
+    ok(at)
+    pieces = len(tokenizer.encode("MacBook"))
+    assert pieces > 1
+    assert "splits into" in messages(at) and len(at.dataframe) == pieces
+
+    # two words side by side
+    at.toggle(key="senses:compare").set_value(True).run()
+    at.text_input(key="senses:w1").input("river").run()
+    ok(at)
+    assert at.selectbox(key="senses:w2:pick").value == " river"
+    assert len(at.dataframe) == 2 and len(figures(at)) == 4
+
+
+def test_sense_search(app_model):
+    from backpack_core.sense_bank import sense_search
+
+    model, tokenizer = app_model
+    at = page("senses")
+    at.text_input(key="senses:targets").input("money")
+    at.number_input(key="senses:hits").set_value(7)
+    next(b for b in at.button if b.label == "Search senses").click().run()
+    ok(at)
+    hits = at.dataframe[-1].value
+    expected = sense_search(model, tokenizer, " money", top=7, progress=False).hits
+    assert hits["token_id"].tolist() == [h.token_id for h in expected]
+    assert hits["sense"].tolist() == [h.sense for h in expected]
+
+
+def test_context_page_predictions_contextualization_attribution(app_model):
+    model, tokenizer = app_model
+    session = ContextSession(model, tokenizer, TEXT)
+    at = ok(page("context", text=TEXT))
+    assert at.text_area(key="context:text").value == TEXT
+    predictions = at.dataframe[0].value
+    assert len(predictions) == session.n
+    assert predictions["p(next token)"].iloc[2] == pytest.approx(
+        float(session.base_logits[2].softmax(-1)[session.token_ids[3]]), rel=1e-5)
+
+    heat = figures(at)[0]["data"][0]  # all senses summed
+    assert torch.allclose(torch.tensor(heat["z"]), session.contextualization.sum(0), atol=1e-6)
+    at.selectbox(key="context:sense").set_value(1).run()
+    heat = figures(ok(at))[0]["data"][0]
+    assert torch.allclose(torch.tensor(heat["z"]), session.contextualization[1], atol=1e-6)
+
+    # the attribution of ' river' after position 3: contributions sum to the model's logit
+    at.selectbox(key="context:pos").set_value(3).run()
+    at.text_input(key="context:custom-target").input(" river").run()
+    ok(at)
+    shown = {m.label: float(m.value) for m in at.metric if m.label != "target"}
+    river = tokenizer.encode(" river")[0]
+    with torch.no_grad():
+        logit = float(model(torch.tensor([session.token_ids])).logits[0, 3, river])
+    assert shown["logit of the target"] == pytest.approx(logit, abs=1e-3)
+    assert shown["sum of the contributions"] == pytest.approx(logit, abs=1e-3)
+    contributions = figures(at)[1]["data"][0]["z"]  # (k, 4)
+    assert len(contributions) == model.config.num_senses and len(contributions[0]) == 4
+    assert at.query_params["pos"] == "3" and at.query_params["target"] == " river"
+
+
+@pytest.mark.parametrize("text, message", [("   ", "empty"), ("bank " * 80, "reads at most")])
+def test_bad_text_is_a_message_not_a_traceback(app_model, text, message):
+    for name in ("context", "steer"):
+        at = ok(page(name))
+        at.text_area(key=f"{name}:text").input(text).run()
+        ok(at)
+        assert message in messages(at)
+
+
+def test_steer_ablation_changes_the_predictions_and_the_url(app_model):
+    model, tokenizer = app_model
+    at = ok(page("steer", text=TEXT))
+    last = len(tokenizer.encode(TEXT)) - 1
+    assert at.selectbox(key="steer:pos").value == last
+    before = at.table[0].value
+    assert before["after"].tolist() == before["before"].tolist()  # no edits yet
+
+    at.text_input(key="steer:senses").input("0").run()  # word: the token at the position
+    at.button(key="steer:add-button").click().run()
+    ok(at)
+    edit_set = at.session_state["edit_set"]
+    word = tokenizer.decode([tokenizer.encode(TEXT)[last]])
+    assert edit_set["edits"] == [{"kind": "ablate_sense", "word": word, "sense": 0}]
+    expected = views.steer_view(ContextSession(model, tokenizer, TEXT), edit_set, position=last)
+    after = at.table[0].value
+    assert after["after"].tolist() == [r["after"] for r in expected.detail]
+    assert after["p after"].tolist() == pytest.approx([r["p after"] for r in expected.detail])
+    assert after["p after"].tolist() != pytest.approx(before["p after"].tolist())
+    rows = at.dataframe[0].value
+    assert (rows["changed"] == "changed").sum() == expected.n_changed
+    # the view is in the URL: text, edit set (base64url JSON), position
+    assert state.decode_edits(at.query_params["edits"]) == edit_set
+    assert at.query_params["text"] == TEXT and at.query_params["pos"] == str(last)
+
+
+def test_steer_link_restores_the_view_and_edits_stay_in_their_session(app_model):
+    model, tokenizer = app_model
+    edits = {"version": 1, "edits": [{"kind": "scale_sense", "word": " bank", "sense": [0, 1],
+                                      "factor": 3.0}]}
+    shared = ok(page("steer", text=TEXT, edits=state.encode_edits(edits), pos="5"))
+    assert shared.session_state["edit_set"] == edits
+    assert shared.selectbox(key="steer:pos").value == 5
+    assert "scale senses [0, 1] of ' bank' by 3" in " ".join(m.value for m in shared.markdown)
+    changed = shared.table[0].value
+
+    # a second session at the same time: none of the first one's edits
+    other = ok(page("steer", text=TEXT, pos="5"))
+    assert other.session_state["edit_set"]["edits"] == []
+    assert other.table[0].value["after"].tolist() == other.table[0].value["before"].tolist()
+    shared.run()
+    assert shared.table[0].value.equals(changed)
+
+    # a broken link: a message, and no edits
+    broken = ok(page("steer", text=TEXT, edits="not-base64!"))
+    assert "was ignored" in messages(broken)
+    assert broken.session_state["edit_set"]["edits"] == []
+
+
+def test_unknown_model_is_a_message_on_every_page(app_model, monkeypatch, tmp_path):
+    monkeypatch.setenv(state.MODEL_ENV, str(tmp_path / "no-such-model"))
+    for name in ("home", "senses", "context", "steer"):
+        at = ok(page(name))
+        assert "Could not load the model" in messages(at) and "no-such-model" in messages(at)
+    at = ok(page("models"))  # still usable: it is where another model is chosen
+    assert "is not a directory" in messages(at) and at.radio(key="models:kind").value == "default"
+
+
+def test_model_is_loaded_once_and_shared_by_sessions(app_model, monkeypatch):
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append(args)
+        return load_backpack(*args, **kwargs)
+
+    monkeypatch.setattr(state, "load_backpack", counting)
+    state._load.clear()
+    first, second = ok(page("steer", text=TEXT)), ok(page("context", text=TEXT))
+    assert len(calls) == 1
+    choice = state.default_choice()
+    assert first.session_state["edit_set"] is not None and second is not None
+    assert state._load(*choice.key) is state._load(*choice.key)  # one object, shared
+
+
+def test_steer_bad_edits_and_json_upload(app_model):
+    at = ok(page("steer", text=TEXT))
+    at.text_input(key="steer:senses").input("99").run()
+    at.button(key="steer:add-button").click().run()
+    ok(at)
+    assert "out of range" in messages(at) and at.session_state["edit_set"]["edits"] == []
+
+    broken = b'{"version": 1, "edits": ['
+    at.file_uploader(key="steer:upload").upload("edits.json", broken, "application/json")
+    at.run()
+    ok(at)
+    assert "malformed JSON" in messages(at)
+
+    good = {"version": 1, "edits": [{"kind": "knowledge_edit", "word": " MacBook", "remove": " Apple",
+                                     "add": " HP"}]}
+    at.file_uploader(key="steer:upload").set_value(("good.json", json.dumps(good).encode(),
+                                                    "application/json"))
+    at.run()
+    ok(at)
+    good = EditSet.from_dict(good).to_dict()  # normalised: "sense": "all" made explicit
+    assert at.session_state["edit_set"] == good
+    assert "malformed" not in messages(at)
+
+    # the JSON editor: an unknown kind is refused with the accepted kinds named
+    at.text_area(key="steer:json").input('{"version": 1, "edits": [{"kind": "melt", "word": " bank"}]}')
+    at.button(key="steer:apply-json").click().run()
+    ok(at)
+    assert "unknown edit kind" in messages(at) and at.session_state["edit_set"] == good
+
+    at.button(key="steer:remove-0").click().run()
+    assert ok(at).session_state["edit_set"]["edits"] == []
+
+
+def test_steer_knowledge_edit_and_generation(app_model):
+    model, tokenizer = app_model
+    at = ok(page("steer", text=TEXT))
+    at.selectbox(key="steer:kind").set_value("knowledge_edit").run()
+    at.selectbox(key="steer:word").set_value(" MacBook")
+    at.text_input(key="steer:remove").input(" Apple")
+    at.text_input(key="steer:add").input(" HP")
+    at.button(key="steer:add-button").click().run()
+    ok(at)
+    assert at.session_state["edit_set"]["edits"][0]["kind"] == "knowledge_edit"
+
+    at.number_input(key="steer:gen-tokens").set_value(5)
+    at.button(key="steer:generate").click().run()
+    ok(at)
+    shown = [c.value for c in at.code]
+    edits = at.session_state["edit_set"]
+    assert shown == [generate(model, tokenizer, TEXT, None, max_new_tokens=5),
+                     generate(model, tokenizer, TEXT, edits, max_new_tokens=5)]
+
+
+def test_models_page(app_model, tiny_model_dir, tmp_path):
+    model, _ = app_model
+    at = ok(page("models"))
+    assert any(m.label == "width (d)" and m.value == str(model.config.n_embd) for m in at.metric)
+
+    at.radio(key="models:kind").set_value("directory").run()
+    at.text_input(key="models:dir").input(str(tmp_path / "nowhere")).run()
+    at.button(key="models:load").click().run()
+    ok(at)
+    assert "Could not load" in messages(at) and "model_choice" not in at.session_state
+
+    # a model directory with a model card, eval numbers and a run's metrics
+    card_dir = tmp_path / "with-card"
+    card_dir.mkdir()
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        (card_dir / name).write_bytes((tiny_model_dir / name).read_bytes())
+    (card_dir / "README.md").write_text("# tiny\n\nA test model.\n")
+    (card_dir / "eval.json").write_text(json.dumps({
+        "backpack_val": {"perplexity": 25.8, "tokens": 1000}, "parameters": {"total": 1234},
+        "senses": {"bank": {"pieces": [{"token": " bank"}]}}}))
+    (card_dir / "metrics.jsonl").write_text(
+        '{"step": 10, "loss": 5.0, "lr": 0.001, "tokens": 100}\n'
+        '{"step": 20, "loss": 4.0, "lr": 0.002, "tokens": 200}\n{"step": 20, "val_loss": 4.5}\n'
+        '{"step": 30, "lo')  # a line cut short
+    at.text_input(key="models:dir").input(str(card_dir)).run()
+    at.button(key="models:load").click().run()
+    ok(at)
+    assert at.session_state["model_choice"].source == str(card_dir)
+    numbers = next(d.value for d in at.dataframe if "metric" in d.value.columns)
+    assert dict(zip(numbers["metric"], numbers["value"])) == {
+        "backpack_val.perplexity": "25.8", "backpack_val.tokens": "1,000", "parameters.total": "1,234"}
+    tiles = {m.label: m.value for m in at.metric}
+    assert tiles["backpack_val.perplexity"] == "25.8" and tiles["parameters.total"] == "1,234"
+    loss = next(f for f in figures(at) if f["layout"]["title"]["text"] == "loss")
+    assert [s["y"] for s in loss["data"]] == [[5.0, 4.0], [4.5]]
+    assert "1 unreadable line" in " ".join(c.value for c in at.caption)
+
+
+# ----------------------------------------------------------------------------------------------
+# backpack_core.views: the data the pages render
+# ----------------------------------------------------------------------------------------------
+
+def test_steer_view_equals_a_full_forward_pass(tiny_model, tiny_tokenizer):
+    from backpack_core.compare import kl_divergence
+
+    session = ContextSession(tiny_model, tiny_tokenizer, TEXT)
+    edits = {"version": 1, "edits": [
+        {"kind": "ablate_sense", "word": " bank", "sense": [0, 2]},
+        {"kind": "scale_contextualization", "word": " river", "sense": "all", "factor": 0.2}]}
+    view = views.steer_view(session, edits, position=-1, top=5)
+    with torch.no_grad():
+        ids = torch.tensor([session.token_ids])
+        before = tiny_model(ids).logits[0]
+        after = tiny_model(ids, intervention=EditSet.from_dict(edits).compile(
+            tiny_model, tiny_tokenizer)).logits[0]
+    n_real = len(tiny_tokenizer)  # the model's vocabulary is padded beyond the tokenizer's
+    p_before, p_after = before.softmax(-1)[:, :n_real], after.softmax(-1)[:, :n_real]
+    for row in view.rows:
+        i = row["position"]
+        assert row["before"] == views.show_token(tiny_tokenizer.decode([int(p_before[i].argmax())]))
+        assert row["after"] == views.show_token(tiny_tokenizer.decode([int(p_after[i].argmax())]))
+        assert row["p after"] == pytest.approx(float(p_after[i].max()), abs=1e-5)
+        assert row["changed"] == (int(p_before[i].argmax()) != int(p_after[i].argmax()))
+    kl = kl_divergence(before, after)
+    assert view.kl == pytest.approx(kl.tolist(), abs=1e-4)
+    first = session.token_ids.index(tiny_tokenizer.encode(" bank")[0])  # no edit reaches earlier
+    assert first > 0 and view.kl[:first] == [0.0] * first
+    assert view.n_changed == sum(r["changed"] for r in view.rows) > 0
+    assert [t.prob for t in view.comparison.after] == pytest.approx(
+        p_after[-1].topk(5).values.tolist(), abs=1e-6)
+    assert views.steer_view(session, None).n_changed == 0
+
+
+def test_edit_controls_parse_and_refuse_clearly(tiny_model, tiny_tokenizer):
+    assert views.parse_senses("all") == "all" and views.parse_senses("3") == 3
+    assert views.parse_senses("1, 2") == [1, 2] and views.parse_positions(" ") is None
+    assert views.parse_words("science, #5", in_text_form=True) == [" science", 5]
+    spec = views.edit_spec("scale_sense", word=" bank", senses="1,3", factor=2.0, positions="4")
+    assert spec == {"kind": "scale_sense", "word": " bank", "sense": [1, 3], "factor": 2.0,
+                    "positions": [4]}
+    edit_set = views.add_edit(None, spec, tiny_model, tiny_tokenizer)
+    assert views.edit_rows(edit_set)[0]["edit"] == "scale senses [1, 3] of ' bank' by 2 at positions [4]"
+    with pytest.raises(EditError, match="senses must be"):
+        views.edit_spec("ablate_sense", word=" bank", senses="one")
+    with pytest.raises(EditError, match="out of range"):
+        views.add_edit(edit_set, views.edit_spec("ablate_sense", word=" bank", senses="7"),
+                       tiny_model, tiny_tokenizer)
+    with pytest.raises(EditError, match="splits into|tokens"):
+        views.add_edit(edit_set, views.edit_spec("ablate_sense", word="MacBook"), tiny_model,
+                       tiny_tokenizer)
+    assert views.remove_edit(edit_set, 0)["edits"] == []
+    assert views.vocab_matches(tiny_tokenizer, "BANK")[0] == " bank"
+
+
+def test_training_curves_and_model_card_numbers(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text(
+        '{"step": 1, "loss": 3.0, "lr": 0.1}\n{"step": 1, "val_loss": 2.5, "val_ppl": 12.2}\n'
+        'garbage\n{"step": 2, "loss": 2.0, "lr": 0.2, "mfu": null}\n')
+    curves = views.training_curves(tmp_path)
+    assert curves.train["step"] == [1.0, 2.0] and curves.train["loss"] == [3.0, 2.0]
+    assert curves.val["val_loss"] == [2.5] and curves.skipped == 1
+    with pytest.raises(OSError):
+        views.training_curves(tmp_path / "missing")
+    assert views.flatten_numbers({"a": {"b": 1.5, "c": [1, 2]}, "d": True}) == [
+        {"metric": "a.b", "value": "1.5"}, {"metric": "a.c", "value": "1, 2"},
+        {"metric": "d", "value": "True"}]
