@@ -34,6 +34,8 @@ def main() -> None:
     parser.add_argument("--word2vec", help="gensim KeyedVectors trained on the same corpus")
     parser.add_argument("--train-run", help="the Backpack's run directory (metrics.jsonl, run_config.json)")
     parser.add_argument("--trained-on", default="CPU (2 cores)", help="hardware, for the card")
+    parser.add_argument("--reuse-perplexity", action="store_true",
+                        help="take the perplexities from an existing eval.json (they take minutes on CPU)")
     args = parser.parse_args()
 
     import torch
@@ -62,7 +64,11 @@ def main() -> None:
     corpus = json.loads(Path(args.corpus_manifest).read_text())
     val_words = corpus["totals"]["words_val"]
     ptb = ptb_test_text()
+    previous = json.loads((model_dir / "eval.json").read_text()) if args.reuse_perplexity else {}
     for name, model, t in (("backpack", backpack, tok), ("twin", twin, twin_tok)):
+        if f"{name}_val" in previous:
+            results[f"{name}_val"], results[f"{name}_ptb"] = previous[f"{name}_val"], previous[f"{name}_ptb"]
+            continue
         start = time.perf_counter()
         v = perplexity(model, val, words=val_words)
         p = text_perplexity(model, t, ptb)
