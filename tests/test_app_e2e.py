@@ -112,6 +112,8 @@ def test_ablating_a_sense_changes_the_predictions_shown(server, tmp_path):
             page.wait_for_function("() => document.body.innerText.includes('ablate sense 0 of')")
             settle(page)
             after = shown_predictions(page)
+            # the URL is rewritten by the browser after the rerun's message: wait for it
+            page.wait_for_function("() => window.location.search.includes('edits=')")
             url = page.url
             page.screenshot(path=str(tmp_path / "steer-after-ablation.png"), full_page=True)
         finally:
