@@ -26,6 +26,33 @@ def parser(prog: str, description: str) -> argparse.ArgumentParser:
     return p
 
 
+def add_threads(p: argparse.ArgumentParser, default: int | None = 1) -> None:
+    """--threads: many small forward passes run fastest on one thread on a shared CPU."""
+    p.add_argument("--threads", type=int, default=default,
+                   help=f"torch threads (default {default or 'torch' + chr(39) + 's choice'})")
+
+
+def read_json(path: str, what: str) -> Any:
+    """A JSON data file, or one clear error naming the file and what is wrong with it."""
+    from pathlib import Path
+
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as err:
+        raise OSError(f"cannot read the {what} file {path!r}: {err.strerror or err}") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"the {what} file {path!r} is not valid JSON: {err}") from None
+
+
+def emit(args: argparse.Namespace, data: Any, render: Callable[[Any], str]) -> int:
+    """Print `data` as JSON with --json, else as the command's readable rendering."""
+    if args.json:
+        print_json(data)
+    else:
+        print(render(data))
+    return 0
+
+
 def load(args: argparse.Namespace):
     """(Backpack, Tokenizer) from --model/--device/--dtype, without importing transformers."""
     from backpack_core.loading import load_backpack

@@ -27,7 +27,6 @@ JSON output: {"sense", "sense_scores", "sense_chosen_by", "factor", "fit": [{"fa
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -54,18 +53,12 @@ def build_parser():
     p.add_argument("--plot", default=None, metavar="FILE.html",
                    help="also write a Plotly figure: the fit curve and the per-career gaps")
     p.add_argument("--show", type=int, default=10, help="careers to list in the table (default 10)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads (default 1: many small forward passes run fastest on one)")
+    _cli.add_threads(p)
     return p
 
 
 def read_careers(path: str) -> dict:
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as err:
-        raise OSError(f"cannot read the careers file {path!r}: {err.strerror or err}") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"the careers file {path!r} is not valid JSON: {err}") from None
+    data = _cli.read_json(path, "careers")
     templates = data.get("templates") or {}
     if not data.get("careers") or not templates.get("train") or not templates.get("heldout"):
         raise ValueError(f"the careers file {path!r} needs \"careers\" and \"templates\" with "

@@ -18,7 +18,6 @@ JSON output: {"word", "remove", "add", "edits", "prompts": [{"prompt", "remove":
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,18 +43,12 @@ def build_parser():
     p.add_argument("--orthogonalize", action="store_true",
                    help="add only the part of E[add] orthogonal to E[remove] (then s . E[remove] = 0)")
     p.add_argument("--edits-file", default=str(EDITS_FILE), help="candidate edits (JSON)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads (default 1: many small forward passes run fastest on one)")
+    _cli.add_threads(p)
     return p
 
 
 def read_candidates(path: str) -> dict:
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as err:
-        raise OSError(f"cannot read the edits file {path!r}: {err.strerror or err}") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"the edits file {path!r} is not valid JSON: {err}") from None
+    data = _cli.read_json(path, "edits")
     if not isinstance(data.get("candidates"), list):
         raise ValueError(f"the edits file {path!r} lacks a \"candidates\" list")
     return data
@@ -145,11 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             orthogonalize=args.orthogonalize, sample=args.sample, seed=args.seed)
     data = result.to_dict()
     data["candidate_note"] = chosen.get("note")
-    if args.json:
-        _cli.print_json(data)
-    else:
-        print(render(data))
-    return 0
+    return _cli.emit(args, data, render)
 
 
 if __name__ == "__main__":

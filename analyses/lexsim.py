@@ -115,11 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             r["held_out_sense"] = {**held_out[name], "spearman": _finite(held_out[name]["spearman"])}
         entries.append(r)
     data = {"benchmarks": entries, "word2vec": args.word2vec}
-    if args.json:
-        _cli.print_json(data)
-    else:
-        print(render(data))
-    return 0
+    return _cli.emit(args, data, render)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ def build_parser():
     p.add_argument("--seq-len", type=int, default=None,
                    help="window length (default and maximum: the model's context)")
     p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    _cli.add_threads(p, default=None)
     return p
 
 
@@ -102,11 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     data["word_perplexity"] = data["word_perplexity"] if math.isfinite(data["word_perplexity"]) else None
     data.update(source=source, seq_len=seq_len, model=args.model or "data/backpack-mini",
                 device=str(model.wte.weight.device))
-    if args.json:
-        _cli.print_json(data)
-    else:
-        print(render(data))
-    return 0
+    return _cli.emit(args, data, render)
 
 
 if __name__ == "__main__":

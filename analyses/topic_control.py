@@ -20,7 +20,6 @@ JSON output: {"topic", "strength", "words", "skipped_words", "senses": [{"token"
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,18 +47,12 @@ def build_parser():
     p.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling (default 0.9)")
     p.add_argument("--seed", type=int, default=0, help="first seed; sample s uses seed + s")
     p.add_argument("--topics-file", default=str(TOPICS_FILE), help="topic lists (JSON)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads (default 1: many small forward passes run fastest on one)")
+    _cli.add_threads(p)
     return p
 
 
 def read_topics(path: str) -> dict:
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as err:
-        raise OSError(f"cannot read the topics file {path!r}: {err.strerror or err}") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"the topics file {path!r} is not valid JSON: {err}") from None
+    data = _cli.read_json(path, "topics")
     if not isinstance(data.get("topics"), dict):
         raise ValueError(f"the topics file {path!r} lacks a \"topics\" object of word lists")
     return data
@@ -122,11 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                            top_senses=args.top_senses, temperature=args.temperature,
                            top_p=args.top_p, seed=args.seed, topic_name=name)
     data = result.to_dict()
-    if args.json:
-        _cli.print_json(data)
-    else:
-        print(render(data))
-    return 0
+    return _cli.emit(args, data, render)
 
 
 if __name__ == "__main__":
