@@ -252,6 +252,17 @@ class Edit:
         if "note" in {f.name for f in dataclasses.fields(self)}:
             self._set("note", _check_note(self.note, "note"))
 
+    def _normalise_target(self) -> None:
+        """The fields most kinds share: which word, which of its senses, at which positions."""
+        self._set("word", _check_word(self.word, "word"))
+        self._set("sense", _check_senses(self.sense, "sense"))
+        self._set("positions", _check_positions(self.positions, "positions"))
+
+    def _target(self, ctx: _Context) -> dict[str, Any]:
+        """Those fields resolved against the model: token id, sense indices, positions."""
+        return {"token_id": ctx.token(self.word, "word"), "senses": ctx.senses(self.sense),
+                "positions": ctx.positions(self.positions, "positions")}
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind}
         for f in dataclasses.fields(self):
@@ -305,17 +316,14 @@ class AblateSense(Edit):
 
     def _normalise(self) -> None:
         super()._normalise()
-        self._set("word", _check_word(self.word, "word"))
-        self._set("sense", _check_senses(self.sense, "sense"))
-        self._set("positions", _check_positions(self.positions, "positions"))
+        self._normalise_target()
 
     def describe(self) -> str:
         return (f"ablate {_senses_label(self.sense)} of {_word_label(self.word)} "
                 f"{_where_label(self.positions)}")
 
     def check(self, ctx):
-        return {"token_id": ctx.token(self.word, "word"), "senses": ctx.senses(self.sense),
-                "positions": ctx.positions(self.positions, "positions")}
+        return self._target(ctx)
 
     def build(self, ctx, r):
         return _SenseOp(r["token_id"], r["senses"], r["positions"], lambda s: torch.zeros_like(s))
@@ -334,18 +342,15 @@ class ScaleSense(Edit):
 
     def _normalise(self) -> None:
         super()._normalise()
-        self._set("word", _check_word(self.word, "word"))
-        self._set("sense", _check_senses(self.sense, "sense"))
+        self._normalise_target()
         self._set("factor", _check_number(self.factor, "factor"))
-        self._set("positions", _check_positions(self.positions, "positions"))
 
     def describe(self) -> str:
         return (f"scale {_senses_label(self.sense)} of {_word_label(self.word)} by {self.factor:g} "
                 f"{_where_label(self.positions)}")
 
     def check(self, ctx):
-        return {"token_id": ctx.token(self.word, "word"), "senses": ctx.senses(self.sense),
-                "positions": ctx.positions(self.positions, "positions")}
+        return self._target(ctx)
 
     def build(self, ctx, r):
         factor = self.factor
@@ -367,8 +372,7 @@ class ReplaceSense(Edit):
 
     def _normalise(self) -> None:
         super()._normalise()
-        self._set("word", _check_word(self.word, "word"))
-        self._set("sense", _check_senses(self.sense, "sense"))
+        self._normalise_target()
         if (self.vector is None) == (self.source is None):
             raise EditError("give exactly one of 'vector' (a list of d numbers) or 'source' "
                             "({\"word\": ..., \"sense\": ...})")
@@ -376,7 +380,6 @@ class ReplaceSense(Edit):
             self._set("vector", _check_vector(self.vector, "vector"))
         else:
             self._set("source", SenseRef.from_value(self.source))
-        self._set("positions", _check_positions(self.positions, "positions"))
 
     def describe(self) -> str:
         what = (f"sense {self.source.sense} of {_word_label(self.source.word)}" if self.source
@@ -385,8 +388,7 @@ class ReplaceSense(Edit):
                 f"{_where_label(self.positions)}")
 
     def check(self, ctx):
-        r = {"token_id": ctx.token(self.word, "word"), "senses": ctx.senses(self.sense),
-             "positions": ctx.positions(self.positions, "positions")}
+        r = self._target(ctx)
         if self.vector is not None and len(self.vector) != ctx.config.n_embd:
             raise EditError(f"'vector' has {len(self.vector)} numbers; the model's sense vectors "
                             f"have d = {ctx.config.n_embd}")
@@ -426,10 +428,8 @@ class ScaleContextualization(Edit):
 
     def _normalise(self) -> None:
         super()._normalise()
-        self._set("word", _check_word(self.word, "word"))
-        self._set("sense", _check_senses(self.sense, "sense"))
+        self._normalise_target()
         self._set("factor", _check_number(self.factor, "factor", minimum=0.0))
-        self._set("positions", _check_positions(self.positions, "positions"))
         self._set("renormalize", _check_flag(self.renormalize, "renormalize"))
 
     def describe(self) -> str:
@@ -438,8 +438,7 @@ class ScaleContextualization(Edit):
                 + (" (rows renormalised)" if self.renormalize else ""))
 
     def check(self, ctx):
-        return {"token_id": ctx.token(self.word, "word"), "senses": ctx.senses(self.sense),
-                "positions": ctx.positions(self.positions, "positions")}
+        return self._target(ctx)
 
     def build(self, ctx, r):
         return _ScaleContextualizationOp(r["token_id"], r["senses"], r["positions"], self.factor,
@@ -473,12 +472,10 @@ class KnowledgeEdit(Edit):
 
     def _normalise(self) -> None:
         super()._normalise()
-        self._set("word", _check_word(self.word, "word"))
+        self._normalise_target()
         self._set("remove", _check_word(self.remove, "remove"))
         if self.add is not None:
             self._set("add", _check_word(self.add, "add"))
-        self._set("sense", _check_senses(self.sense, "sense"))
-        self._set("positions", _check_positions(self.positions, "positions"))
         self._set("orthogonalize", _check_flag(self.orthogonalize, "orthogonalize"))
 
     def describe(self) -> str:
@@ -489,9 +486,7 @@ class KnowledgeEdit(Edit):
                 f"{_where_label(self.positions)}")
 
     def check(self, ctx):
-        r = {"token_id": ctx.token(self.word, "word"), "senses": ctx.senses(self.sense),
-             "positions": ctx.positions(self.positions, "positions"),
-             "remove_id": ctx.token(self.remove, "remove")}
+        r = {**self._target(ctx), "remove_id": ctx.token(self.remove, "remove")}
         if self.add is not None:
             r["add_id"] = ctx.token(self.add, "add")
         return r
