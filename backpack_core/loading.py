@@ -58,6 +58,16 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     return device
 
 
+def available_devices() -> list[str]:
+    """The device choices this machine offers: auto, cpu, and cuda / mps where present."""
+    devices = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        devices.append("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        devices.append("mps")
+    return devices
+
+
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
     """bf16 on GPU and fp32 on CPU by default."""
     if dtype is None or dtype == "auto":

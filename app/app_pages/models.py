@@ -3,10 +3,9 @@
 import components as ui
 import state
 import streamlit as st
-import torch
 
 from backpack_core import views
-from backpack_core.loading import DEFAULT_MODEL_DIR
+from backpack_core.loading import DEFAULT_MODEL_DIR, available_devices
 
 PAGE = "models"
 SOURCES = {"default": "default", "shipped": "shipped (data/backpack-mini)",
@@ -31,8 +30,7 @@ elif kind == "directory":
 elif kind == "hub":
     source = st.text_input("Hub id (downloaded when online)", "stanfordnlp/backpack-gpt2",
                            key=f"{PAGE}:hub")
-devices = ["auto", "cpu"] + (["cuda"] if torch.cuda.is_available() else []) + \
-    (["mps"] if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available() else [])
+devices = available_devices()
 cols = st.columns(2)
 device = cols[0].selectbox("Device", devices, key=f"{PAGE}:device",
                            index=devices.index(current.device) if current.device in devices else 0)
