@@ -5,6 +5,7 @@
 BACKPACK_MODEL=/path/to/model picks the default model (else the shipped data/backpack-mini).
 """
 
+import components as ui
 import state
 import streamlit as st
 
@@ -40,13 +41,7 @@ def home() -> None:
         st.error(f"Could not load the model {choice.label}: {err}")
         st.page_link(state.MODELS_PAGE, label="Choose a model on the Models page", icon=":material/settings:")
     else:
-        cfg = model.config
-        cols = st.columns(5)
-        cols[0].metric("senses per word (k)", cfg.num_senses)
-        cols[1].metric("width (d)", cfg.n_embd)
-        cols[2].metric("layers", cfg.n_layer)
-        cols[3].metric("vocabulary", f"{len(tokenizer):,}")
-        cols[4].metric("context (tokens)", cfg.n_positions)
+        ui.model_metrics(model, tokenizer)
         st.caption(f"Model: {choice.label}")
     st.subheader("Pages")
     for path, title, icon, what in PAGES.values():

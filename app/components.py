@@ -119,3 +119,16 @@ def detail_table(detail: list[dict[str, Any]]):
         return [""] * len(column)
 
     return frame.style.apply(highlight, axis=0).format({"p before": "{:.3f}", "p after": "{:.3f}"})
+
+
+def model_metrics(model, tokenizer) -> None:
+    """One row of the model's shape: senses, width, layers, vocabulary, context."""
+    import streamlit as st
+
+    cfg = model.config
+    cols = st.columns(5)
+    cols[0].metric("senses per word (k)", cfg.num_senses)
+    cols[1].metric("width (d)", cfg.n_embd)
+    cols[2].metric("layers", cfg.n_layer)
+    cols[3].metric("vocabulary", f"{len(tokenizer):,}")
+    cols[4].metric("context (tokens)", cfg.n_positions)

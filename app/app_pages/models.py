@@ -60,13 +60,7 @@ except (ValueError, OSError) as err:
     state.show_error(err, f"Could not load {current.label}")
     model = tokenizer = None
 if model is not None:
-    cfg = model.config
-    m = st.columns(5)
-    m[0].metric("senses per word (k)", cfg.num_senses)
-    m[1].metric("width (d)", cfg.n_embd)
-    m[2].metric("layers", cfg.n_layer)
-    m[3].metric("vocabulary", f"{len(tokenizer):,}")
-    m[4].metric("context (tokens)", cfg.n_positions)
+    ui.model_metrics(model, tokenizer)
     with st.expander("Configuration and parameters"):
         st.dataframe(views.model_rows(model, tokenizer), hide_index=True, key=f"{PAGE}:config")
 
