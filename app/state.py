@@ -33,7 +33,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # `streamlit run app/Home.py` from anywhere
     sys.path.insert(0, str(REPO_ROOT))
 
-from backpack_core import views  # noqa: E402
+import views  # noqa: E402  (app/views.py: the view model)
+
 from backpack_core.edits import EditError  # noqa: E402
 from backpack_core.loading import DEFAULT_MODEL_DIR, load_backpack  # noqa: E402
 from backpack_core.session import ContextSession  # noqa: E402

@@ -9,6 +9,7 @@ without importing transformers on the fast command-line paths.
 
 from __future__ import annotations
 
+import codecs
 import importlib.util
 import json
 from collections.abc import Iterable, Iterator
@@ -109,3 +110,51 @@ def train_bpe(texts: Iterable[str] | Iterator[str], vocab_size: int,
                                   show_progress=True)
     backend.train_from_iterator(texts, trainer=trainer)
     return Tokenizer(backend)
+
+
+# ----------------------------------------------------------------------------------------------
+# Showing tokens to people
+# ----------------------------------------------------------------------------------------------
+
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's byte-level alphabet inverted: the printable character standing for each byte
+    (what `convert_ids_to_tokens` returns, e.g. 'Ġ' for a space) -> the byte."""
+    kept = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars = dict(zip(kept, kept))
+    for n, b in enumerate(b for b in range(256) if b not in chars):
+        chars[b] = 256 + n
+    return {chr(c): b for b, c in chars.items()}
+
+
+_BYTE_DECODER = _byte_decoder()
+
+
+def _hex_bytes(err: UnicodeDecodeError) -> tuple[str, int]:
+    return "".join(f"<0x{b:02X}>" for b in err.object[err.start:err.end]), err.end
+
+
+codecs.register_error("backpack-hex-bytes", _hex_bytes)
+
+
+def token_bytes(tokenizer, token_id: int) -> bytes:
+    """The raw bytes of one byte-level BPE token (a token can hold part of a UTF-8 character)."""
+    piece = tokenizer.convert_ids_to_tokens([int(token_id)])[0]
+    if piece is not None and all(ch in _BYTE_DECODER for ch in piece):
+        return bytes(_BYTE_DECODER[ch] for ch in piece)
+    return tokenizer.decode([int(token_id)]).encode("utf-8")  # a special or non-byte-level token
+
+
+def show_token(text: str) -> str:
+    """A token's text as people read it in a table: a leading space as '␣', newlines and tabs
+    as '\\n' and '\\t', other control characters as <0x0B>."""
+    text = text.replace("\n", "\\n").replace("\t", "\\t")
+    text = "".join(f"<0x{ord(ch):02X}>" if ord(ch) < 32 or ord(ch) == 127 else ch for ch in text)
+    return "␣" + text[1:] if text.startswith(" ") else text
+
+
+def readable_token(tokenizer, token_id: int) -> str:
+    """One token as people read it: `show_token` of its text, with the bytes that are only part
+    of a UTF-8 character written as <0xE2> (decoding them alone would give '�')."""
+    if tokenizer is None:
+        return f"<{int(token_id)}>"
+    return show_token(token_bytes(tokenizer, token_id).decode("utf-8", errors="backpack-hex-bytes"))

@@ -3,7 +3,7 @@
     python bench/bench_app.py [--model DIR] [--tokens 200] [--runs 20] [--device cpu] [--threads N]
 
 Times, on a --tokens-token text, the exact function the Steer page calls when the edit set
-changes, `backpack_core.views.steer_view(session, edit_set, position, top=10)`: from the edit set
+changes, `app/views.py: steer_view(session, edit_set, position, top=10)`: from the edit set
 (the JSON-able dict the page keeps in st.session_state) to the data of its tables (top-1 before /
 after and KL at every position, top-10 before / after at the chosen position). The text's
 `ContextSession` is cached by the app (one forward pass per text), so it is built once here too;
@@ -28,12 +28,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "app"))  # the app's view model
+
+from views import steer_view  # noqa: E402
 
 from backpack_core import Backpack, ModelConfig  # noqa: E402
 from backpack_core.edits import as_edit_set  # noqa: E402
 from backpack_core.loading import DEFAULT_MODEL_DIR, load_backpack  # noqa: E402
 from backpack_core.session import ContextSession  # noqa: E402
-from backpack_core.views import steer_view  # noqa: E402
 
 SHIPPED_SHAPE = dict(vocab_size=8192, n_positions=256, n_embd=128, n_layer=4, n_head=4,
                      num_senses=16, sense_intermediate_scale=2, bos_token_id=0, eos_token_id=0)

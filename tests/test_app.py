@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from backpack_core import views
 from backpack_core.edits import EditError, EditSet
 from backpack_core.generation import generate
 from backpack_core.inspect import sense_readout
 from backpack_core.loading import load_backpack
 from backpack_core.session import ContextSession
+from backpack_core.tokenizer import readable_token, show_token
 
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
@@ -27,6 +27,7 @@ APP = Path(__file__).resolve().parent.parent / "app"
 if str(APP) not in sys.path:  # the pages `import state`, as under `streamlit run app/Home.py`
     sys.path.insert(0, str(APP))
 import state  # noqa: E402
+import views  # noqa: E402
 
 TEXT = "The MacBook is made by Apple. The bank by the river has money."
 TIMEOUT = 60
@@ -84,7 +85,7 @@ def test_senses_page_table_heatmaps_pieces_side_by_side(app_model):
     expected = sense_readout(model, tokenizer, " bank", top=8).pieces[0].readouts
     table = at.dataframe[0].value
     assert len(table) == model.config.num_senses
-    assert table["top words"].tolist()[2] == " ".join(views.show_token(t.token) for t in expected[2].top)
+    assert table["top words"].tolist()[2] == " ".join(show_token(t.token) for t in expected[2].top)
     top_map = figures(at)[0]["data"][0]
     assert top_map["z"][1] == pytest.approx([t.score for t in expected[1].top], rel=1e-5)
     assert at.query_params["word"] == " bank"
@@ -326,7 +327,7 @@ def test_models_page(app_model, tiny_model_dir, tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------
-# backpack_core.views: the data the pages render
+# app/views.py: the data the pages render
 # ----------------------------------------------------------------------------------------------
 
 def test_steer_view_equals_a_full_forward_pass(tiny_model, tiny_tokenizer):
@@ -346,8 +347,8 @@ def test_steer_view_equals_a_full_forward_pass(tiny_model, tiny_tokenizer):
     p_before, p_after = before.softmax(-1)[:, :n_real], after.softmax(-1)[:, :n_real]
     for row in view.rows:
         i = row["position"]
-        assert row["before"] == views.show_token(tiny_tokenizer.decode([int(p_before[i].argmax())]))
-        assert row["after"] == views.show_token(tiny_tokenizer.decode([int(p_after[i].argmax())]))
+        assert row["before"] == readable_token(tiny_tokenizer, int(p_before[i].argmax()))
+        assert row["after"] == readable_token(tiny_tokenizer, int(p_after[i].argmax()))
         assert row["p after"] == pytest.approx(float(p_after[i].max()), abs=1e-5)
         assert row["changed"] == (int(p_before[i].argmax()) != int(p_after[i].argmax()))
     kl = kl_divergence(before, after)
@@ -393,3 +394,33 @@ def test_training_curves_and_model_card_numbers(tmp_path):
     assert views.flatten_numbers({"a": {"b": 1.5, "c": [1, 2]}, "d": True}) == [
         {"metric": "a.b", "value": "1.5"}, {"metric": "a.c", "value": "1, 2"},
         {"metric": "d", "value": "True"}]
+
+
+def test_tokens_are_readable_bytes_and_all(tiny_tokenizer):
+    """A token holding part of a UTF-8 character shows its bytes, not '\ufffd'."""
+    ids = tiny_tokenizer.encode("\u2014")  # an em dash: 3 bytes, unknown to the tiny BPE
+    assert tiny_tokenizer.decode(ids[:1]) == "\ufffd"
+    assert "".join(readable_token(tiny_tokenizer, i) for i in ids) == "<0xE2><0x80><0x94>"
+    assert readable_token(tiny_tokenizer, tiny_tokenizer.encode(" bank")[0]) == "\u2423bank"
+    assert show_token("a\nb\x0b") == "a\\nb<0x0B>"
+
+
+def test_position_changes_and_each_edits_effect(tiny_model, tiny_tokenizer):
+    from backpack_core.compare import edit_effects, kl_divergence, position_changes
+
+    session = ContextSession(tiny_model, tiny_tokenizer, TEXT)
+    bank = session.token_ids.index(tiny_tokenizer.encode(" bank")[0])
+    river = session.token_ids.index(tiny_tokenizer.encode(" river")[0])
+    edits = {"version": 1, "edits": [
+        {"kind": "ablate_sense", "word": " bank", "sense": "all", "positions": [bank]},
+        {"kind": "scale_sense", "word": " river", "sense": "all", "factor": 3.0}]}
+    both = position_changes(session, edits)
+    kl = kl_divergence(session.base_logits, session.logits(edits)).tolist()
+    assert both.kl == pytest.approx(kl, abs=1e-4)
+    effects = edit_effects(session, edits)
+    assert len(effects) == 2
+    # an edit changes nothing before its own word's position, and most at or after it
+    assert effects[0].ranked() and min(effects[0].ranked()) == bank
+    assert effects[1].ranked() and min(effects[1].ranked()) == river
+    assert effects[0].most_affected == max(range(session.n), key=lambda i: effects[0].kl[i])
+    assert position_changes(session, None).most_affected is None

@@ -4,8 +4,7 @@ exact attribution of one prediction by source token and sense."""
 import components as ui
 import state
 import streamlit as st
-
-from backpack_core import views
+import views
 
 PAGE = "context"
 params = state.read_url_once(PAGE)

@@ -3,8 +3,8 @@
 import components as ui
 import state
 import streamlit as st
+import views
 
-from backpack_core import views
 from backpack_core.sense_bank import sense_search
 
 PAGE = "senses"

@@ -5,8 +5,8 @@ import json
 import components as ui
 import state
 import streamlit as st
+import views
 
-from backpack_core import views
 from backpack_core.edits import EditError
 from backpack_core.generation import generate_side_by_side
 

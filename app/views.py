@@ -1,7 +1,8 @@
-"""What the dashboard shows, as plain data: tables (lists of row dicts) and matrices with labels.
+"""The dashboard's view model: what its pages show, as plain data: tables (lists of row
+dicts) and matrices with labels.
 
-The Streamlit pages in `app/` parse their widgets, call one function here (or in the other core
-modules), and render the result; nothing in this module imports Streamlit or Plotly, so every
+The Streamlit pages in `app/app_pages/` parse their widgets, call one function here (or in the
+core modules), and render the result; nothing in this module imports Streamlit or Plotly, so every
 number a page shows is testable without a browser. Names follow the workbench:
 
 - `senses`: a word's k sense vectors; their `sense_logits` (k, vocab) give the top / bottom words;
@@ -25,9 +26,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .compare import Comparison, compare_logits
-from .edits import EDIT_KINDS, EditError, EditSet, as_edit_set, edit_from_dict
-from .inspect import (
+from backpack_core.compare import Comparison, PositionChanges, compare_logits, position_changes
+from backpack_core.edits import EDIT_KINDS, EditError, EditSet, as_edit_set, edit_from_dict
+from backpack_core.inspect import (
     SenseReadout,
     WordError,
     resolve_word,
@@ -35,11 +36,12 @@ from .inspect import (
     single_token_id,
     token_text,
 )
+from backpack_core.tokenizer import readable_token, show_token
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .model import Backpack
-    from .session import ContextSession
-    from .tokenizer import Tokenizer
+    from backpack_core.model import Backpack
+    from backpack_core.session import ContextSession
+    from backpack_core.tokenizer import Tokenizer
 
 # the edit kinds the Steer page builds with controls (any kind can be uploaded as JSON)
 STEER_KINDS = ("ablate_sense", "scale_sense", "replace_sense", "knowledge_edit",
@@ -63,12 +65,6 @@ class Heatmap:
 def _labels(tokens: list[str]) -> list[str]:
     """Unique axis labels for tokens (a plot axis merges equal categories): '3 ␣bank'."""
     return [f"{i} {show_token(t)}" for i, t in enumerate(tokens)]
-
-
-def show_token(token: str) -> str:
-    """A token as people read it in a table: leading space as '␣', newlines as '\\n'."""
-    text = token.replace("\n", "\\n").replace("\t", "\\t")
-    return "␣" + text[1:] if text.startswith(" ") else text
 
 
 # ----------------------------------------------------------------------------------------------
@@ -389,33 +385,6 @@ def attribution_view(session: ContextSession, target: str | int, position: int =
 # ----------------------------------------------------------------------------------------------
 
 @dataclass
-class _BaseStats:
-    """Per text, computed once: the unedited next-token distributions (probabilities over the
-    whole output vocabulary, as the model gives them; most probable among the real tokens)."""
-
-    probs: torch.Tensor  # (n, vocab) float32
-    lse: torch.Tensor  # (n,) logsumexp of the logits
-    top_ids: list[int]  # most probable next token at each position
-    top_probs: list[float]
-
-
-_BASE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _base_stats(session: ContextSession) -> _BaseStats:
-    stats = _BASE.get(session)
-    if stats is None:
-        with torch.inference_mode():
-            logits = session.base_logits.float()
-            lse = logits.logsumexp(-1)
-            best, ids = logits[:, : session.n_real].max(-1)
-            stats = _BaseStats((logits - lse[:, None]).exp(), lse, ids.tolist(),
-                               (best - lse).exp().tolist())
-        _BASE[session] = stats
-    return stats
-
-
-@dataclass
 class SteerView:
     """Predictions before and after an edit set, for every position of a text and in detail
     at one position."""
@@ -427,6 +396,7 @@ class SteerView:
     kl: list[float]  # KL(before || after) per position
     n_changed: int  # positions whose most probable next token changed
     edits: list[str] = field(default_factory=list)  # one line per edit
+    changes: PositionChanges | None = None  # the core's per-position numbers
 
     @property
     def changed_positions(self) -> list[int]:
@@ -436,61 +406,41 @@ class SteerView:
 def steer_view(session: ContextSession, edits: Any, position: int = -1, top: int = 10,
                words: list[str | int] | tuple = ()) -> SteerView:
     """Apply `edits` (an edit-set dict, JSON, EditSet, ...) to the cached text and tabulate
-    the predictions before and after: the edit is compiled once, then one re-mix of the cached
-    contextualization and senses gives every position's logits (no forward pass).
+    the predictions before and after: `compare.position_changes` (one re-mix of the cached
+    contextualization and senses, no forward pass) for every position, and `compare_logits`
+    (top-k, KL in float64) at the chosen one.
 
     EditError if the edits do not fit the model; ValueError for a position outside the text."""
     i = session.position(position)
     edit_set = as_edit_set(edits) if edits is not None else EditSet()
-    intervention = session.intervention(edit_set) if len(edit_set) else None
-    base = _base_stats(session)
-    n_real = session.n_real
-    with torch.inference_mode():
-        before = session.base_logits
-        if intervention is None:
-            after, lse_after = before, base.lse
-        else:
-            after = session.logits(intervention).float()  # (n, vocab): a re-mix, no forward pass
-            lse_after = after.logsumexp(-1)
-        best_after, id_after = after[:, :n_real].float().max(-1)
-        p_after = (best_after - lse_after).exp()
-        # KL(before || after) per position = sum_w p_b (b - a) - lse_b + lse_a, in float32 from
-        # the cached p_b and lse_b (exactly 0 where the logits did not change); the chosen
-        # position's KL (in the comparison) is computed in float64 by compare_logits.
-        if intervention is None:
-            kl = [0.0] * session.n
-        else:
-            diff = before.float() - after
-            kl = ((base.probs * diff).sum(-1) - base.lse + lse_after).clamp_min(0.0).tolist()
-
-    def text(token_id: int) -> str:
-        return (token_text(session.tokenizer, token_id) if session.tokenizer is not None
-                else f"<{token_id}>")
-
-    ids_b, ids_a = base.top_ids, id_after.tolist()
-    probs_b, probs_a = base.top_probs, p_after.tolist()
+    changes = position_changes(session, edit_set if len(edit_set) else None)
+    tokenizer = session.tokenizer
     rows = []
     for j in range(session.n):
-        rows.append({"position": j, "token": show_token(session.tokens[j]),
-                     "before": show_token(text(ids_b[j])), "p before": probs_b[j],
-                     "after": show_token(text(ids_a[j])), "p after": probs_a[j],
-                     "changed": ids_b[j] != ids_a[j], "KL": kl[j]})
+        rows.append({"position": j, "token": readable_token(tokenizer, session.token_ids[j]),
+                     "before": readable_token(tokenizer, changes.top_before[j]),
+                     "p before": changes.p_before[j],
+                     "after": readable_token(tokenizer, changes.top_after[j]),
+                     "p after": changes.p_after[j],
+                     "changed": changes.changed[j], "KL": changes.kl[j]})
     vocab = session.model.config.vocab_size
-    word_ids = [(w, single_token_id(session.tokenizer, w, vocab, role="word")) for w in words]
-    comparison = compare_logits(session.tokenizer, before[i], after[i], text=session.text,
+    word_ids = [(w, single_token_id(tokenizer, w, vocab, role="word")) for w in words]
+    before = session.base_logits[i]
+    after = before if changes.after_logits is None else changes.after_logits[i]
+    comparison = compare_logits(tokenizer, before, after, text=session.text,
                                 position=i, token=session.tokens[i], top=top, words=word_ids,
-                                n_real=n_real, edits=edit_set.to_dict())
+                                n_real=session.n_real, edits=edit_set.to_dict())
     entered = {t.token_id for t in comparison.after} - {t.token_id for t in comparison.before}
     left = {t.token_id for t in comparison.before} - {t.token_id for t in comparison.after}
     detail = []
     for rank, (b, a) in enumerate(zip(comparison.before, comparison.after)):
         detail.append({"rank": rank + 1,
-                       "before": show_token(b.token), "p before": b.prob,
+                       "before": readable_token(tokenizer, b.token_id), "p before": b.prob,
                        "left": b.token_id in left,
-                       "after": show_token(a.token), "p after": a.prob,
+                       "after": readable_token(tokenizer, a.token_id), "p after": a.prob,
                        "entered": a.token_id in entered})
-    return SteerView(rows, i, comparison, detail, kl, sum(r["changed"] for r in rows),
-                     edit_set.describe())
+    return SteerView(rows, i, comparison, detail, changes.kl, sum(changes.changed),
+                     edit_set.describe(), changes)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -499,7 +449,7 @@ def steer_view(session: ContextSession, edits: Any, position: int = -1, top: int
 
 def model_rows(model: Backpack, tokenizer: Tokenizer | None) -> list[dict[str, Any]]:
     """The model's config and parameter counts as (name, value) rows."""
-    from .model import count_parameters
+    from backpack_core.model import count_parameters
 
     p = next(model.parameters())
     rows = [{"name": "device", "value": str(p.device)},
@@ -555,7 +505,7 @@ def headline_numbers(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def model_directory(source: str | None) -> Path | None:
     """The local directory of a model source: the shipped model, a directory, or a hub id
     already in the local hub cache (never downloads). None when there is none."""
-    from .loading import DEFAULT_MODEL_DIR
+    from backpack_core.loading import DEFAULT_MODEL_DIR
 
     if source is None:
         return DEFAULT_MODEL_DIR if DEFAULT_MODEL_DIR.is_dir() else None
