@@ -1,4 +1,4 @@
-"""Rendering helpers: Plotly figures and styled tables from `backpack_core.views` data."""
+"""Rendering helpers: Plotly figures and styled tables from `views` (app/views.py) data."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 if TYPE_CHECKING:  # pragma: no cover
-    from backpack_core.views import Heatmap
+    from views import Heatmap
 
 CHANGED = "background-color: rgba(255, 196, 0, 0.30)"
 ENTERED = "background-color: rgba(46, 160, 67, 0.28)"
