@@ -53,4 +53,4 @@ navigation = st.navigation(
     + [st.Page(path, title=title, icon=icon, url_path=name)
        for name, (path, title, icon, _) in PAGES.items()])
 state.sidebar()
-navigation.run()
+state.run_page(navigation)  # the error boundary around every page

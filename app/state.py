@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
+import logging
 import os
 import sys
 from dataclasses import dataclass
@@ -45,6 +47,7 @@ DEFAULT_TEXT = ("The MacBook is made by Apple. She went to the bank to deposit m
                 "The bank by the river has money.")
 EMPTY_EDITS: dict[str, Any] = {"version": 1, "edits": []}
 MODELS_PAGE = "app_pages/models.py"
+log = logging.getLogger("backpack_workbench.app")
 
 
 def _set_threads() -> None:
@@ -253,3 +256,39 @@ def show_error(err: BaseException, what: str = "") -> None:
     """A known input error as one message (no traceback)."""
     message = " ".join(str(err).split())
     st.error(f"{what}: {message}" if what else message)
+
+
+# ----------------------------------------------------------------------------------------------
+# The error boundary: a one-line message in the page, the details in the server's log
+# ----------------------------------------------------------------------------------------------
+
+def failure_message(err: BaseException, where: str) -> str:
+    """Log an unexpected error with its traceback (server side); the one line for the page."""
+    log.error("unexpected error in %s", where, exc_info=err)
+    first = (str(err).strip().splitlines() or [""])[0][:200]
+    return (f"Something went wrong ({type(err).__name__}{': ' + first if first else ''}). The "
+            "details are in the server's log; change the input, or reload the page.")
+
+
+def run_page(navigation) -> None:
+    """Run the chosen page inside the error boundary (st.stop and st.rerun pass through: they
+    are not Exceptions). An error raised by a widget callback earlier in this run is shown too."""
+    failed = st.session_state.pop("_callback_failure", None)
+    if failed:
+        st.error(failed, icon=":material/error:")
+    try:
+        navigation.run()
+    except Exception as err:  # noqa: BLE001 - the boundary: anything a page did not handle
+        st.error(failure_message(err, f"page {navigation.url_path or 'home'}"), icon=":material/error:")
+
+
+def guarded(callback):
+    """A widget callback inside the error boundary: Streamlit runs callbacks before the page, so
+    an error there would otherwise print a traceback in the page."""
+    @functools.wraps(callback)
+    def wrapper(*args, **kwargs):
+        try:
+            return callback(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001
+            st.session_state["_callback_failure"] = failure_message(err, callback.__name__)
+    return wrapper

@@ -424,3 +424,21 @@ def test_position_changes_and_each_edits_effect(tiny_model, tiny_tokenizer):
     assert effects[1].ranked() and min(effects[1].ranked()) == river
     assert effects[0].most_affected == max(range(session.n), key=lambda i: effects[0].kl[i])
     assert position_changes(session, None).most_affected is None
+
+
+def test_an_unexpected_failure_is_one_line_not_a_traceback(app_model, monkeypatch, caplog):
+    """The error boundary: a page that raises shows one message; the details go to the log."""
+    def broken(*args, **kwargs):
+        raise RuntimeError('injected failure\n  File "views.py", line 1, in prediction_rows')
+
+    monkeypatch.setattr(views, "prediction_rows", broken)
+    monkeypatch.setattr(views, "edit_spec", broken)  # a widget callback that fails
+    with caplog.at_level("ERROR", logger="backpack_workbench.app"):
+        at = ok(page("context", text=TEXT))
+        steer = ok(page("steer", text=TEXT))
+        steer.button(key="steer:add-button").click().run()
+    ok(steer)
+    for shown in (messages(at), messages(steer)):
+        assert "Something went wrong (RuntimeError: injected failure)" in shown
+        assert "Traceback" not in shown and 'File "' not in shown
+    assert "Traceback" in caplog.text and "injected failure" in caplog.text

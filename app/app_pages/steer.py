@@ -37,6 +37,7 @@ def problem(message: str) -> None:
     st.session_state[f"{PAGE}:problem"] = message
 
 
+@state.guarded
 def on_add() -> None:
     s = st.session_state
     word = s.get(f"{PAGE}:word")
@@ -54,14 +55,17 @@ def on_add() -> None:
         problem(f"The edit was not added: {err}")
 
 
+@state.guarded
 def on_remove(index: int) -> None:
     set_edits(views.remove_edit(state.edit_set(), index))
 
 
+@state.guarded
 def on_clear() -> None:
     set_edits(json.loads(json.dumps(state.EMPTY_EDITS)))
 
 
+@state.guarded
 def on_apply_json() -> None:
     try:
         set_edits(views.read_edit_set(st.session_state[f"{PAGE}:json"], model, tokenizer))
@@ -69,6 +73,7 @@ def on_apply_json() -> None:
         problem(f"The JSON was not applied: {err}")
 
 
+@state.guarded
 def on_upload() -> None:
     uploaded = st.session_state.get(f"{PAGE}:upload")
     if uploaded is None:
