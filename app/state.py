@@ -43,8 +43,8 @@ from backpack_core.session import ContextSession  # noqa: E402
 
 MODEL_ENV, DEVICE_ENV, DTYPE_ENV = "BACKPACK_MODEL", "BACKPACK_DEVICE", "BACKPACK_DTYPE"
 THREADS_ENV = "BACKPACK_THREADS"
-DEFAULT_TEXT = ("The MacBook is made by Apple. She went to the bank to deposit money. "
-                "The bank by the river has money.")
+DEFAULT_TEXT = ("The MacBook is made by Apple. He moved to the United States. She went to the bank "
+                "to deposit money. The bank by the river has money.")
 EMPTY_EDITS: dict[str, Any] = {"version": 1, "edits": []}
 MODELS_PAGE = "app_pages/models.py"
 log = logging.getLogger("backpack_workbench.app")
@@ -167,6 +167,24 @@ def text_area(page: str, label: str = "Text", height: int = 110, help: str | Non
     return value
 
 
+def persist(key: str, default: Any = None, shared: str | None = None) -> None:
+    """Make a widget's value survive page changes (call before drawing the widget, and give the
+    widget no default of its own). Streamlit forgets a widget's value when a run does not draw
+    it; a copy kept under `_kept:<shared or key>` after every run restores it. Pages that give
+    the same `shared` name share the value (the position of the Context and Steer pages)."""
+    shadow = f"_kept:{shared or key}"
+    if key not in st.session_state:
+        st.session_state[key] = st.session_state.get(shadow, default)
+    st.session_state.setdefault("_persisted", {})[key] = shadow
+
+
+def _keep_persisted() -> None:
+    """After a run: copy the persisted widgets' values to their shadows."""
+    for key, shadow in st.session_state.get("_persisted", {}).items():
+        if key in st.session_state:
+            st.session_state[shadow] = st.session_state[key]
+
+
 def edit_set() -> dict[str, Any]:
     """This session's edit set (a JSON-able dict, schema version 1)."""
     if "edit_set" not in st.session_state:
@@ -280,6 +298,8 @@ def run_page(navigation) -> None:
         navigation.run()
     except Exception as err:  # noqa: BLE001 - the boundary: anything a page did not handle
         st.error(failure_message(err, f"page {navigation.url_path or 'home'}"), icon=":material/error:")
+    finally:
+        _keep_persisted()
 
 
 def guarded(callback):

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from backpack_core.compare import Comparison, PositionChanges, compare_logits, position_changes
+from backpack_core.compare import edit_effects as compare_edit_effects
 from backpack_core.edits import EDIT_KINDS, EditError, EditSet, as_edit_set, edit_from_dict
 from backpack_core.inspect import (
     SenseReadout,
@@ -176,6 +177,44 @@ def read_edit_set(data: str | bytes | dict[str, Any], model: Backpack | None = N
     if model is not None:
         edits.validate(tokenizer, model.config)
     return edits.to_dict()
+
+
+# knowledge-edit examples, the first whose three words are single tokens of the model is the default
+KNOWLEDGE_EXAMPLES = ((" United", " States", " Nations"), (" MacBook", " Apple", " HP"),
+                      (" Paris", " France", " Italy"), (" Microsoft", " Windows", " Linux"),
+                      (" Germany", " Berlin", " Paris"))
+FUNCTION_WORDS = frozenset("the a an and or but of to in on at by for with from as is are was were be "
+                           "been has have had it its this that these those he she they we you i his "
+                           "her their our not no so if then than there here who which what".split())
+
+
+def is_single_token(tokenizer: Tokenizer | None, word: str, vocab_size: int | None = None) -> bool:
+    try:
+        return resolve_word(tokenizer, word, vocab_size).is_single
+    except WordError:
+        return False
+
+
+def knowledge_defaults(tokenizer: Tokenizer | None, vocab_size: int | None = None,
+                       text_tokens: list[str] = ()) -> tuple[str, str, str] | None:
+    """(word, remove, add) for the knowledge edit's controls, valid for this model: the first
+    example whose three words are single tokens of its vocabulary (one whose word is in the
+    text first). None when none fits."""
+    fitting = [e for e in KNOWLEDGE_EXAMPLES if all(is_single_token(tokenizer, w, vocab_size) for w in e)]
+    in_text = [e for e in fitting if e[0] in text_tokens]
+    return (in_text or fitting or [None])[0]
+
+
+def is_content_word(token: str) -> bool:
+    """A token worth editing by default: letters, three or more, not a function word."""
+    word = token.strip()
+    return len(word) >= 3 and word.isalpha() and word.lower() not in FUNCTION_WORDS
+
+
+def default_position(tokens: list[str]) -> int:
+    """The last content word of a text (not its final '.'), else its last token."""
+    return next((i for i in range(len(tokens) - 1, -1, -1) if is_content_word(tokens[i])),
+                len(tokens) - 1)
 
 
 def edit_rows(edit_set: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -441,6 +480,46 @@ def steer_view(session: ContextSession, edits: Any, position: int = -1, top: int
                        "entered": a.token_id in entered})
     return SteerView(rows, i, comparison, detail, changes.kl, sum(changes.changed),
                      edit_set.describe(), changes)
+
+
+@dataclass
+class EditEffect:
+    """What one edit of an edit set does on its own: where the predictions moved, and how much."""
+
+    index: int
+    edit: str  # the edit, described
+    factor: float | None  # the factor a live slider changes (scale edits), else None
+    kind: str
+    most_affected: int | None  # the position whose prediction changed most (None: nowhere)
+    n_moved: int  # positions whose distribution changed at all
+    n_changed: int  # positions whose most probable next token changed
+    rows: list[dict[str, Any]]  # the most affected positions: position, token, KL, logit change
+
+
+def edit_effects(session: ContextSession, edits: Any, top: int = 5) -> list[EditEffect]:
+    """Per edit (applied alone, `compare.edit_effects`): the `top` most affected positions with
+    KL(before || after) and the largest logit change, so that an edit acting only at its own
+    word's positions is seen to work even when the chosen position did not move."""
+    edit_set = as_edit_set(edits) if edits is not None else EditSet()
+    out = []
+    for index, (edit, changes) in enumerate(zip(edit_set, compare_edit_effects(session, edit_set))):
+        ranked = changes.ranked()
+        rows = [{"position": j, "token": readable_token(session.tokenizer, session.token_ids[j]),
+                 "KL": changes.kl[j], "largest logit change": changes.logit_change[j],
+                 "top-1 changed": changes.changed[j]} for j in ranked[:top]]
+        factor = getattr(edit, "factor", None)
+        out.append(EditEffect(index, edit.describe(), float(factor) if factor is not None else None,
+                              edit.kind, changes.most_affected, len(ranked), sum(changes.changed), rows))
+    return out
+
+
+def with_factor(edits: dict[str, Any], index: int, factor: float) -> dict[str, Any]:
+    """The edit-set dict with edit `index`'s factor replaced (the live slider)."""
+    data = as_edit_set(edits).to_dict()
+    if not 0 <= index < len(data["edits"]) or "factor" not in data["edits"][index]:
+        raise EditError(f"edit {index} has no factor to change")
+    data["edits"][index] = {**data["edits"][index], "factor": float(factor)}
+    return EditSet.from_dict(data).to_dict()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -164,8 +164,9 @@ def test_bad_text_is_a_message_not_a_traceback(app_model, text, message):
 def test_steer_ablation_changes_the_predictions_and_the_url(app_model):
     model, tokenizer = app_model
     at = ok(page("steer", text=TEXT))
-    last = len(tokenizer.encode(TEXT)) - 1
-    assert at.selectbox(key="steer:pos").value == last
+    ids = tokenizer.encode(TEXT)
+    last = len(ids) - 2  # the default: the last content word (' money'), not the final '.'
+    assert at.selectbox(key="steer:pos").value == last and tokenizer.decode(ids[last:]) == " money."
     before = at.table[0].value
     assert before["after"].tolist() == before["before"].tolist()  # no edits yet
 
@@ -173,14 +174,13 @@ def test_steer_ablation_changes_the_predictions_and_the_url(app_model):
     at.button(key="steer:add-button").click().run()
     ok(at)
     edit_set = at.session_state["edit_set"]
-    word = tokenizer.decode([tokenizer.encode(TEXT)[last]])
-    assert edit_set["edits"] == [{"kind": "ablate_sense", "word": word, "sense": 0}]
+    assert edit_set["edits"] == [{"kind": "ablate_sense", "word": " money", "sense": 0}]
     expected = views.steer_view(ContextSession(model, tokenizer, TEXT), edit_set, position=last)
     after = at.table[0].value
     assert after["after"].tolist() == [r["after"] for r in expected.detail]
     assert after["p after"].tolist() == pytest.approx([r["p after"] for r in expected.detail])
     assert after["p after"].tolist() != pytest.approx(before["p after"].tolist())
-    rows = at.dataframe[0].value
+    rows = next(d.value for d in at.dataframe if "changed" in d.value.columns)
     assert (rows["changed"] == "changed").sum() == expected.n_changed
     # the view is in the URL: text, edit set (base64url JSON), position
     assert state.decode_edits(at.query_params["edits"]) == edit_set
@@ -442,3 +442,45 @@ def test_an_unexpected_failure_is_one_line_not_a_traceback(app_model, monkeypatc
         assert "Something went wrong (RuntimeError: injected failure)" in shown
         assert "Traceback" not in shown and 'File "' not in shown
     assert "Traceback" in caplog.text and "injected failure" in caplog.text
+
+
+def test_knowledge_edit_defaults_fit_the_model(tiny_tokenizer):
+    from backpack_core.loading import DEFAULT_MODEL_DIR
+    from backpack_core.tokenizer import Tokenizer
+
+    assert views.knowledge_defaults(tiny_tokenizer, 512) == (" MacBook", " Apple", " HP")
+    if (DEFAULT_MODEL_DIR / "tokenizer.json").is_file():  # the shipped 8k BPE: ' MacBook' splits
+        shipped = Tokenizer.load(DEFAULT_MODEL_DIR)
+        assert len(shipped.encode(" MacBook")) > 1
+        assert views.knowledge_defaults(shipped, 8192) == (" United", " States", " Nations")
+    tokens = [" The", " bank", " by", " the", " river", "."]
+    assert views.default_position(tokens) == 4 and views.default_position([".", ","]) == 1
+
+
+def test_steer_effect_per_edit_jump_and_live_factor(app_model):
+    """An edit acting only at its word's positions: its effect says where, a button jumps there,
+    and a slider changes its factor live (the after-table follows)."""
+    model, tokenizer = app_model
+    ids = tokenizer.encode(TEXT)
+    bank = ids.index(tokenizer.encode(" bank")[0])
+    edits = {"version": 1, "edits": [{"kind": "scale_sense", "word": " bank", "sense": "all",
+                                      "factor": 3.0, "positions": [bank]}]}
+    at = ok(page("steer", text=TEXT, edits=state.encode_edits(edits), pos="2"))
+    assert at.metric[1].value == "0.0000"  # the chosen position (before the word) did not move
+    session = ContextSession(model, tokenizer, TEXT)
+    expected = views.edit_effects(session, edits)[0]
+    assert expected.most_affected == bank
+    shown = " ".join(c.value for c in at.caption)
+    assert f"most at **{bank}**" in shown
+    at.button(key="steer:jump-0").click().run()
+    assert ok(at).selectbox(key="steer:pos").value == bank
+    assert float(at.metric[1].value) == pytest.approx(expected.rows[0]["KL"], rel=1e-2, abs=1e-4)
+    after_3 = at.table[0].value["p after"].tolist()
+
+    at.slider(key="steer:factor-0").set_value(1.0).run()  # factor 1: no change at all
+    ok(at)
+    assert at.session_state["edit_set"]["edits"][0]["factor"] == 1.0
+    assert state.decode_edits(at.query_params["edits"])["edits"][0]["factor"] == 1.0
+    table = at.table[0].value
+    assert table["p after"].tolist() == pytest.approx(table["p before"].tolist(), abs=1e-6)
+    assert table["p after"].tolist() != pytest.approx(after_3, abs=1e-6)

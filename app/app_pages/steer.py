@@ -84,6 +84,52 @@ def on_upload() -> None:
         problem(f"The uploaded file {uploaded.name!r} was not loaded: {err}")
 
 
+@state.guarded
+def on_factor(index: int) -> None:
+    factor = st.session_state[f"{PAGE}:factor-{index}"]
+    set_edits(views.with_factor(state.edit_set(), index, factor))
+
+
+@state.guarded
+def on_jump(position: int) -> None:
+    st.session_state[f"{PAGE}:pos"] = position
+
+
+def edit_row(effect) -> None:
+    """One edit: what it is, a live slider for its factor, and where it acts (its effect alone)."""
+    with st.container(border=True, key=f"{PAGE}:edit-{effect.index}"):
+        line = st.columns([8, 1])
+        line[0].markdown(f"`{effect.index}` {effect.edit}")
+        line[1].button("", icon=":material/delete:", key=f"{PAGE}:remove-{effect.index}",
+                       on_click=on_remove, args=(effect.index,), help="remove this edit",
+                       type="tertiary")
+        if effect.factor is not None:
+            key = f"{PAGE}:factor-{effect.index}"
+            low = 0.0 if effect.kind == "scale_contextualization" else min(-2.0, effect.factor)
+            if st.session_state.get(key) != effect.factor:
+                st.session_state[key] = effect.factor  # follow the edit set (JSON, upload, link)
+            st.slider("factor (live)", low, max(4.0, effect.factor), step=0.1, key=key,
+                      on_change=on_factor, args=(effect.index,))
+        if effect.most_affected is None:
+            st.caption("Changes no prediction of this text (its word is not in the text, or the "
+                       "change is exactly zero).")
+            return
+        top = effect.rows[0]
+        cols = st.columns([3, 2])
+        cols[0].caption(f"Moves {effect.n_moved} of {session.n} positions' predictions "
+                        f"({effect.n_changed} top-1 changes); most at **{top['position']}** "
+                        f"`{top['token']}`: KL {top['KL']:.4f}, logit change up to "
+                        f"{top['largest logit change']:.3f}.")
+        cols[1].button(f"Jump to position {top['position']}", key=f"{PAGE}:jump-{effect.index}",
+                       on_click=on_jump, args=(top["position"],), icon=":material/my_location:",
+                       disabled=top["position"] == position)
+        with st.expander("Where this edit acts (most affected positions)"):
+            st.dataframe(effect.rows, hide_index=True, key=f"{PAGE}:effect-{effect.index}",
+                         column_config={"KL": st.column_config.NumberColumn(format="%.2e"),
+                                        "largest logit change": st.column_config.NumberColumn(
+                                            format="%.3f")})
+
+
 st.title("Steer")
 st.caption("Edit senses or contextualization weights and compare the predictions before and "
            "after. Edits never change the model: they apply to this session only. The URL "
@@ -98,13 +144,15 @@ except ValueError as err:
     st.stop()
 
 positions = list(range(session.n))
+state.persist(f"{PAGE}:pos", shared="position")
 pending = st.session_state.pop(f"{PAGE}:pos:pending", None)
 if pending in positions:
     st.session_state[f"{PAGE}:pos"] = pending
 elif st.session_state.get(f"{PAGE}:pos") not in positions:
-    st.session_state[f"{PAGE}:pos"] = session.n - 1
+    st.session_state[f"{PAGE}:pos"] = views.default_position(session.tokens)
 position = st.selectbox("Position (the prediction after this token)", positions, key=f"{PAGE}:pos",
-                        format_func=lambda i: f"{i}: {views.show_token(session.tokens[i])}")
+                        format_func=lambda i: f"{i}: {views.readable_token(tokenizer, session.token_ids[i])}")
+knowledge = views.knowledge_defaults(tokenizer, model.config.vocab_size, session.tokens)
 
 builder, results = st.columns([2, 3], gap="large")
 
@@ -115,11 +163,13 @@ with builder:
                         format_func=lambda kd: KIND_LABELS.get(kd, kd))
     words = list(dict.fromkeys(session.tokens))
     word_options = words + [OTHER]
-    here = session.tokens[position]
+    # the word follows the chosen position's token (a knowledge edit: its example's word)
+    here = knowledge[0] if kind == "knowledge_edit" and knowledge and knowledge[0] in words \
+        else session.tokens[position]
     if st.session_state.get(f"{PAGE}:word") not in word_options or \
-            st.session_state.get(f"{PAGE}:word-for") != position:
-        st.session_state[f"{PAGE}:word"] = here  # follow the chosen position's token
-        st.session_state[f"{PAGE}:word-for"] = position
+            st.session_state.get(f"{PAGE}:word-for") != (position, kind):
+        st.session_state[f"{PAGE}:word"] = here
+        st.session_state[f"{PAGE}:word-for"] = (position, kind)
     cols = st.columns(2)
     word = cols[0].selectbox("Word", word_options, key=f"{PAGE}:word",
                              format_func=lambda t: "another word…" if t == OTHER else views.show_token(t))
@@ -140,8 +190,9 @@ with builder:
         c[1].number_input("Sense", 0, model.config.num_senses - 1, 0, key=f"{PAGE}:source-sense")
     if kind == "knowledge_edit":
         c = st.columns(2)
-        c[0].text_input("Remove the word", " Apple", key=f"{PAGE}:remove")
-        c[1].text_input("Add the word (optional)", " HP", key=f"{PAGE}:add")
+        c[0].text_input("Remove the word", knowledge[1] if knowledge else "", key=f"{PAGE}:remove",
+                        help="one token of this model's vocabulary, e.g. ' States'")
+        c[1].text_input("Add the word (optional)", knowledge[2] if knowledge else "", key=f"{PAGE}:add")
     st.text_input("Only at positions (blank: every occurrence)", "", key=f"{PAGE}:positions",
                   placeholder="e.g. 3, 7")
     st.button("Add edit", type="primary", on_click=on_add, key=f"{PAGE}:add-button")
@@ -153,12 +204,9 @@ with builder:
     if edits.get("name") or edits.get("description"):
         st.caption(" · ".join(str(edits[k]) for k in ("name", "description") if edits.get(k)))
     if rows:
-        for row in rows:
-            line = st.columns([8, 1])
-            line[0].markdown(f"`{row['#']}` {row['edit']}")
-            line[1].button("", icon=":material/delete:", key=f"{PAGE}:remove-{row['#']}",
-                           on_click=on_remove, args=(row["#"],), help="remove this edit",
-                           type="tertiary")
+        effects = views.edit_effects(session, edits)
+        for effect in effects:
+            edit_row(effect)
         st.button("Clear all edits", on_click=on_clear, key=f"{PAGE}:clear")
     else:
         st.info("No edits yet: the predictions after equal the predictions before.")
@@ -187,9 +235,9 @@ with results:
                 help="positions whose most probable next token changed")
     m[1].metric(f"KL(before ‖ after) at {position}", f"{view.comparison.kl:.4f}")
     m[2].metric("largest KL", f"{max(view.kl):.4f}")
-    st.markdown(f"Next token after position **{position}** "
-                f"(`{views.show_token(session.tokens[position])}`); green: entered the top 10, "
-                "red: left it.")
+    shown = views.readable_token(tokenizer, session.token_ids[position])
+    st.markdown(f"Next token after position **{position}** (`{shown}`); green: entered the top "
+                "10, red: left it.")
     st.table(ui.detail_table(view.detail))
 
 charts = st.columns(2)
