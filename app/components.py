@@ -35,14 +35,15 @@ def heatmap(h: Heatmap, colorscale: str = "Viridis", zmid: float | None = None,
     if zmid is not None:
         kwargs["zmid"] = zmid
     elif h.zmax is not None:
-        kwargs.update(zmin=0.0, zmax=h.zmax)
-    fig = go.Figure(go.Heatmap(z=h.z, x=h.x, y=h.y, colorscale=colorscale,
-                               colorbar={"title": {"text": colorbar_title}}, xgap=1, ygap=1,
-                               **kwargs))
+        kwargs.update(zmin=0.0 if h.zmin is None else h.zmin, zmax=h.zmax)
+    gap = 1 if max(n_rows, n_cols) <= 40 else 0  # gaps would hide the cells of a long text
+    fig = go.Figure(go.Heatmap(z=h.z, x=h.x, y=h.y, colorscale=colorscale, hoverongaps=False,
+                               colorbar={"title": {"text": h.colorbar or colorbar_title}},
+                               xgap=gap, ygap=gap, **kwargs))
     fig.update_layout(
-        title={"text": h.title, "font": {"size": 14}},
+        title={"text": h.title + (f"<br><sup>{h.note}</sup>" if h.note else ""), "font": {"size": 14}},
         height=height or max(260, min(900, 60 + 26 * n_rows)),
-        margin={"l": 10, "r": 10, "t": 40, "b": 10},
+        margin={"l": 10, "r": 10, "t": 60 if h.note else 40, "b": 10},
         xaxis={"title": h.x_title, "type": "category", "tickangle": -45 if n_cols > 12 else 0},
         yaxis={"title": h.y_title, "type": "category",
                "autorange": "reversed" if reverse_y else True},

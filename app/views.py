@@ -61,11 +61,24 @@ class Heatmap:
     x_title: str = ""
     y_title: str = ""
     zmax: float | None = None  # top of the colour scale, if not the largest value
+    zmin: float | None = None  # bottom of the colour scale (with zmax)
+    colorbar: str = ""  # the colour bar's title (says when the scale is clipped)
+    note: str = ""  # a second title line (how the colour scale was cut)
 
 
 def _labels(tokens: list[str]) -> list[str]:
-    """Unique axis labels for tokens (a plot axis merges equal categories): '3 ␣bank'."""
-    return [f"{i} {show_token(t)}" for i, t in enumerate(tokens)]
+    """Unique axis labels for readable tokens (a plot axis merges equal categories): '3 ␣bank'."""
+    return [f"{i} {t}" for i, t in enumerate(tokens)]
+
+
+def position_label(session: ContextSession, i: int) -> str:
+    """'3: ␣bank', for the position selectors."""
+    return f"{i}: {readable_token(session.tokenizer, session.token_ids[i])}"
+
+
+def text_tokens(session: ContextSession) -> list[str]:
+    """The text's tokens as people read them (`readable_token`: bytes as <0xE2>)."""
+    return [readable_token(session.tokenizer, i) for i in session.token_ids]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -244,8 +257,8 @@ def _vocabulary(tokenizer: Tokenizer, size: int) -> list[str]:
 def vocab_matches(tokenizer: Tokenizer, query: str, limit: int = 30,
                   vocab_size: int | None = None) -> list[str]:
     """Vocabulary tokens matching `query` (case-insensitive, spaces ignored): exact matches
-    first (the in-text form with a leading space before the bare one), then prefixes, then
-    substrings; shorter tokens first."""
+    first (the case as typed first, the in-text form with a leading space before the bare one),
+    then prefixes, then substrings; shorter tokens first."""
     q = query.strip().lower()
     if not q:
         return []
@@ -261,9 +274,10 @@ def vocab_matches(tokenizer: Tokenizer, query: str, limit: int = 30,
             groups[1].append(token)
         elif q in s:
             groups[2].append(token)
+    typed = query.strip()
     out: list[str] = []
-    for group in groups:
-        out.extend(sorted(group, key=lambda t: (not t.startswith(" "), len(t), t)))
+    for group in groups:  # in each: the typed case first ('river' before ' River'), then in-text
+        out.extend(sorted(group, key=lambda t: (typed not in t, not t.startswith(" "), len(t), t)))
     return out[:limit]
 
 
@@ -290,19 +304,19 @@ class SenseView:
         return len(self.pieces) > 1
 
 
-def _piece_view(piece, n_top: int) -> PieceView:
+def _piece_view(piece, n_top: int, tokenizer: Tokenizer) -> PieceView:
     rows, z_top, t_top, z_bot, t_bot = [], [], [], [], []
     for r in piece.readouts:
         rows.append({"sense": r.sense,
-                     "top words": " ".join(show_token(t.token) for t in r.top),
-                     "bottom words": " ".join(show_token(t.token) for t in r.bottom)})
+                     "top words": " ".join(readable_token(tokenizer, t.token_id) for t in r.top),
+                     "bottom words": " ".join(readable_token(tokenizer, t.token_id) for t in r.bottom)})
         z_top.append([t.score for t in r.top])
-        t_top.append([show_token(t.token) for t in r.top])
+        t_top.append([readable_token(tokenizer, t.token_id) for t in r.top])
         z_bot.append([t.score for t in r.bottom])
-        t_bot.append([show_token(t.token) for t in r.bottom])
+        t_bot.append([readable_token(tokenizer, t.token_id) for t in r.bottom])
     y = [f"sense {r.sense}" for r in piece.readouts]
     x = [str(i + 1) for i in range(n_top)]
-    label = show_token(piece.token)
+    label = readable_token(tokenizer, piece.token_id)
     return PieceView(
         piece.token, piece.token_id, rows,
         Heatmap(z_top, x, y, t_top, f"{label}: top words of each sense (sense_logits)", "rank", ""),
@@ -316,7 +330,18 @@ def sense_view(model: Backpack, tokenizer: Tokenizer, word: str | int, top: int 
     readout: SenseReadout = sense_readout(model, tokenizer, word, top=top)
     n_top = len(readout.pieces[0].readouts[0].top) if readout.pieces else 0
     return SenseView(word, readout.word.describe(), readout.notes,
-                     [_piece_view(p, n_top) for p in readout.pieces])
+                     [_piece_view(p, n_top, tokenizer) for p in readout.pieces])
+
+
+def word_options(matches: list[str], query: str) -> list[str]:
+    """The Senses page's choices for a typed word: the matching tokens and, when the word is not
+    one of them, the word itself in its in-text form (' MacBook', with the leading space, as it
+    appears inside a text and so split the way a text splits it), then as typed."""
+    typed = query.strip()
+    if not typed:
+        return list(matches)
+    extra = [] if typed in {m.strip() for m in matches} else [" " + typed, typed]
+    return list(dict.fromkeys(matches + extra))
 
 
 def describe_word(tokenizer: Tokenizer, word: str | int, vocab_size: int | None = None) -> str:
@@ -327,9 +352,10 @@ def describe_word(tokenizer: Tokenizer, word: str | int, vocab_size: int | None 
         return str(err)
 
 
-def sense_search_rows(search) -> list[dict[str, Any]]:
+def sense_search_rows(search, tokenizer: Tokenizer | None = None) -> list[dict[str, Any]]:
     """sense_bank.SenseSearch -> rows: rank, word, token id, sense, score."""
-    return [{"rank": r + 1, "word": show_token(h.token), "token_id": h.token_id, "sense": h.sense,
+    return [{"rank": r + 1, "word": readable_token(tokenizer, h.token_id) if tokenizer is not None
+             else show_token(h.token), "token_id": h.token_id, "sense": h.sense,
              "score": h.score} for r, h in enumerate(search.hits)]
 
 
@@ -338,23 +364,42 @@ def sense_search_rows(search) -> list[dict[str, Any]]:
 # ----------------------------------------------------------------------------------------------
 
 def prediction_rows(session: ContextSession, top: int = 5) -> list[dict[str, Any]]:
-    """One row per position: the token, the `top` most probable next tokens, and the token that
-    actually follows with its probability."""
+    """One row per position: the token, the `top` most probable next tokens (the one that
+    actually follows marked ✓), and that actual next token with its probability,
+    log-probability and rank among the model's predictions."""
     readout = session.readout(top=top)
+    tokenizer = session.tokenizer
+    with torch.inference_mode():
+        logits = session.base_logits.float()[:, : session.n_real]  # (n, real vocab)
+        logprobs = logits.log_softmax(-1)
     rows = []
     for p in readout.predictions:
+        i = p.position
+        nxt = session.token_ids[i + 1] if i + 1 < session.n else None
+        rank = int((logits[i] > logits[i, nxt]).sum()) + 1 if nxt is not None else None
         rows.append({
-            "position": p.position, "token": show_token(p.token),
-            "top predictions": ", ".join(f"{show_token(t.token)} {t.prob:.2f}" for t in p.top),
-            "next token": show_token(p.next_token) if p.next_token is not None else "",
+            "position": i, "token": readable_token(tokenizer, session.token_ids[i]),
+            "top predictions": ", ".join(
+                f"{readable_token(tokenizer, t.token_id)} {t.prob:.2f}{' ✓' if t.token_id == nxt else ''}"
+                for t in p.top),
+            "next token": readable_token(tokenizer, nxt) if nxt is not None else "",
             "p(next token)": p.next_prob,
+            "log p(next token)": float(logprobs[i, nxt]) if nxt is not None else None,
+            "rank of next token": rank,
         })
     return rows
 
 
-def contextualization_heatmap(session: ContextSession, sense: int | None = None) -> Heatmap:
+def contextualization_heatmap(session: ContextSession, sense: int | None = None, *,
+                              log_scale: bool = False, hide_diagonal: bool = False,
+                              clip_percentile: float = 98.0) -> Heatmap:
     """The contextualization weights alpha[l, query, source] of one sense, or summed over all
-    senses (sense=None: each row then sums to k). Rows: query positions; columns: sources."""
+    senses (sense=None: each row then sums to k). Rows: query positions; columns: sources.
+
+    The first rows share their weight among few sources and would wash out the colours, so the
+    scale tops out at the `clip_percentile` of the causal weights of rows 3 onwards; the title
+    and colour bar say so when that cuts anything. hide_diagonal leaves out alpha[l, i, i] (a
+    token's own senses, often the largest weight); log_scale shows log10(alpha)."""
     k = session.contextualization.shape[0]
     if sense is None:
         matrix = session.contextualization.float().sum(0)
@@ -364,24 +409,64 @@ def contextualization_heatmap(session: ContextSession, sense: int | None = None)
             raise ValueError(f"sense {sense} is out of range: the model has {k} senses, 0..{k - 1}")
         matrix = session.contextualization[sense].float()
         title = f"contextualization of sense {sense} (each row sums to 1)"
-    labels = _labels(session.tokens)
-    # The first rows share their weight among few sources and would wash out the colours:
-    # the scale tops out at the 98th percentile of the causal weights of rows 3 onwards.
-    causal = matrix[min(3, session.n - 1):][
-        torch.ones_like(matrix, dtype=torch.bool).tril()[min(3, session.n - 1):]]
-    zmax = float(causal.quantile(0.98)) if causal.numel() > 1 else None
-    return Heatmap(matrix.cpu().tolist(), labels, labels, None, title, "source position j",
-                   "query position i", zmax=zmax)
+    n = session.n
+    shown = torch.ones(n, n, dtype=torch.bool, device=matrix.device).tril()  # causal cells
+    if hide_diagonal:
+        shown &= ~torch.eye(n, dtype=torch.bool, device=matrix.device)
+        title += ", diagonal hidden"
+    colorbar = "alpha"
+    values = matrix.clone()
+    if log_scale:
+        values = values.clamp_min(1e-6).log10()
+        colorbar = "log10 alpha"
+    values[~shown] = float("nan")  # blank cells: the future, and the diagonal when hidden
+    first = min(3, n - 1)
+    pool = values[first:][shown[first:]]
+    pool = pool[pool.isfinite()]
+    zmin = zmax = None
+    note = ""
+    if pool.numel() > 1:
+        zmax = float(pool.quantile(clip_percentile / 100))
+        zmin = float(pool.min()) if log_scale else 0.0
+        largest = float(values[shown].max())
+        if zmax < largest:
+            note = (f"colour scale clipped at the {clip_percentile:g}th percentile, {zmax:.3g} "
+                    f"(largest {largest:.3g}): brighter cells are all shown alike")
+            colorbar += f" (clipped at {zmax:.3g})"
+        else:
+            zmax = None
+    labels = _labels(text_tokens(session))
+    z = [[None if v != v else v for v in row] for row in values.cpu().tolist()]  # NaN -> blank
+    return Heatmap(z, labels, labels, None, title, "source position j", "query position i",
+                   zmax=zmax, zmin=zmin, colorbar=colorbar, note=note)
 
 
-def target_options(session: ContextSession, position: int, top: int = 5) -> list[str]:
-    """Targets worth attributing at a position: its `top` predictions, then the actual next token."""
+def position_from_label(label: Any) -> int | None:
+    """An axis label '3 ␣bank' (or a bare index) -> 3; None if it is not one."""
+    head = str(label).split(" ", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def picked_cell(selection: Any) -> tuple[int, int] | None:
+    """The (row, column) positions of the cell clicked in a heatmap with position labels, from
+    st.plotly_chart's selection event ({"selection": {"points": [{"x": ..., "y": ...}]}})."""
+    try:
+        points = selection["selection"]["points"]
+    except (KeyError, TypeError):
+        points = getattr(getattr(selection, "selection", None), "points", None)
+    if not points:
+        return None
+    row, col = position_from_label(points[0].get("y")), position_from_label(points[0].get("x"))
+    return None if row is None or col is None else (row, col)
+
+
+def target_options(session: ContextSession, position: int, top: int = 5) -> list[int]:
+    """Token ids worth attributing at a position: its `top` predictions, then the actual next
+    token (ids, not texts: a token holding part of a character has no text of its own)."""
     i = session.position(position)
-    readout_top = session.base_logits[i].float()[: session.n_real].topk(top).indices.tolist()
-    options = [token_text(session.tokenizer, t) if session.tokenizer is not None else f"#{t}"
-               for t in readout_top]
-    if i + 1 < session.n and session.tokens[i + 1] not in options:
-        options.append(session.tokens[i + 1])
+    options = session.base_logits[i].float()[: session.n_real].topk(top).indices.tolist()
+    if i + 1 < session.n and session.token_ids[i + 1] not in options:
+        options.append(session.token_ids[i + 1])
     return options
 
 
@@ -404,16 +489,17 @@ def attribution_view(session: ContextSession, target: str | int, position: int =
     """The exact attribution of `target`'s logit at `position`: contributions[l, j] =
     alpha[l, i, j] * (E_target . C(x_j)_l), by (sense, source), by source, by sense."""
     a = session.attribution(target, position=position, edits=edits)
-    tokens = a.tokens[: a.position + 1]
     c = a.contributions.float()  # (k, i + 1)
-    by_position = [{"position": j, "token": show_token(t), "contribution": float(v)}
-                   for j, (t, v) in enumerate(zip(tokens, c.sum(0).tolist()))]
+    shown = [readable_token(session.tokenizer, i) for i in a.token_ids[: a.position + 1]]
+    by_position = [{"position": j, "token": t, "contribution": float(v)}
+                   for j, (t, v) in enumerate(zip(shown, c.sum(0).tolist()))]
     by_sense = [{"sense": l, "contribution": float(v)} for l, v in enumerate(c.sum(1).tolist())]
-    top = [{"position": t.position, "token": show_token(t.token), "sense": t.sense,
+    top = [{"position": t.position, "token": shown[t.position], "sense": t.sense,
             "contribution": t.value} for t in a.top(n_top)]
-    heatmap = Heatmap(c.tolist(), _labels(tokens), [f"sense {l}" for l in range(c.shape[0])],
-                      None, f"contributions to the logit of {show_token(a.target_token)} after "
-                            f"position {a.position} ({show_token(a.tokens[a.position])})",
+    target = readable_token(session.tokenizer, a.target_id)
+    heatmap = Heatmap(c.tolist(), _labels(shown), [f"sense {l}" for l in range(c.shape[0])],
+                      None, f"contributions to the logit of {target} after "
+                            f"position {a.position} ({shown[a.position]})",
                       "source position j", "sense l")
     return AttributionView(a.position, a.tokens[a.position], a.target_token, a.target_id,
                            a.logit, a.total, heatmap, by_position, by_sense, top)

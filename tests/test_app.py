@@ -7,6 +7,7 @@ independently with the core API. The app reads its default model from BACKPACK_M
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -64,6 +65,11 @@ def figures(at: AppTest) -> list[dict]:
     return [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
 
 
+def matrix(heat: dict) -> torch.Tensor:
+    """A heatmap's z, its blank cells (the future: None) as 0."""
+    return torch.tensor([[0.0 if v is None else v for v in row] for row in heat["z"]])
+
+
 def messages(at: AppTest) -> str:
     return " ".join(str(e.value) for e in [*at.error, *at.warning, *at.info])
 
@@ -85,17 +91,19 @@ def test_senses_page_table_heatmaps_pieces_side_by_side(app_model):
     expected = sense_readout(model, tokenizer, " bank", top=8).pieces[0].readouts
     table = at.dataframe[0].value
     assert len(table) == model.config.num_senses
-    assert table["top words"].tolist()[2] == " ".join(show_token(t.token) for t in expected[2].top)
+    assert table["top words"].tolist()[2] == " ".join(readable_token(tokenizer, t.token_id)
+                                                      for t in expected[2].top)
     top_map = figures(at)[0]["data"][0]
     assert top_map["z"][1] == pytest.approx([t.score for t in expected[1].top], rel=1e-5)
     assert at.query_params["word"] == " bank"
 
     # a word that is several tokens: every piece is shown, and said so
-    at.text_input(key="senses:w1").input("MacBook").run()
-    at.selectbox(key="senses:w1:pick").set_value("MacBook").run()
+    at.text_input(key="senses:w1").input("riverbanks").run()
     ok(at)
-    pieces = len(tokenizer.encode("MacBook"))
-    assert pieces > 1
+    # split in its in-text form (with the leading space), as it is inside a text
+    assert at.selectbox(key="senses:w1:pick").value == " riverbanks"
+    pieces = len(tokenizer.encode(" riverbanks"))
+    assert pieces > 1 and tokenizer.encode(" riverbanks") != tokenizer.encode("riverbanks")
     assert "splits into" in messages(at) and len(at.dataframe) == pieces
 
     # two words side by side
@@ -132,10 +140,10 @@ def test_context_page_predictions_contextualization_attribution(app_model):
         float(session.base_logits[2].softmax(-1)[session.token_ids[3]]), rel=1e-5)
 
     heat = figures(at)[0]["data"][0]  # all senses summed
-    assert torch.allclose(torch.tensor(heat["z"]), session.contextualization.sum(0), atol=1e-6)
+    assert torch.allclose(matrix(heat), session.contextualization.sum(0), atol=1e-6)
     at.selectbox(key="context:sense").set_value(1).run()
     heat = figures(ok(at))[0]["data"][0]
-    assert torch.allclose(torch.tensor(heat["z"]), session.contextualization[1], atol=1e-6)
+    assert torch.allclose(matrix(heat), session.contextualization[1], atol=1e-6)
 
     # the attribution of ' river' after position 3: contributions sum to the model's logit
     at.selectbox(key="context:pos").set_value(3).run()
@@ -484,3 +492,36 @@ def test_steer_effect_per_edit_jump_and_live_factor(app_model):
     table = at.table[0].value
     assert table["p after"].tolist() == pytest.approx(table["p before"].tolist(), abs=1e-6)
     assert table["p after"].tolist() != pytest.approx(after_3, abs=1e-6)
+
+
+def test_readable_views_search_predictions_and_heatmap_options(tiny_model, tiny_tokenizer):
+    from backpack_core.loading import DEFAULT_MODEL_DIR
+    from backpack_core.tokenizer import Tokenizer
+
+    if (DEFAULT_MODEL_DIR / "tokenizer.json").is_file():  # has ' river' and ' River'
+        shipped = Tokenizer.load(DEFAULT_MODEL_DIR)
+        assert views.vocab_matches(shipped, "river")[0] == " river"
+        assert views.vocab_matches(shipped, "River")[0] == " River"
+    assert views.word_options([" bank"], "bank") == [" bank"]
+    assert views.word_options([], "riverbanks") == [" riverbanks", "riverbanks"]
+
+    session = ContextSession(tiny_model, tiny_tokenizer, TEXT)
+    rows = views.prediction_rows(session, top=3)
+    logprobs = session.base_logits[:, : len(tiny_tokenizer)].log_softmax(-1)
+    for i, row in enumerate(rows[:-1]):
+        nxt = session.token_ids[i + 1]
+        assert row["log p(next token)"] == pytest.approx(float(logprobs[i, nxt]), abs=1e-5)
+        assert row["rank of next token"] == int((logprobs[i] > logprobs[i, nxt]).sum()) + 1
+        assert (" ✓" in row["top predictions"]) == (row["rank of next token"] <= 3)
+    assert rows[-1]["rank of next token"] is None
+
+    plain = views.contextualization_heatmap(session)
+    assert "clipped at the 98th percentile" in plain.note and "clipped" in plain.colorbar
+    assert plain.zmax < max(v for row in plain.z for v in row if v is not None)
+    assert plain.z[0][1] is None  # the future is blank, not 0
+    hidden = views.contextualization_heatmap(session, 0, hide_diagonal=True, log_scale=True)
+    assert all(hidden.z[i][i] is None for i in range(session.n))
+    assert hidden.z[2][0] == pytest.approx(math.log10(float(session.contextualization[0, 2, 0])),
+                                           abs=1e-5)
+    assert views.picked_cell({"selection": {"points": [{"x": "3 ␣by", "y": "7 ␣the"}]}}) == (7, 3)
+    assert views.picked_cell({"selection": {"points": []}}) is None

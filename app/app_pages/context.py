@@ -27,15 +27,19 @@ except ValueError as err:
     state.show_error(err)
     st.stop()
 k = session.contextualization.shape[0]
+tokenizer = session.tokenizer
 st.caption(f"{session.n} tokens · {k} senses · context {session.model.config.n_positions} tokens")
 
 # -- tokens and predictions --
 st.subheader("Tokens and next-token predictions")
-n_top = st.slider("Predictions per token", 1, 10, 5, key=f"{PAGE}:top")
+state.persist(f"{PAGE}:top", 5)
+n_top = st.slider("Predictions per token", 1, 10, key=f"{PAGE}:top")
 st.dataframe(views.prediction_rows(session, top=n_top), hide_index=True, key=f"{PAGE}:predictions",
              height=min(420, 38 + 35 * session.n),
              column_config={"p(next token)": st.column_config.ProgressColumn(
-                 "p(next token)", min_value=0.0, max_value=1.0, format="%.3f")})
+                 "p(next token)", min_value=0.0, max_value=1.0, format="%.3f"),
+                 "log p(next token)": st.column_config.NumberColumn(format="%.2f")})
+st.caption("✓ marks the token that actually follows; its rank is among all the model's predictions.")
 
 
 def pending_choice(key: str, options: list, default) -> None:
@@ -50,27 +54,46 @@ def pending_choice(key: str, options: list, default) -> None:
 # -- contextualization --
 st.subheader("Contextualization weights")
 sense_options = ["all"] + list(range(k))
+for key, default in (("sense", "all"), ("log", False), ("hide-diagonal", False)):
+    state.persist(f"{PAGE}:{key}", default)
 pending_choice(f"{PAGE}:sense", sense_options, "all")
-sense = st.selectbox("Sense", sense_options, key=f"{PAGE}:sense",
-                     format_func=lambda s: "all senses, summed" if s == "all" else f"sense {s}")
-heat = views.contextualization_heatmap(session, None if sense == "all" else sense)
+cols = st.columns([2, 1, 1])
+sense = cols[0].selectbox("Sense", sense_options, key=f"{PAGE}:sense",
+                          format_func=lambda s: "all senses, summed" if s == "all" else f"sense {s}")
+log_scale = cols[1].toggle("log scale", key=f"{PAGE}:log")
+hide_diagonal = cols[2].toggle("hide the diagonal", key=f"{PAGE}:hide-diagonal",
+                               help="leave out each token's weight on its own senses")
+heat = views.contextualization_heatmap(session, None if sense == "all" else sense,
+                                       log_scale=log_scale, hide_diagonal=hide_diagonal)
+
+
+@state.guarded
+def on_cell() -> None:
+    """A click on a cell (query i, source j) picks position i for the attribution below."""
+    cell = views.picked_cell(st.session_state.get(f"{PAGE}:contextualization"))
+    if cell is not None:
+        st.session_state[f"{PAGE}:pos"] = cell[0]
+
+
 st.plotly_chart(ui.heatmap(heat, "Viridis", cell_text=False, colorbar_title="alpha",
                            height=max(380, min(900, 120 + 14 * session.n))),
-                key=f"{PAGE}:contextualization")
+                key=f"{PAGE}:contextualization", on_select=on_cell, selection_mode="points")
+st.caption("Click a cell to attribute that row's prediction below.")
 
 # -- attribution --
 st.subheader("Attribution of one prediction")
 st.caption("The logit of a word after position i is exactly Σ_l Σ_(j≤i) alpha[l, i, j] · "
            "(E_word · C(x_j)_l): the contributions below sum to it.")
 positions = list(range(session.n))
+state.persist(f"{PAGE}:pos", shared="position")
 pending_choice(f"{PAGE}:pos", positions, session.n - 1)
 cols = st.columns([2, 2, 2])
 position = cols[0].selectbox("Position i (the prediction after this token)", positions,
                              key=f"{PAGE}:pos",
-                             format_func=lambda i: f"{i}: {views.show_token(session.tokens[i])}")
+                             format_func=lambda i: views.position_label(session, i))
 options = views.target_options(session, position)
 target_pick = cols[1].selectbox("Target word", options, key=f"{PAGE}:target",
-                                format_func=lambda t: views.show_token(t))
+                                format_func=lambda t: views.readable_token(tokenizer, t))
 custom = cols[2].text_input("…or another word (one token, e.g. ' river')", key=f"{PAGE}:custom-target")
 target = custom if custom else target_pick
 try:
@@ -81,7 +104,7 @@ else:
     m = st.columns(3)
     m[0].metric("logit of the target", f"{view.logit:.4f}")
     m[1].metric("sum of the contributions", f"{view.total:.4f}")
-    m[2].metric("target", views.show_token(view.target))
+    m[2].metric("target", views.readable_token(tokenizer, view.target_id))
     st.plotly_chart(ui.heatmap(view.heatmap, "RdBu", zmid=0.0, cell_text=False,
                                colorbar_title="contribution", height=max(300, 60 + 22 * k)),
                     key=f"{PAGE}:contributions")

@@ -40,7 +40,7 @@ def pick_word(slot: str, default: str) -> str | None:
                           help="Type a word; matching tokens are listed below (exact matches "
                                "first). A word that is not one token is explained piece by piece.")
     matches = views.vocab_matches(tokenizer, query, vocab_size=model.config.vocab_size)
-    options = list(dict.fromkeys(matches + ([query] if query.strip() else [])))
+    options = views.word_options(matches, query)
     if not options:
         st.info("Type a word to see its senses.")
         return None
@@ -62,7 +62,8 @@ def show_word(word: str, slot: str) -> None:
         st.info(f"{word!r} is not one token: it splits into {len(view.pieces)} pieces. A "
                 "Backpack has senses per token, not per word, so the senses of each piece are "
                 "shown.")
-    tabs = st.tabs([f"piece {i + 1}: {views.show_token(p.token)}" for i, p in enumerate(view.pieces)]
+    tabs = st.tabs([f"piece {i + 1}: {views.readable_token(tokenizer, p.token_id)}"
+                    for i, p in enumerate(view.pieces)]
                    ) if view.multi_token else [st.container()]
     for n, (tab, piece) in enumerate(zip(tabs, view.pieces)):
         with tab:
@@ -125,7 +126,7 @@ if query:
         except ValueError as err:
             state.show_error(err, "Sense search")
         else:
-            rows = views.sense_search_rows(result)
+            rows = views.sense_search_rows(result, tokenizer)
             label = "promote" if result.largest else "suppress"
             st.markdown(f"Senses that most **{label}** "
                         f"{', '.join(repr(t) for t in result.targets)}:")

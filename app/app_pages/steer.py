@@ -151,7 +151,7 @@ if pending in positions:
 elif st.session_state.get(f"{PAGE}:pos") not in positions:
     st.session_state[f"{PAGE}:pos"] = views.default_position(session.tokens)
 position = st.selectbox("Position (the prediction after this token)", positions, key=f"{PAGE}:pos",
-                        format_func=lambda i: f"{i}: {views.readable_token(tokenizer, session.token_ids[i])}")
+                        format_func=lambda i: views.position_label(session, i))
 knowledge = views.knowledge_defaults(tokenizer, model.config.vocab_size, session.tokens)
 
 builder, results = st.columns([2, 3], gap="large")
