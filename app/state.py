@@ -47,6 +47,8 @@ DEFAULT_TEXT = ("The MacBook is made by Apple. He moved to the United States. Sh
                 "to deposit money. The bank by the river has money.")
 EMPTY_EDITS: dict[str, Any] = {"version": 1, "edits": []}
 MODELS_PAGE = "app_pages/models.py"
+SHIPPED = "shipped"  # the shipped model's name in a URL
+DTYPES = ("float32", "bfloat16", "float16")
 log = logging.getLogger("backpack_workbench.app")
 
 
@@ -83,9 +85,24 @@ class ModelChoice:
         return (self.source or "", self.device, self.dtype)
 
     @property
+    def name(self) -> str:
+        return self.source if self.source else f"shipped ({DEFAULT_MODEL_DIR.name})"
+
+    @property
     def label(self) -> str:
-        name = self.source if self.source else f"shipped ({DEFAULT_MODEL_DIR.name})"
-        return f"{name} · {self.device} · {self.dtype}"
+        return f"{self.name} · {self.device} · {self.dtype}"
+
+    def url_params(self) -> dict[str, str]:
+        """The choice in the URL (`model`, `device`, `dtype`): only what differs from the default."""
+        default = default_choice()
+        out = {}
+        if self.source != default.source:
+            out["model"] = self.source or SHIPPED
+        if self.device != default.device:
+            out["device"] = self.device
+        if self.dtype != default.dtype:
+            out["dtype"] = self.dtype
+        return out
 
 
 def default_choice() -> ModelChoice:
@@ -103,6 +120,45 @@ def model_choice() -> ModelChoice:
 def _load(source: str, device: str, dtype: str):
     """(Backpack, Tokenizer), once per process and key. Errors are not cached."""
     return load_backpack(source or None, device=device, dtype=dtype)
+
+
+def choose_model(choice: ModelChoice) -> None:
+    """Make `choice` this session's model (it must have loaded: call load_model first)."""
+    st.session_state["model_choice"] = choice
+
+
+def restore_model(params: dict[str, str]) -> None:
+    """Take the model, device and dtype from a shared link, once per session. Only the shipped
+    model, the default one and local directories load from a link (a hub id would download:
+    choose it on the Models page); a choice that does not load is refused with a message."""
+    if st.session_state.get("_url_read:model"):
+        return
+    st.session_state["_url_read:model"] = True
+    if not any(k in params for k in ("model", "device", "dtype")):
+        return
+    from backpack_core.loading import available_devices
+
+    default = default_choice()
+    source = params.get("model", default.source or SHIPPED)
+    source = None if source == SHIPPED else source
+    device, dtype = params.get("device", default.device), params.get("dtype", default.dtype)
+    problem = None
+    if source not in (None, default.source) and not Path(source).expanduser().is_dir():
+        problem = f"{source!r} is not a local model directory (a hub id loads from the Models page)"
+    elif device not in available_devices():
+        problem = f"device {device!r} is not available here ({', '.join(available_devices())})"
+    elif dtype not in DTYPES:
+        problem = f"dtype {dtype!r} is not one of {', '.join(DTYPES)}"
+    else:
+        choice = ModelChoice(source, device, dtype)
+        try:
+            load_model(choice)
+        except (ValueError, OSError) as err:
+            problem = " ".join(str(err).split())
+        else:
+            choose_model(choice)
+    if problem:
+        st.session_state["_url_model_problem"] = f"The model in the link was not loaded: {problem}."
 
 
 def load_model(choice: ModelChoice):
@@ -173,7 +229,7 @@ def persist(key: str, default: Any = None, shared: str | None = None) -> None:
     it; a copy kept under `_kept:<shared or key>` after every run restores it. Pages that give
     the same `shared` name share the value (the position of the Context and Steer pages)."""
     shadow = f"_kept:{shared or key}"
-    if key not in st.session_state:
+    if key not in st.session_state and (shadow in st.session_state or default is not None):
         st.session_state[key] = st.session_state.get(shadow, default)
     st.session_state.setdefault("_persisted", {})[key] = shadow
 
@@ -232,20 +288,24 @@ def restore_text(page: str, params: dict[str, str]) -> None:
         st.session_state.pop(f"{page}:text", None)
 
 
-def restore_edits(params: dict[str, str]) -> str | None:
-    """Take the edit set from a shared link; returns an error message for a bad one."""
+def restore_edits(params: dict[str, str], model, tokenizer) -> str | None:
+    """Take the edit set from a shared link, checked against the model as an uploaded file is;
+    returns the message for one that is refused (the session's edits are then left as they are)."""
     if not params.get("edits"):
         return None
     try:
-        set_edit_set(decode_edits(params["edits"]))
+        data = decode_edits(params["edits"])
+        set_edit_set(views.read_edit_set(data, model, tokenizer))
     except EditError as err:
-        return f"The edit set in the link was ignored: {err}"
+        return f"The edit set in the link was not loaded: {' '.join(str(err).split())}"
     return None
 
 
 def write_url(**params: Any) -> None:
-    """Make the URL reproduce the view: only non-empty values, replacing the old ones."""
-    values = {k: str(v) for k, v in params.items() if v is not None and v != ""}
+    """Make the URL reproduce the view: the session's model (when not the default) and the
+    page's non-empty values, replacing the old ones."""
+    values = {**model_choice().url_params(),
+              **{k: str(v) for k, v in params.items() if v is not None and v != ""}}
     if dict(st.query_params) != values:
         st.query_params.from_dict(values)
 
@@ -262,9 +322,20 @@ def int_param(params: dict[str, str], name: str, default: int | None = None) -> 
 # ----------------------------------------------------------------------------------------------
 
 def sidebar() -> None:
-    """Which model this session uses and how many edits are active."""
+    """Which model this session uses (device and dtype as loaded) and how many edits are active."""
+    choice = model_choice()
+    label = choice.label
+    try:
+        model, _ = load_model(choice)  # cached: the page loads it anyway
+    except (ValueError, OSError):
+        pass
+    else:
+        p = next(model.parameters())
+        label = f"{choice.name} · {p.device.type} · {str(p.dtype).removeprefix('torch.')}"
     with st.sidebar:
-        st.caption(f"**Model:** {model_choice().label}")
+        st.caption(f"**Model:** {label}")
+        if st.session_state.get("_url_model_problem"):
+            st.warning(st.session_state["_url_model_problem"])
         n = len(st.session_state.get("edit_set", EMPTY_EDITS).get("edits", []))
         if n:
             st.caption(f"**Edits:** {n} active (Steer page)")

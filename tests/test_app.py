@@ -214,8 +214,15 @@ def test_steer_link_restores_the_view_and_edits_stay_in_their_session(app_model)
 
     # a broken link: a message, and no edits
     broken = ok(page("steer", text=TEXT, edits="not-base64!"))
-    assert "was ignored" in messages(broken)
+    assert "was not loaded" in messages(broken)
     assert broken.session_state["edit_set"]["edits"] == []
+    # well-formed but invalid for the model: refused as an upload is, with the reason
+    invalid = {"version": 1, "edits": [{"kind": "ablate_sense", "word": " bank", "sense": 99}]}
+    refused = ok(page("steer", text=TEXT, edits=state.encode_edits(invalid)))
+    assert "The edit set in the link was not loaded" in messages(refused)
+    assert "out of range" in messages(refused) and "does not fit" not in messages(refused)
+    assert refused.session_state["edit_set"]["edits"] == []
+    assert "edits" not in refused.query_params
 
 
 def test_unknown_model_is_a_message_on_every_page(app_model, monkeypatch, tmp_path):
@@ -525,3 +532,42 @@ def test_readable_views_search_predictions_and_heatmap_options(tiny_model, tiny_
                                            abs=1e-5)
     assert views.picked_cell({"selection": {"points": [{"x": "3 ␣by", "y": "7 ␣the"}]}}) == (7, 3)
     assert views.picked_cell({"selection": {"points": []}}) is None
+
+
+def test_choices_survive_page_changes_and_the_model_is_in_the_url(app_model, tiny_model_dir, tmp_path):
+    import shutil
+
+    other = shutil.copytree(tiny_model_dir, tmp_path / "other-model")  # not the default model
+    at = ok(page("context", text=TEXT))
+    at.selectbox(key="context:pos").set_value(4).run()
+    at.selectbox(key="context:sense").set_value(1).run()
+    at.toggle(key="context:log").set_value(True).run()
+    at.switch_page("app_pages/steer.py").run()
+    assert ok(at).selectbox(key="steer:pos").value == 4  # the position is shared
+    at.selectbox(key="steer:pos").set_value(6).run()
+    at.switch_page("app_pages/senses.py").run()
+    at.text_input(key="senses:w1").input("river").run()
+    at.slider(key="senses:top").set_value(5).run()
+    at.switch_page("app_pages/context.py").run()
+    ok(at)
+    assert at.selectbox(key="context:pos").value == 6
+    assert at.selectbox(key="context:sense").value == 1 and at.toggle(key="context:log").value
+    at.switch_page("app_pages/senses.py").run()
+    assert ok(at).selectbox(key="senses:w1:pick").value == " river"
+    assert at.slider(key="senses:top").value == 5
+
+    # the Models page: the sidebar follows the model loaded in the same run, and so does the URL
+    at.switch_page("app_pages/models.py").run()
+    at.radio(key="models:kind").set_value("directory").run()
+    at.text_input(key="models:dir").input(str(other))
+    at.selectbox(key="models:dtype").set_value("bfloat16")
+    at.button(key="models:load").click().run()
+    ok(at)
+    assert "bfloat16" in " ".join(c.value for c in at.sidebar.caption)
+    assert at.query_params["model"] == str(other) and at.query_params["dtype"] == "bfloat16"
+    # a link with that model opens it; a hub id in a link is not downloaded
+    shared = ok(page("context", text=TEXT, model=str(other), dtype="bfloat16"))
+    assert shared.session_state["model_choice"] == state.ModelChoice(str(other), "cpu", "bfloat16")
+    hub = ok(page("home", model="someone/some-model"))
+    assert "The model in the link was not loaded" in " ".join(w.value for w in hub.sidebar.warning)
+    assert "model_choice" not in hub.session_state

@@ -34,24 +34,41 @@ devices = available_devices()
 cols = st.columns(2)
 device = cols[0].selectbox("Device", devices, key=f"{PAGE}:device",
                            index=devices.index(current.device) if current.device in devices else 0)
-dtypes = ["float32", "bfloat16", "float16"]
+dtypes = list(state.DTYPES)
 dtype = cols[1].selectbox("dtype", dtypes, key=f"{PAGE}:dtype",
                           index=dtypes.index(current.dtype) if current.dtype in dtypes else 0,
                           help="float32 keeps attributions exact; bf16 / fp16 are for GPUs")
-if st.button("Load", type="primary", key=f"{PAGE}:load"):
+
+
+@state.guarded
+def on_load() -> None:
+    """Load the chosen model (a callback: it runs before the page and the sidebar are drawn, so
+    both show the new model in this run)."""
+    s = st.session_state  # the widgets' values now (the page's variables are from the last run)
+    kind = s[f"{PAGE}:kind"]
+    source = {"default": env_model, "shipped": None, "directory": s.get(f"{PAGE}:dir"),
+              "hub": s.get(f"{PAGE}:hub")}[kind]
     if kind in ("directory", "hub") and not (source or "").strip():
-        st.error("Give a model directory or hub id.")
+        s[f"{PAGE}:message"] = ("error", "Give a model directory or hub id.")
+        return
+    choice = state.ModelChoice(source.strip() if source else None, s[f"{PAGE}:device"],
+                               s[f"{PAGE}:dtype"])
+    try:
+        state.load_model(choice)
+    except (ValueError, OSError) as err:
+        message = " ".join(str(err).split())
+        st.session_state[f"{PAGE}:message"] = ("error", f"Could not load {choice.label}: {message}")
     else:
-        choice = state.ModelChoice(source.strip() if source else None, device, dtype)
-        try:
-            state.load_model(choice)
-        except (ValueError, OSError) as err:
-            state.show_error(err, f"Could not load {choice.label}")
-        else:
-            st.session_state["model_choice"] = choice
-            st.session_state.pop(f"{PAGE}:metrics", None)  # show the new model's own curves
-            current = choice
-            st.success(f"Loaded {choice.label}.")
+        state.choose_model(choice)
+        st.session_state.pop(f"{PAGE}:metrics", None)  # show the new model's own curves
+        st.session_state[f"{PAGE}:message"] = ("success", f"Loaded {choice.label}.")
+
+
+st.button("Load", type="primary", key=f"{PAGE}:load", on_click=on_load)
+if st.session_state.get(f"{PAGE}:message"):
+    level, text = st.session_state.pop(f"{PAGE}:message")
+    (st.error if level == "error" else st.success)(text)
+current = state.model_choice()
 
 st.subheader("The model")
 try:
@@ -119,3 +136,5 @@ if path:
 elif not found:
     st.caption(f"No metrics.jsonl found next to the model or under runs/ (shipped model: "
                f"{DEFAULT_MODEL_DIR}).")
+
+state.write_url()  # the model, device and dtype (when not the default) in the URL

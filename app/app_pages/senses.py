@@ -27,15 +27,17 @@ st.caption("Every word has k sense vectors C(x)_l, the same in every context. A 
            "(bottom words). '␣' is a leading space: ' bank' is how the word appears inside a text.")
 
 controls = st.columns([2, 1])
-top = controls[0].slider("Words per sense", 3, 20, 8, key=f"{PAGE}:top")
+state.persist(f"{PAGE}:top", 8)
+state.persist(f"{PAGE}:compare", False)
+top = controls[0].slider("Words per sense", 3, 20, key=f"{PAGE}:top")
 compare = controls[1].toggle("Two words side by side", key=f"{PAGE}:compare")
 
 
 def pick_word(slot: str, default: str) -> str | None:
     """A search box over the vocabulary and the matching tokens to pick from."""
     key = f"{PAGE}:{slot}"
-    if key not in st.session_state:
-        st.session_state[key] = default
+    state.persist(key, default)
+    state.persist(f"{key}:pick")
     query = st.text_input("Search the vocabulary", key=key,
                           help="Type a word; matching tokens are listed below (exact matches "
                                "first). A word that is not one token is explained piece by piece.")

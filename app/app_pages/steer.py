@@ -17,13 +17,12 @@ KIND_LABELS = {"ablate_sense": "ablate sense(s)", "scale_sense": "scale sense(s)
                "knowledge_edit": "knowledge edit (move a word's logit to another)",
                "scale_contextualization": "scale contextualization weight(s)"}
 
+model, tokenizer, choice = state.require_model()
 params = state.read_url_once(PAGE)
 state.restore_text(PAGE, params)
-link_problem = state.restore_edits(params)
+link_problem = state.restore_edits(params, model, tokenizer)
 if state.int_param(params, "pos") is not None:
     st.session_state[f"{PAGE}:pos:pending"] = state.int_param(params, "pos")
-
-model, tokenizer, choice = state.require_model()
 
 
 def set_edits(data: dict) -> None:
@@ -135,7 +134,7 @@ st.caption("Edit senses or contextualization weights and compare the predictions
            "after. Edits never change the model: they apply to this session only. The URL "
            "holds the text, the edit set and the position: copy it to share the view.")
 if link_problem:
-    st.warning(link_problem)
+    st.error(link_problem)
 text = state.text_area(PAGE)
 try:
     session = state.context_session(text)
