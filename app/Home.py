@@ -5,11 +5,15 @@
 BACKPACK_MODEL=/path/to/model picks the default model (else the shipped data/backpack-mini).
 """
 
+from pathlib import Path
+
 import components as ui
 import state
 import streamlit as st
 
-st.set_page_config(page_title="Backpack Workbench", page_icon=":material/backpack:", layout="wide")
+# A local icon: a ":material/...:" page icon is fetched from fonts.gstatic.com by the browser.
+st.set_page_config(page_title="Backpack Workbench", page_icon=str(Path(__file__).with_name("icon.png")),
+                   layout="wide")
 
 PAGES = {
     "senses": ("app_pages/senses.py", "Senses", ":material/dictionary:",

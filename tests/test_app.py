@@ -571,3 +571,13 @@ def test_choices_survive_page_changes_and_the_model_is_in_the_url(app_model, tin
     hub = ok(page("home", model="someone/some-model"))
     assert "The model in the link was not loaded" in " ".join(w.value for w in hub.sidebar.warning)
     assert "model_choice" not in hub.session_state
+
+
+def test_streamlit_config_keeps_the_app_local_and_quiet():
+    import tomllib
+
+    config = tomllib.loads((APP.parent / ".streamlit" / "config.toml").read_text())
+    assert config["browser"]["gatherUsageStats"] is False
+    assert config["client"]["toolbarMode"] == "minimal"  # no Deploy button
+    assert config["client"]["showErrorDetails"] == "none"
+    assert ":material/" not in (APP / "Home.py").read_text().split("set_page_config", 1)[1][:200]

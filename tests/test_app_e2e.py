@@ -1,86 +1,72 @@
-"""End to end in a real browser: start `streamlit run app/Home.py` on the tiny model, open the
-Steer page in headless Chromium (Playwright driving Debian's /usr/bin/chromium), ablate a sense,
-and check that the predictions shown change. A screenshot is saved in the test's tmp directory.
+"""End to end in a real browser: one `streamlit run app/Home.py` on the tiny model for the module,
+driven by headless Chromium through Playwright (Debian's /usr/bin/chromium, no `playwright
+install`; app/browser.py). Each test also checks that no request left the machine (fonts
+included). The server process injects a failure for texts holding FAIL_MARK, so that the error
+boundary is seen in the browser; nothing in the app knows about it.
 
-Needs `apt-get install chromium` and `pip install playwright` (no `playwright install`: the
-system browser is used); skipped with the reason when either is missing.
+Skipped with the reason when Chromium or the playwright package is missing:
+    apt-get install -y --no-install-recommends chromium && pip install playwright
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-CHROMIUM = os.environ.get("BACKPACK_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-TEXT = "The MacBook is made by Apple. The bank by the river has money."
-STARTUP_S, STEP_MS = 60, 30_000
+APP = Path(__file__).resolve().parent.parent / "app"
+if str(APP) not in sys.path:
+    sys.path.insert(0, str(APP))
+import browser  # noqa: E402
 
-if not Path(CHROMIUM).is_file():
-    pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install -y --no-install-recommends chromium",
+if not Path(browser.CHROMIUM).is_file():
+    pytest.skip(f"no Chromium at {browser.CHROMIUM}: apt-get install -y --no-install-recommends chromium",
                 allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed: "
                                                              "pip install playwright")
 
+TEXT = "The MacBook is made by Apple. The bank by the river has money."
+FAIL_MARK = "<inject failure>"
+# run in the server before Streamlit starts: the view model's prediction table fails on FAIL_MARK
+INJECT = f"""
+sys.path.insert(0, {str(APP)!r})
+import views
+_rows = views.prediction_rows
+def _failing(session, *args, **kwargs):
+    if {FAIL_MARK!r} in session.text:
+        raise RuntimeError("injected failure for the browser test")
+    return _rows(session, *args, **kwargs)
+views.prediction_rows = _failing
+"""
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir, tmp_path_factory):
+    directory = tmp_path_factory.mktemp("e2e")
+    log = directory / "server.log"
+    with browser.serve(str(tiny_model_dir), log, env={"BACKPACK_CACHE": str(directory / "cache")},
+                       python_prelude=INJECT) as url:
+        yield url, log
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    with sync_api.sync_playwright() as p, browser.chromium(p) as b:
+        yield b
 
 
 @pytest.fixture
-def server(tiny_model_dir, tmp_path):
-    """The dashboard on a free localhost port; yields its URL; stopped at the end."""
-    port = free_port()
-    env = {**os.environ, "BACKPACK_MODEL": str(tiny_model_dir), "BACKPACK_DEVICE": "cpu",
-           "BACKPACK_CACHE": str(tmp_path / "cache"), "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
-    log = open(tmp_path / "server.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(REPO / "app" / "Home.py"),
-         "--server.headless", "true", "--server.address", "127.0.0.1", "--server.port", str(port),
-         "--server.fileWatcherType", "none", "--global.developmentMode", "false"],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + STARTUP_S
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.read().strip() == b"ok":
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log.flush()
-                pytest.fail(f"the server did not start: {(tmp_path / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.3)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        log.close()
-
-
-def settle(page) -> None:
-    """Wait until the app has finished its rerun (the 'Running…' status is gone)."""
-    page.wait_for_timeout(300)
-    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')",
-                           timeout=STEP_MS)
+def page(chromium, tmp_path):
+    """A fresh tab (a new session); asserts at the end that every request stayed local."""
+    tab = chromium.new_page(viewport={"width": 1400, "height": 1800})
+    tab.set_default_timeout(browser.STEP_MS)
+    requests = browser.watch_requests(tab)
+    yield tab
+    tab.screenshot(path=str(tmp_path / "last.png"), full_page=True)
+    tab.close()
+    assert requests and not browser.remote(requests), browser.remote(requests)
 
 
 def shown_predictions(page) -> list[list[str]]:
@@ -89,37 +75,78 @@ def shown_predictions(page) -> list[list[str]]:
     return [rows.nth(i).locator("th, td").all_inner_texts() for i in range(rows.count())]
 
 
-def test_ablating_a_sense_changes_the_predictions_shown(server, tmp_path):
-    from urllib.parse import quote
+def test_ablating_a_sense_changes_the_predictions_shown(server, page):
+    url, _ = server
+    browser.open_page(page, f"{url}/steer?text={quote(TEXT)}")
+    page.wait_for_selector('[data-testid="stTable"] tbody tr')
+    before = shown_predictions(page)
+    assert len(before) == 10 and all(row[1] == row[3] for row in before)  # no edits: equal
 
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=STEP_MS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1800})
-            page.set_default_timeout(STEP_MS)
-            page.goto(f"{server}/steer?text={quote(TEXT)}", timeout=STEP_MS)
-            page.wait_for_selector('[data-testid="stTable"] tbody tr')
-            settle(page)
-            before = shown_predictions(page)
-            assert len(before) == 10
-            assert all(row[1] == row[3] for row in before)  # no edits: after == before
-
-            senses = page.get_by_label("Senses", exact=True)  # word: the last token, '.'
-            senses.fill("0")
-            senses.press("Enter")
-            settle(page)
-            page.get_by_role("button", name="Add edit").click()
-            page.wait_for_function("() => document.body.innerText.includes('ablate sense 0 of')")
-            settle(page)
-            after = shown_predictions(page)
-            # the URL is rewritten by the browser after the rerun's message: wait for it
-            page.wait_for_function("() => window.location.search.includes('edits=')")
-            url = page.url
-            page.screenshot(path=str(tmp_path / "steer-after-ablation.png"), full_page=True)
-        finally:
-            browser.close()
-    assert len(after) == 10
+    senses = page.get_by_label("Senses", exact=True)  # the word: the token at the position
+    senses.fill("0")
+    senses.press("Enter")
+    browser.settle(page)
+    page.get_by_role("button", name="Add edit").click()
+    page.wait_for_function("() => document.body.innerText.includes('ablate sense 0 of')")
+    browser.settle(page)
+    after = shown_predictions(page)
+    page.wait_for_function("() => window.location.search.includes('edits=')")
     assert [row[1:3] for row in after] == [row[1:3] for row in before]  # "before" is unchanged
     assert [row[3:5] for row in after] != [row[3:5] for row in before]  # "after" changed
-    assert "edits=" in url  # the view, edit set included, is in the URL
-    assert (tmp_path / "steer-after-ablation.png").stat().st_size > 10_000
+
+
+def test_edit_effect_view_jump_and_live_factor_slider(server, page, tiny_tokenizer):
+    """An edit acting at its own word only: the chosen position does not move (KL 0), the effect
+    view says where it acts, a button jumps there, and the slider changes the factor live."""
+    import state
+
+    url, _ = server
+    bank = tiny_tokenizer.encode(TEXT).index(tiny_tokenizer.encode(" bank")[0])
+    edits = {"version": 1, "edits": [{"kind": "scale_sense", "word": " bank", "sense": "all",
+                                      "factor": 1.5, "positions": [bank]}]}
+    browser.open_page(page, f"{url}/steer?text={quote(TEXT)}&pos=2&edits={state.encode_edits(edits)}")
+    page.wait_for_selector('[data-testid="stTable"] tbody tr')
+    kl_here = page.locator('[data-testid="stMetric"]').filter(has_text="at 2")
+    assert "0.0000" in kl_here.inner_text()  # the chosen position did not move
+    page.get_by_text(f"most at {bank}").wait_for()  # the effect view says where it acts
+    page.get_by_role("button", name=f"Jump to position {bank}").click()
+    page.wait_for_function(f"() => window.location.search.includes('pos={bank}')")
+    browser.settle(page)
+    jumped = shown_predictions(page)
+    assert [row[1] for row in jumped] != [row[3] for row in jumped]  # here the edit shows
+
+    slider = page.get_by_role("slider")
+    slider.focus()
+    for _ in range(5):  # 1.5 -> 1.0 in steps of 0.1: a factor of 1 changes nothing
+        slider.press("ArrowLeft")
+    page.wait_for_function("() => document.body.innerText.includes('by 1 at positions')")
+    browser.settle(page)
+    unchanged = shown_predictions(page)
+    assert [row[1:3] for row in unchanged] == [row[3:5] for row in unchanged]
+    page.wait_for_function("() => !window.location.search.includes('edits=') || "
+                           "atob(new URLSearchParams(window.location.search).get('edits')"
+                           ".replace(/-/g, '+').replace(/_/g, '/')).includes('\"factor\":1')")
+
+
+def test_byte_tokens_are_shown_as_bytes(server, page):
+    url, _ = server
+    text = "The bank \u2014 by the river."  # an em dash: bytes the tiny BPE never merged
+    browser.open_page(page, f"{url}/context?text={quote(text)}")
+    page.wait_for_selector('[data-testid="stDataFrame"]')
+    shown = page.locator('[data-testid="stSelectbox"]').all_inner_texts()  # the position picker
+    page.get_by_label("Position i (the prediction after this token)").click()
+    options = page.get_by_role("option").all_inner_texts()
+    page.keyboard.press("Escape")
+    assert any("<0xE2>" in o for o in options), options
+    assert not any("\ufffd" in o for o in options + shown)
+
+
+def test_a_failure_is_one_line_without_a_traceback(server, page):
+    url, log = server
+    browser.open_page(page, f"{url}/context?text={quote(FAIL_MARK + ' the bank')}")
+    alert = page.locator('[data-testid="stAlert"]').filter(has_text="Something went wrong")
+    alert.wait_for()
+    assert "RuntimeError: injected failure for the browser test" in alert.inner_text()
+    body = page.locator("body").inner_text()
+    assert "Traceback" not in body and 'File "' not in body
+    assert "Traceback" in log.read_text() and "injected failure" in log.read_text()

@@ -1,0 +1,169 @@
+"""The dashboard in a real browser: start `streamlit run app/Home.py` on a free localhost port
+and drive it with headless Chromium through Playwright. Used by tests/test_app_e2e.py and to
+refresh the screenshots of docs/figures/:
+
+    python app/browser.py --out docs/figures        # the shipped model (or --model DIR)
+
+Uses the system Chromium (/usr/bin/chromium, or BACKPACK_CHROMIUM), never `playwright install`:
+    apt-get install -y --no-install-recommends chromium && pip install playwright
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote, urlparse
+
+REPO = Path(__file__).resolve().parent.parent
+CHROMIUM = os.environ.get("BACKPACK_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+STARTUP_S, STEP_MS = 90, 30_000
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve(model: str | None, log_path: Path, env: dict[str, str] | None = None,
+          python_prelude: str = "") -> Iterator[str]:
+    """The dashboard on a free localhost port, run from the repository root (so that
+    .streamlit/config.toml applies); yields its URL and stops it at the end. python_prelude:
+    code run in the server process before Streamlit starts (the tests inject a failure)."""
+    port = free_port()
+    env = {**os.environ, **(env or {}), "BACKPACK_DEVICE": "cpu"}
+    if model:
+        env["BACKPACK_MODEL"] = model
+    env.pop("STREAMLIT_BROWSER_GATHER_USAGE_STATS", None)  # the config file must say it
+    run = ("import sys\nfrom streamlit.web import cli\n" + python_prelude +
+           "\nsys.exit(cli.main())\n")
+    args = [sys.executable, "-c", run, "run", str(REPO / "app" / "Home.py"),
+            "--server.headless", "true", "--server.address", "127.0.0.1", "--server.port", str(port),
+            "--server.fileWatcherType", "none"]
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + STARTUP_S
+            while True:
+                try:
+                    with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                        if r.read().strip() == b"ok":
+                            break
+                except OSError:
+                    pass
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    log.flush()
+                    raise RuntimeError(f"the server did not start: {log_path.read_text()[-2000:]}")
+                time.sleep(0.3)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def chromium(playwright) -> Iterator:
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=STEP_MS)
+    try:
+        yield browser
+    finally:
+        browser.close()
+
+
+def watch_requests(page) -> list[str]:
+    """Every URL the page requests, as it goes (to check that none leaves the machine)."""
+    urls: list[str] = []
+    page.on("request", lambda request: urls.append(request.url))
+    return urls
+
+
+def remote(urls: list[str]) -> list[str]:
+    """The URLs that would leave the machine."""
+    return [u for u in urls if urlparse(u).scheme not in ("data", "blob", "about")
+            and urlparse(u).hostname not in LOCAL_HOSTS]
+
+
+def settle(page) -> None:
+    """Wait until the app has finished its rerun (the 'Running…' status is gone)."""
+    page.wait_for_timeout(300)
+    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')",
+                           timeout=STEP_MS)
+    page.wait_for_timeout(200)
+
+
+def open_page(page, url: str) -> None:
+    page.goto(url, timeout=STEP_MS)
+    page.wait_for_selector('[data-testid="stMainBlockContainer"] h1', timeout=STEP_MS)  # drawn
+    settle(page)
+
+
+def screenshots(out: Path, model: str | None) -> list[Path]:
+    """A screenshot of each page on `model`, with an edit on the Steer page."""
+    import json
+
+    from playwright.sync_api import sync_playwright
+
+    sys.path.insert(0, str(REPO / "app"))
+    import state
+
+    out.mkdir(parents=True, exist_ok=True)
+    text = ("The United States and the United Nations met in Paris. She went to the bank to "
+            "deposit money. The bank by the river has money.")
+    edits = {"version": 1, "edits": [{"kind": "knowledge_edit", "word": " United",
+                                      "remove": " States", "add": " Nations"},
+                                     {"kind": "scale_sense", "word": " bank", "sense": [0, 1],
+                                      "factor": 2.0}]}
+    pages = {
+        "app-home.png": "",
+        "app-senses.png": "senses?word=%20bank",
+        "app-context.png": f"context?text={quote(text)}&pos=9",
+        "app-steer.png": f"steer?text={quote(text)}&pos=9&edits={state.encode_edits(edits)}",
+        "app-models.png": "models",
+    }
+    written = []
+    with sync_playwright() as p, chromium(p) as browser, \
+            serve(model, out / ".server.log") as url:
+        for name, path in pages.items():
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(STEP_MS)
+            requests = watch_requests(page)
+            open_page(page, f"{url}/{path}")
+            page.wait_for_timeout(1500)  # plotly draws after the rerun
+            page.screenshot(path=str(out / name), full_page=True)
+            written.append(out / name)
+            page.close()
+            if remote(requests):
+                raise RuntimeError(f"requests left the machine: {json.dumps(remote(requests))}")
+    (out / ".server.log").unlink(missing_ok=True)
+    return written
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("--out", default=str(REPO / "docs" / "figures"))
+    parser.add_argument("--model", default=None, help="model directory (default: the shipped one)")
+    args = parser.parse_args()
+    for path in screenshots(Path(args.out), args.model):
+        print(path)
+
+
+if __name__ == "__main__":
+    main()
