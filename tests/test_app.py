@@ -580,4 +580,5 @@ def test_streamlit_config_keeps_the_app_local_and_quiet():
     assert config["browser"]["gatherUsageStats"] is False
     assert config["client"]["toolbarMode"] == "minimal"  # no Deploy button
     assert config["client"]["showErrorDetails"] == "none"
-    assert ":material/" not in (APP / "Home.py").read_text().split("set_page_config", 1)[1][:200]
+    # a ":material/...:" page icon is fetched from fonts.gstatic.com: the favicon is a local file
+    assert 'page_icon=":material' not in (APP / "Home.py").read_text() and (APP / "icon.png").is_file()
