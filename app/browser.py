@@ -115,6 +115,14 @@ def open_page(page, url: str) -> None:
     settle(page)
 
 
+def drawn(page) -> None:
+    """Wait until nothing is a placeholder any more and the Plotly charts are drawn."""
+    page.wait_for_function("() => !document.querySelector('[data-testid=\"stSkeleton\"]')",
+                           timeout=STEP_MS)
+    settle(page)
+    page.wait_for_timeout(1500)
+
+
 def screenshots(out: Path, model: str | None) -> list[Path]:
     """A screenshot of each page on `model`, with an edit on the Steer page."""
     import json
@@ -138,16 +146,19 @@ def screenshots(out: Path, model: str | None) -> list[Path]:
         "app-steer.png": f"steer?text={quote(text)}&pos=9&edits={state.encode_edits(edits)}",
         "app-models.png": "models",
     }
+    heights = {"app-home.png": 900, "app-senses.png": 1500, "app-context.png": 2300,
+               "app-steer.png": 2300, "app-models.png": 1500}
     written = []
     with sync_playwright() as p, chromium(p) as browser, \
             serve(model, out / ".server.log") as url:
         for name, path in pages.items():
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            # Streamlit scrolls inside the page, so a tall window shows all of it
+            page = browser.new_page(viewport={"width": 1400, "height": heights[name]})
             page.set_default_timeout(STEP_MS)
             requests = watch_requests(page)
             open_page(page, f"{url}/{path}")
-            page.wait_for_timeout(1500)  # plotly draws after the rerun
-            page.screenshot(path=str(out / name), full_page=True)
+            drawn(page)
+            page.screenshot(path=str(out / name))
             written.append(out / name)
             page.close()
             if remote(requests):

@@ -114,14 +114,13 @@ def edit_row(effect) -> None:
                        "change is exactly zero).")
             return
         top = effect.rows[0]
-        cols = st.columns([3, 2])
-        cols[0].caption(f"Moves {effect.n_moved} of {session.n} positions' predictions "
-                        f"({effect.n_changed} top-1 changes); most at **{top['position']}** "
-                        f"`{top['token']}`: KL {top['KL']:.4f}, logit change up to "
-                        f"{top['largest logit change']:.3f}.")
-        cols[1].button(f"Jump to position {top['position']}", key=f"{PAGE}:jump-{effect.index}",
-                       on_click=on_jump, args=(top["position"],), icon=":material/my_location:",
-                       disabled=top["position"] == position)
+        st.caption(f"Moves {effect.n_moved} of {session.n} positions' predictions "
+                   f"({effect.n_changed} top-1 changes); most at **{top['position']}** "
+                   f"`{top['token']}`: KL {top['KL']:.4f}, logit change up to "
+                   f"{top['largest logit change']:.3f}.")
+        st.button(f"Jump to position {top['position']}", key=f"{PAGE}:jump-{effect.index}",
+                  on_click=on_jump, args=(top["position"],), icon=":material/my_location:",
+                  disabled=top["position"] == position, type="secondary")
         with st.expander("Where this edit acts (most affected positions)"):
             st.dataframe(effect.rows, hide_index=True, key=f"{PAGE}:effect-{effect.index}",
                          column_config={"KL": st.column_config.NumberColumn(format="%.2e"),
