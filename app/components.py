@@ -21,9 +21,12 @@ def _clip(word: str, max_chars: int) -> str:
 
 def heatmap(h: Heatmap, colorscale: str = "Viridis", zmid: float | None = None,
             cell_text: bool = True, height: int | None = None, reverse_y: bool = True,
-            colorbar_title: str = "", max_chars: int = 12, font_size: int = 11) -> go.Figure:
+            colorbar_title: str = "", max_chars: int = 12, font_size: int = 11,
+            clickable: bool = False) -> go.Figure:
     """A Plotly heatmap: values as colour; with cell_text, the words written in the cells
-    (cut to max_chars; the hover shows them whole)."""
+    (cut to max_chars; the hover shows them whole). clickable: a click on a cell selects it
+    (st.plotly_chart(on_select=...) gets its x and y): Plotly cannot select heatmap cells, so an
+    invisible marker sits on each non-blank cell and carries the hover and the click."""
     n_rows, n_cols = len(h.y), len(h.x)
     kwargs: dict[str, Any] = {}
     if h.text is not None and cell_text:
@@ -40,6 +43,14 @@ def heatmap(h: Heatmap, colorscale: str = "Viridis", zmid: float | None = None,
     fig = go.Figure(go.Heatmap(z=h.z, x=h.x, y=h.y, colorscale=colorscale, hoverongaps=False,
                                colorbar={"title": {"text": h.colorbar or colorbar_title}},
                                xgap=gap, ygap=gap, **kwargs))
+    if clickable:
+        cells = [(x, y, v) for y, row in zip(h.y, h.z) for x, v in zip(h.x, row) if v is not None]
+        fig.data[0].hoverinfo = "skip"
+        fig.add_trace(go.Scatter(
+            x=[c[0] for c in cells], y=[c[1] for c in cells], customdata=[c[2] for c in cells],
+            mode="markers", showlegend=False, marker={"opacity": 0, "symbol": "square",
+                                                         "size": max(6, min(40, 600 // n_cols))},
+            hovertemplate="%{y} ← %{x}: %{customdata:.4f}<extra>click: attribute this row</extra>"))
     fig.update_layout(
         title={"text": h.title + (f"<br><sup>{h.note}</sup>" if h.note else ""), "font": {"size": 14}},
         height=height or max(260, min(900, 60 + 26 * n_rows)),

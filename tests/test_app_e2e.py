@@ -128,10 +128,18 @@ def test_edit_effect_view_jump_and_live_factor_slider(server, page, tiny_tokeniz
                            ".replace(/-/g, '+').replace(/_/g, '/')).includes('\"factor\":1')")
 
 
-def test_byte_tokens_are_shown_as_bytes(server, page):
+def test_byte_tokens_and_a_click_on_the_heatmap(server, page, tiny_tokenizer):
     url, _ = server
     text = "The bank \u2014 by the river."  # an em dash: bytes the tiny BPE never merged
-    browser.open_page(page, f"{url}/context?text={quote(text)}")
+    browser.open_page(page, f"{url}/context?text={quote(text)}&pos=0")
+    # a click on a cell of the contextualization heatmap (a low row) picks that row's position
+    browser.drawn(page)
+    n = len(tiny_tokenizer.encode(text))
+    area = page.locator(".js-plotly-plot").first.locator(".nsewdrag").first.bounding_box()
+    page.mouse.click(area["x"] + area["width"] * 0.5 / n,  # the centre of cell (n - 1, 0)
+                     area["y"] + area["height"] * (1 - 0.5 / n))
+    page.wait_for_function(f"() => window.location.search.includes('pos={n - 1}')")
+
     page.wait_for_selector('[data-testid="stDataFrame"]')
     shown = page.locator('[data-testid="stSelectbox"]').all_inner_texts()  # the position picker
     page.get_by_label("Position i (the prediction after this token)").click()

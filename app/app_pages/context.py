@@ -76,7 +76,7 @@ def on_cell() -> None:
 
 
 st.plotly_chart(ui.heatmap(heat, "Viridis", cell_text=False, colorbar_title="alpha",
-                           height=max(380, min(900, 120 + 14 * session.n))),
+                           height=max(380, min(900, 120 + 14 * session.n)), clickable=True),
                 key=f"{PAGE}:contextualization", on_select=on_cell, selection_mode="points")
 st.caption("Click a cell to attribute that row's prediction below.")
 
