@@ -258,7 +258,9 @@ class BackpackCache:
         self.key_valid = None  # (b, t) bool: not padding
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
-        return 0 if self.token_ids is None else self.token_ids.shape[1]
+        """Tokens seen so far (padding included). `key_valid` is kept for both model kinds; the
+        sense fields stay None for the Transformer twin."""
+        return 0 if self.key_valid is None else self.key_valid.shape[1]
 
     def extend(self, name: str, new: torch.Tensor, dim: int) -> torch.Tensor:
         old = getattr(self, name)
@@ -267,11 +269,13 @@ class BackpackCache:
         return full
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        """Select batch rows (beam search)."""
-        self.layers = [(k.index_select(0, beam_idx), v.index_select(0, beam_idx))
-                       for k, v in self.layers]
+        """Select batch rows (beam search). Fields still None (the twin has no senses) stay None."""
+        self.layers = [None if kv is None else tuple(t.index_select(0, beam_idx) for t in kv)
+                       for kv in self.layers]
         for name in ("sense_keys", "senses", "token_ids", "positions", "key_valid"):
-            setattr(self, name, getattr(self, name).index_select(0, beam_idx))
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, value.index_select(0, beam_idx.to(value.device)))
 
 
 @dataclass
