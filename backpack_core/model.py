@@ -235,7 +235,10 @@ class Intervention:
     """
 
     def on_senses(self, senses, token_ids, positions):
-        """senses (b, k, s, d) of tokens token_ids (b, s) at text positions (b, s)."""
+        """senses (b, k, s, d) of tokens token_ids (b, s) at text positions (b, s).
+
+        Positions count real tokens from 0; padding has position -1 (here and in
+        `on_contextualization`), and padding sources must never be given weight."""
         return senses
 
     def on_contextualization(self, contextualization, source_ids, source_positions,
@@ -373,8 +376,9 @@ class Backpack(nn.Module):
             if attention_mask.shape != (b, past_len + s):
                 raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}; "
                                  f"expected (batch, cached + new) = {(b, past_len + s)}")
-            positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past_len:]
+            positions = (attention_mask.long().cumsum(-1) - 1)[:, past_len:]  # padding: -1
             key_valid_new = attention_mask[:, past_len:].bool()
+            positions = positions.masked_fill(~key_valid_new, -1)
         # Plain integers when there is no mask: no GPU sync, no torch.compile graph break.
         longest = past_len + s if attention_mask is None else int(positions.max()) + 1
         if longest > cfg.n_positions:
@@ -385,7 +389,8 @@ class Backpack(nn.Module):
         allowed = causal_allowed(past_len, s, key_valid, input_ids.device) if padded else None
 
         token_embeddings = self.wte(input_ids)
-        hidden_states = self.contextualizer(token_embeddings, positions, allowed, cache)
+        # padding reads position 0's embedding; it is never attended to
+        hidden_states = self.contextualizer(token_embeddings, positions.clamp(min=0), allowed, cache)
 
         contextualization = senses = None
         if not cfg.is_backpack:  # the Transformer twin
