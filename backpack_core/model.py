@@ -302,6 +302,7 @@ class Backpack(nn.Module):
         # Compute each distinct token's senses once per batch and gather them back. The same
         # function; faster on CPU, slower on GPU (reference doc), so off unless asked for.
         self.dedup_senses = False
+        self.sense_dropout = max(config.embd_pdrop, config.resid_pdrop)  # dropouts in C(x)
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)  # E: input, senses and output
         self.contextualizer = Contextualizer(config)
         if config.is_backpack:
@@ -397,6 +398,11 @@ class Backpack(nn.Module):
             logits = self.output_logits(hidden_states)
         else:
             # 1. senses of the new tokens (context-free), joined to the cached prefix's
+            if self.dedup_senses and self.training and self.sense_dropout > 0:
+                raise ValueError(
+                    f"dedup_senses is exact only without dropout: in training mode with sense-"
+                    f"network dropout {self.sense_dropout} all occurrences of a token would "
+                    f"share one dropout mask; set dedup_senses = False (or the dropouts to 0)")
             if self.dedup_senses:  # once per distinct token: exact, and cheaper on CPU
                 unique_ids, inverse = torch.unique(input_ids, return_inverse=True)
                 senses_new = self.sense_network(self.wte(unique_ids))[inverse]  # (b, s, k, d)

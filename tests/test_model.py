@@ -199,3 +199,26 @@ def test_fused_training_path_and_dedup_compute_the_same_function():
     grads_fused = torch.autograd.grad(model(ids, labels=ids).loss, list(model.parameters()))
     for a, b in zip(grads_explicit, grads_fused, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_dedup_senses_is_refused_with_dropout_in_training():
+    """With dropout, deduplicated senses would share one dropout mask per token type: refused
+    in training mode (and in the training config); fine in eval mode or without dropout."""
+    from backpack_core.training.config import ConfigError, load_run_config
+
+    ids = torch.randint(0, 512, (2, 16))
+    model = tiny(embd_pdrop=0.1, resid_pdrop=0.1)
+    model.dedup_senses = True
+    with torch.no_grad():
+        reference = model(ids).logits  # eval mode: dropout off, dedup exact
+        model.train()
+        with pytest.raises(ValueError, match="dedup_senses is exact only without dropout"):
+            model(ids)
+        model.eval()
+        torch.testing.assert_close(model(ids).logits, reference)
+        no_dropout = tiny().train()
+        no_dropout.dedup_senses = True
+        no_dropout(ids)
+    with pytest.raises(ConfigError, match="train.dedup_senses is exact only without dropout"):
+        load_run_config("tiny", ["train.dedup_senses=true", "model.embd_pdrop=0.1"])
+    assert load_run_config("tiny", ["train.dedup_senses=true"]).train.dedup_senses
