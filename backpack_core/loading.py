@@ -10,7 +10,6 @@ Sources `load_backpack` / `load_model` accept:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import pickle
@@ -192,23 +191,6 @@ def resolve_source(source: str | os.PathLike | None) -> Path:
     return _download(text)
 
 
-@contextlib.contextmanager
-def _skip_init():
-    """Build a model without initialising its weights (they are loaded right after). Random init
-    on the meta device runs torch's reference kernels, whose first use imports torch._dynamo:
-    seconds of start-up for nothing."""
-    names = ("normal_", "uniform_", "kaiming_uniform_", "ones_", "zeros_", "constant_",
-             "trunc_normal_", "xavier_uniform_")
-    saved = {name: getattr(torch.nn.init, name) for name in names}
-    try:
-        for name in names:
-            setattr(torch.nn.init, name, lambda tensor, *args, **kwargs: tensor)
-        yield
-    finally:
-        for name, fn in saved.items():
-            setattr(torch.nn.init, name, fn)
-
-
 def _load_pickled_tensors(path: Path) -> dict[str, torch.Tensor]:
     """torch.load with weights_only=True: tensors and plain containers only, never code."""
     try:
@@ -255,7 +237,7 @@ def load_backpack(source: str | os.PathLike | None = None, device=None, dtype=No
     else:
         raise CheckpointError(f"{directory} has neither {WEIGHTS_FILE} nor {PUBLISHED_WEIGHTS}")
 
-    with torch.device("meta"), _skip_init():
+    with torch.device("meta"):  # no memory, no init: the weights are assigned right after
         model = Backpack(config)
     try:
         model.load_state_dict(state, strict=True, assign=True)

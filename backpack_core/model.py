@@ -43,6 +43,20 @@ except ImportError:  # pragma: no cover - depends on the machine
 # Building blocks of the contextualizer (GPT-2) and the sense network
 # ----------------------------------------------------------------------------------------------
 
+def _normal_(tensor: torch.Tensor, std: float) -> None:
+    """N(0, std) init; nothing on the meta device (a model built there to load weights into).
+    torch's meta `normal_` imports torch._dynamo on first use: seconds of start-up for nothing."""
+    if not tensor.is_meta:
+        nn.init.normal_(tensor, mean=0.0, std=std)
+
+
+def embedding(n: int, d: int) -> nn.Embedding:
+    """nn.Embedding; built on the meta device without its own N(0, 1) init (see `_normal_`)."""
+    if torch.get_default_device().type == "meta":
+        return nn.Embedding(n, d, _weight=torch.empty(n, d))
+    return nn.Embedding(n, d)
+
+
 def activation(name: str):
     if name == "gelu_new":
         return lambda x: F.gelu(x, approximate="tanh")
@@ -150,7 +164,7 @@ class Contextualizer(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.wpe = nn.Embedding(config.n_positions, config.n_embd)
+        self.wpe = embedding(config.n_positions, config.n_embd)
         self.drop = nn.Dropout(config.embd_pdrop)
         self.h = nn.ModuleList([Block(config, i) for i in range(config.n_layer)])
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
@@ -303,7 +317,7 @@ class Backpack(nn.Module):
         # function; faster on CPU, slower on GPU (reference doc), so off unless asked for.
         self.dedup_senses = False
         self.sense_dropout = max(config.embd_pdrop, config.resid_pdrop)  # dropouts in C(x)
-        self.wte = nn.Embedding(config.vocab_size, config.n_embd)  # E: input, senses and output
+        self.wte = embedding(config.vocab_size, config.n_embd)  # E: input, senses and output
         self.contextualizer = Contextualizer(config)
         if config.is_backpack:
             self.sense_network = SenseNetwork(config)
@@ -311,12 +325,12 @@ class Backpack(nn.Module):
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # GPT-2: scale residual projections
             if name.endswith("c_proj.weight") and name.startswith("contextualizer"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+                _normal_(p, std=0.02 / math.sqrt(2 * config.n_layer))
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            _normal_(module.weight, std=0.02)
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
         if isinstance(module, nn.LayerNorm):

@@ -222,3 +222,36 @@ def test_dedup_senses_is_refused_with_dropout_in_training():
     with pytest.raises(ConfigError, match="train.dedup_senses is exact only without dropout"):
         load_run_config("tiny", ["train.dedup_senses=true", "model.embd_pdrop=0.1"])
     assert load_run_config("tiny", ["train.dedup_senses=true"]).train.dedup_senses
+
+
+def test_loading_leaves_torch_init_alone_and_skips_meta_init(tiny_model_dir, monkeypatch):
+    """Loading builds the model on the meta device without swapping torch.nn.init functions
+    (process-wide: another thread building a model at that moment would get uninitialised
+    weights), and without running N(0, s) init on meta tensors (slow: imports torch._dynamo)."""
+    from backpack_core.loading import load_backpack
+
+    names = ("normal_", "uniform_", "kaiming_uniform_", "ones_", "zeros_")
+    originals = {name: getattr(torch.nn.init, name) for name in names}
+    seen = []
+    built = Backpack.__init__
+
+    def spy_init(self, config):
+        seen.append({name: getattr(torch.nn.init, name) is fn for name, fn in originals.items()})
+        built(self, config)
+
+    monkeypatch.setattr(Backpack, "__init__", spy_init)
+    model, _ = load_backpack(tiny_model_dir)
+    assert seen and all(all(same.values()) for same in seen), seen
+    assert model.wte.weight.abs().sum() > 0
+
+    def no_meta_normal(tensor, *args, **kwargs):
+        assert not tensor.is_meta, "N(0, s) init ran on a meta tensor"
+        return originals["normal_"](tensor, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.init, "normal_", no_meta_normal)
+    with torch.device("meta"):
+        Backpack(ModelConfig(**PRESETS["tiny"]))
+    torch.manual_seed(0)
+    a = Backpack(ModelConfig(**PRESETS["tiny"]))  # off the meta device: initialised as before
+    assert float(a.wte.weight.detach().std()) == pytest.approx(0.02, rel=0.1)
+    assert float(a.contextualizer.wpe.weight.detach().std()) == pytest.approx(0.02, rel=0.1)
