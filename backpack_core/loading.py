@@ -68,9 +68,11 @@ def available_devices() -> list[str]:
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """bf16 on GPU and fp32 on CPU by default."""
+    """float32 by default ("auto" or None), on every device, GPUs included: inspection,
+    sessions, edits and generation then compute in fp32, so that attribution is exact (bf16 on
+    request). Training chooses its own precision (bf16 autocast on GPUs, `train.dtype`)."""
     if dtype is None or dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        return torch.float32
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype not in DTYPES:
@@ -210,7 +212,10 @@ def _load_pickled_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 def load_backpack(source: str | os.PathLike | None = None, device=None, dtype=None
                   ) -> tuple[Backpack, Tokenizer]:
-    """The core model (plain PyTorch, eval mode) and its tokenizer. No transformers import."""
+    """The core model (plain PyTorch, eval mode) and its tokenizer. No transformers import.
+
+    dtype: None / "auto" is float32 on every device (see `resolve_dtype`); "bfloat16" or
+    "float16" on request."""
     directory = resolve_source(source)
     config_path = directory / "config.json"
     if not config_path.is_file():

@@ -59,7 +59,9 @@ class ContextSession:
 
     text: a string (tokenized with `tokenizer`) or a sequence / 1-d tensor of token ids
     (then `tokenizer` may be None if edits name words by token id).
-    Every method runs without autograd and never changes the model.
+    Every method runs without autograd and never changes the model. It computes in the model's
+    dtype: float32 unless the model was loaded otherwise (`load_backpack`'s default on every
+    device), which exact attribution needs.
     """
 
     def __init__(self, model: Backpack, tokenizer: Tokenizer | None,

@@ -255,3 +255,15 @@ def test_loading_leaves_torch_init_alone_and_skips_meta_init(tiny_model_dir, mon
     a = Backpack(ModelConfig(**PRESETS["tiny"]))  # off the meta device: initialised as before
     assert float(a.wte.weight.detach().std()) == pytest.approx(0.02, rel=0.1)
     assert float(a.contextualizer.wpe.weight.detach().std()) == pytest.approx(0.02, rel=0.1)
+
+
+def test_inspection_loads_in_float32_by_default_on_every_device(tiny_model_dir):
+    """Exact attribution needs fp32: the default dtype is float32 on CUDA too; bf16 on request."""
+    from backpack_core import load_backpack, resolve_dtype
+
+    for device in ("cpu", "cuda", "cuda:1"):
+        assert resolve_dtype(None, torch.device(device)) == torch.float32
+        assert resolve_dtype("auto", torch.device(device)) == torch.float32
+    assert resolve_dtype("bf16", torch.device("cuda")) == torch.bfloat16
+    model, _ = load_backpack(tiny_model_dir)
+    assert model.wte.weight.dtype == torch.float32
