@@ -4,8 +4,8 @@
 - the Dockerfile keeps its contract (CUDA PyTorch base, optional flash-attn, non-root user, port,
   HEALTHCHECK, the dashboard as CMD) and .dockerignore keeps the build context small while the
   shipped model goes in;
-- the image's install steps and entry commands work in a fresh virtual environment: the venv is
-  made with --system-site-packages, so this machine's torch plays the base image's torch; the
+- the image's install steps and entry commands work in a fresh virtual environment: a .pth file
+  puts the test environment's site-packages on its path, so this torch plays the base image's; the
   same `docker/install.sh` installs requirements.txt into it and must keep that torch; the same
   `docker/smoke.sh` runs the entry commands; and the Dockerfile's own CMD and HEALTHCHECK lines,
   read from the Dockerfile with only the port changed, start the dashboard and find it healthy.
@@ -26,6 +26,7 @@ import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import time
 from pathlib import Path
 
@@ -201,7 +202,7 @@ def test_dockerignore_keeps_context_small():
                 "runs/mini/ckpt.safetensors", ".venv/bin/python", ".pytest_cache/v/x", ".whl/torch.whl",
                 "backpack_core/__pycache__/model.cpython-311.pyc"]:
         assert ignored(rel, rules), f"{rel} would be sent to docker build"
-    for rel in ["Dockerfile", "requirements.txt", "docker/install.sh", "docker/smoke.sh",
+    for rel in ["Dockerfile", "requirements.txt", "constraints.txt", "docker/install.sh", "docker/smoke.sh",
                 "backpack_core/model.py", "analyses/sense_topk.py", "app/Home.py",
                 "configs/backpack-mini.toml", "data/backpack-mini/model.safetensors",
                 "data/backpack-mini/config.json", "data/build_corpus.py"]:
@@ -227,9 +228,17 @@ def venv(tmp_path_factory):
     GPU here). Returns (bin directory, environment for commands run "in the image")."""
     root = tmp_path_factory.mktemp("image") / "venv"
     start = time.monotonic()
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(root)], check=True,
-                   timeout=180, capture_output=True)
+    subprocess.run([sys.executable, "-m", "venv", str(root)], check=True, timeout=180,
+                   capture_output=True)
     bindir = root / "bin"
+    # The image's Python already has torch. Play that with the environment running these tests
+    # (which may itself be a venv, whose packages --system-site-packages would not see): a .pth
+    # file puts its site-packages on the new venv's path, after the venv's own.
+    probe = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    (venv_site,) = subprocess.run([str(bindir / "python"), "-c", probe], check=True, text=True,
+                                  capture_output=True, timeout=60).stdout.split()
+    Path(venv_site, "_image_site.pth").write_text(
+        "\n".join(sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})) + "\n")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "PYTHONPATH")}
     env.update(image_env())
     env.update(PATH=f"{bindir}{os.pathsep}{env.get('PATH', '')}", VIRTUAL_ENV=str(root),
