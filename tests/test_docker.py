@@ -25,8 +25,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
-import sysconfig
 import time
 from pathlib import Path
 
@@ -223,22 +221,13 @@ def system_torch() -> str:
 
 
 @pytest.fixture(scope="module")
-def venv(tmp_path_factory):
+def venv(tmp_path_factory, overlay_venv):
     """A fresh venv over this machine's packages, after `sh docker/install.sh` (flash-attn off: no
     GPU here). Returns (bin directory, environment for commands run "in the image")."""
     root = tmp_path_factory.mktemp("image") / "venv"
     start = time.monotonic()
-    subprocess.run([sys.executable, "-m", "venv", str(root)], check=True, timeout=180,
-                   capture_output=True)
-    bindir = root / "bin"
-    # The image's Python already has torch. Play that with the environment running these tests
-    # (which may itself be a venv, whose packages --system-site-packages would not see): a .pth
-    # file puts its site-packages on the new venv's path, after the venv's own.
-    probe = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
-    (venv_site,) = subprocess.run([str(bindir / "python"), "-c", probe], check=True, text=True,
-                                  capture_output=True, timeout=60).stdout.split()
-    Path(venv_site, "_image_site.pth").write_text(
-        "\n".join(sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})) + "\n")
+    # The image's Python already has torch: the environment running these tests plays it.
+    bindir = overlay_venv(root)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "PYTHONPATH")}
     env.update(image_env())
     env.update(PATH=f"{bindir}{os.pathsep}{env.get('PATH', '')}", VIRTUAL_ENV=str(root),
