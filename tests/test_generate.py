@@ -84,3 +84,17 @@ def test_left_padded_batch_generates_like_single_prompts():
         alone_short = lm.generate(short, max_new_tokens=12, do_sample=False)
     assert torch.equal(together[0], alone_long[0])
     assert torch.equal(together[1, 3:], alone_short[0])
+
+
+@pytest.mark.parametrize("kind", ["backpack", "transformer"])
+def test_beam_search_with_cache_equals_without(kind):
+    """Beam search reorders the cache (`reorder_cache`), also with the twin's empty sense fields."""
+    lm = tiny_lm(model_kind=kind)
+    with torch.no_grad():
+        lm.backpack.wte.weight.mul_(10.0)
+    prompt = torch.randint(1, 512, (1, 5))
+    kwargs = dict(max_new_tokens=6, do_sample=False, num_beams=2, num_return_sequences=2)
+    with torch.no_grad():
+        cached = lm.generate(prompt, use_cache=True, **kwargs)
+        uncached = lm.generate(prompt, use_cache=False, **kwargs)
+    assert torch.equal(cached, uncached)
