@@ -32,37 +32,26 @@ def test_cache_counts_the_tokens_it_has_seen(kind):
     assert cache.get_seq_length() == 6
 
 
+@pytest.mark.parametrize("pad", [0, 3])
 @pytest.mark.parametrize("kind", KINDS)
-def test_each_cached_step_equals_the_full_forward(kind):
+def test_each_cached_step_equals_the_full_forward(kind, pad):
+    """A prefix, then one token per call through the cache, left-padded by `pad` tokens: the
+    logits of the real tokens equal one full forward pass over the unpadded text."""
     model = tiny(kind)
     ids = torch.randint(1, 500, (2, 12))
-    with torch.no_grad():
-        full = model(ids).logits  # (b, s, vocab)
-        out = model(ids[:, :4], use_cache=True)
-        steps = [out.logits]
-        for t in range(4, 12):
-            out = model(ids[:, t:t + 1], past_key_values=out.past_key_values, use_cache=True)
-            steps.append(out.logits)
-    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=0)
-
-
-@pytest.mark.parametrize("kind", KINDS)
-def test_left_padded_cached_steps_equal_the_unpadded_row(kind):
-    model = tiny(kind)
-    ids = torch.randint(1, 500, (1, 8))
-    pad = 3
-    batch = torch.cat([torch.zeros(1, pad, dtype=torch.long), ids], 1)  # (1, pad + 8)
+    batch = torch.cat([torch.zeros(2, pad, dtype=torch.long), ids], 1)  # (2, pad + 12)
     mask = torch.ones_like(batch)
     mask[:, :pad] = 0
+    first = pad + 4
     with torch.no_grad():
-        alone = model(ids).logits
-        out = model(batch[:, :pad + 5], attention_mask=mask[:, :pad + 5], use_cache=True)
+        full = model(ids).logits  # (b, s, vocab)
+        out = model(batch[:, :first], attention_mask=mask[:, :first], use_cache=True)
         steps = [out.logits[:, pad:]]
-        for t in range(pad + 5, pad + 8):
+        for t in range(first, pad + 12):
             out = model(batch[:, t:t + 1], attention_mask=mask[:, :t + 1],
                         past_key_values=out.past_key_values, use_cache=True)
             steps.append(out.logits)
-    torch.testing.assert_close(torch.cat(steps, 1), alone, atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("kind", KINDS)
