@@ -25,7 +25,10 @@ from typing import Any
 
 from ..config import ModelConfig
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent.parent / "configs"
+# configs/ in a checkout; a wheel carries them as the package data `backpack_core/shipped_configs`
+_CHECKOUT_CONFIG_DIR = Path(__file__).resolve().parent.parent.parent / "configs"
+CONFIG_DIR = (_CHECKOUT_CONFIG_DIR if _CHECKOUT_CONFIG_DIR.is_dir()
+              else Path(__file__).resolve().parent.parent / "shipped_configs")
 SCHEDULES = ("linear", "cosine", "constant")
 TRAIN_DTYPES = ("auto", "float32", "bfloat16")
 VOCAB_MULTIPLE = 64
@@ -58,7 +61,7 @@ class TrainConfig:
     grad_clip: float = 1.0  # max global gradient norm; 0: no clipping
     dtype: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | float32 | bfloat16
     compile: bool = False  # torch.compile the model
-    dedup_senses: bool = False  # sense vectors once per distinct token in a batch (faster on CPU)
+    dedup_senses: bool = False  # sense vectors once per distinct token (faster on CPU); needs no dropout
     fsdp: bool = False  # shard parameters, gradients and optimizer state (FSDP2) instead of DDP
     seed: int = 1337  # initialization, data order and dropout
     device: str = "auto"  # auto | cpu | cuda (under torchrun: the local GPU)
@@ -284,6 +287,11 @@ def validate(cfg: RunConfig) -> None:
         problems.append(f"train.device must be auto, cpu, cuda, cuda:N or mps, got {t.device!r}")
     if cfg.data.seq_len < 2:
         problems.append(f"data.seq_len must be >= 2, got {cfg.data.seq_len}")
+    dropout = {key: cfg.model.get(key, 0.0) for key in ("embd_pdrop", "resid_pdrop")}
+    if t.dedup_senses and any(isinstance(p, (int, float)) and p > 0 for p in dropout.values()):
+        problems.append(f"train.dedup_senses is exact only without dropout (all occurrences of a "
+                        f"token would share one dropout mask), but model has {dropout}; set "
+                        f"train.dedup_senses=false or the dropouts to 0")
     if problems:
         raise ConfigError("; ".join(problems))
 
