@@ -582,20 +582,34 @@ class EditEffect:
     rows: list[dict[str, Any]]  # the most affected positions: position, token, KL, logit change
 
 
+_EFFECTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # session -> {edit JSON: rows}
+
+
 def edit_effects(session: ContextSession, edits: Any, top: int = 5) -> list[EditEffect]:
     """Per edit (applied alone, `compare.edit_effects`): the `top` most affected positions with
     KL(before || after) and the largest logit change, so that an edit acting only at its own
-    word's positions is seen to work even when the chosen position did not move."""
+    word's positions is seen to work even when the chosen position did not move.
+
+    One re-mix per edit; the result of each edit is kept per (cached) session, so that moving
+    one edit's slider recomputes that edit only."""
     edit_set = as_edit_set(edits) if edits is not None else EditSet()
+    known = _EFFECTS.setdefault(session, {})
     out = []
-    for index, (edit, changes) in enumerate(zip(edit_set, compare_edit_effects(session, edit_set))):
-        ranked = changes.ranked()
-        rows = [{"position": j, "token": readable_token(session.tokenizer, session.token_ids[j]),
-                 "KL": changes.kl[j], "largest logit change": changes.logit_change[j],
-                 "top-1 changed": changes.changed[j]} for j in ranked[:top]]
+    for index, edit in enumerate(edit_set):
+        key = json.dumps(edit.to_dict(), sort_keys=True)
+        if key not in known:
+            changes = compare_edit_effects(session, EditSet([edit]))[0]
+            ranked = changes.ranked()
+            rows = [{"position": j, "token": readable_token(session.tokenizer, session.token_ids[j]),
+                     "KL": changes.kl[j], "largest logit change": changes.logit_change[j],
+                     "top-1 changed": changes.changed[j]} for j in ranked[:top]]
+            if len(known) >= 64:
+                known.pop(next(iter(known)))
+            known[key] = (changes.most_affected, len(ranked), sum(changes.changed), rows)
+        most, n_moved, n_changed, rows = known[key]
         factor = getattr(edit, "factor", None)
         out.append(EditEffect(index, edit.describe(), float(factor) if factor is not None else None,
-                              edit.kind, changes.most_affected, len(ranked), sum(changes.changed), rows))
+                              edit.kind, most, n_moved, n_changed, [dict(r) for r in rows]))
     return out
 
 
