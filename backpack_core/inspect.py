@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .tokenizer import token_bytes
+
 if TYPE_CHECKING:  # pragma: no cover
     from .model import Backpack
     from .tokenizer import Tokenizer
@@ -40,8 +42,11 @@ class WordError(ValueError):
 # ----------------------------------------------------------------------------------------------
 
 def token_text(tokenizer: Tokenizer, token_id: int) -> str:
-    """The text of one token as it reads in a text (' science' for the byte-level 'Ġscience')."""
-    return tokenizer.decode([int(token_id)])
+    """The text of one token as it reads in a text (' science' for the byte-level 'Ġscience').
+
+    A token that holds only part of a UTF-8 character reads as its bytes, '<0xE2>', not as the
+    '�' that decoding it alone gives (`tokenizer.token_bytes`)."""
+    return token_bytes(tokenizer, token_id).decode("utf-8", errors="backpack-hex-bytes")
 
 
 @dataclass
