@@ -14,12 +14,12 @@ import contextlib
 import json
 import os
 import pickle
-import tempfile
 from pathlib import Path
 
 import torch
 
 from .config import ModelConfig, published_gpt2_details
+from .files import atomic_write, write_text_atomic
 from .model import Backpack
 from .tokenizer import TOKENIZER_FILE, Tokenizer, gpt2_tokenizer
 
@@ -27,6 +27,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL_DIR = REPO_ROOT / "data" / "backpack-mini"
 WEIGHTS_FILE = "model.safetensors"
 PUBLISHED_WEIGHTS = "pytorch_model.bin"
+# A training run directory keeps its checkpoints in CHECKPOINTS_DIR; CURRENT_LINK names the latest.
+CHECKPOINTS_DIR = "checkpoints"
+CURRENT_LINK = "current"
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -181,6 +184,9 @@ def resolve_source(source: str | os.PathLike | None) -> Path:
                                   "pass a model directory instead")
         return DEFAULT_MODEL_DIR
     path = Path(source).expanduser()
+    current = path / CHECKPOINTS_DIR / CURRENT_LINK
+    if current.is_dir():  # a training run: its latest checkpoint, resolved once (a trainer may
+        return current.resolve()  # switch the link while we read)
     if path.is_dir():
         return path
     text = str(source)
@@ -298,24 +304,8 @@ def save_backpack(model: Backpack, tokenizer: Tokenizer | None, directory: str |
              for k, v in model.state_dict().items()}
     config = {"model_type": "backpack", "architectures": ["BackpackLM"],
               **model.config.to_dict(), **(extra_config or {})}
-    _atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(state, str(p),
-                                                                metadata={"format": "pt"}))
-    _atomic_write(directory / "config.json",
-                  lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
+    atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
+    write_text_atomic(directory / "config.json", json.dumps(config, indent=2) + "\n")
     if tokenizer is not None:
         tokenizer.save(directory)
     return directory
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a model is for everyone to read
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)

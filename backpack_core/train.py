@@ -29,15 +29,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data.loader import DataError, ShardSet, TrainBatches, eval_windows, gather
+from .files import write_text_atomic
 from .loading import CheckpointError
 from .model import Backpack, count_parameters, flops_per_token
 from .training import distributed
 from .training.checkpoint import (
-    STATE_FILE,
+    find_checkpoint,
     load_checkpoint,
+    point_to,
     read_train_state,
+    remove_checkpoints,
     save_checkpoint,
-    saved_step,
 )
 from .training.config import (
     BatchPlan,
@@ -57,6 +59,10 @@ METRICS = "metrics.jsonl"
 RESUME_KEYS = ("model", "seq_len", "seed", "global_batch", "train_tokens_in_data", "tokenizer_sha256")
 
 
+class NonFiniteLoss(RuntimeError):
+    """The training loss or gradient became NaN/Inf; the update was not applied."""
+
+
 @dataclass
 class TrainResult:
     out_dir: Path
@@ -68,9 +74,11 @@ class TrainResult:
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches: list[torch.Tensor],
-               device: torch.device, autocast, grad_clip: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+               device: torch.device, autocast, grad_clip: float, d: distributed.Dist | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor | None, bool]:
     """Accumulate gradients over the micro-batches (synced across ranks on the last), clip, step.
-    Returns the step's mean loss (this rank) and the gradient norm before clipping."""
+    Returns the step's mean loss (this rank), the gradient norm before clipping, and whether the
+    update was applied: with a NaN/Inf loss or gradient norm on any rank it is not."""
     optimizer.zero_grad(set_to_none=True)
     loss_sum = torch.zeros((), device=device)
     for i, tokens in enumerate(micro_batches):
@@ -81,8 +89,13 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches
             loss.backward()
         loss_sum += loss.detach()
     grad_norm = nn.utils.clip_grad_norm_(model.parameters(), grad_clip) if grad_clip > 0 else None
+    finite = torch.isfinite(loss_sum) & (torch.isfinite(grad_norm) if grad_norm is not None else True)
+    bad = distributed.any_rank(d, not bool(finite)) if d is not None else not bool(finite)
+    if bad:
+        optimizer.zero_grad(set_to_none=True)
+        return loss_sum, grad_norm, False
     optimizer.step()
-    return loss_sum, grad_norm
+    return loss_sum, grad_norm, True
 
 
 @torch.no_grad()
@@ -168,16 +181,18 @@ def setup(cfg: RunConfig, d: distributed.Dist, resume: bool, overwrite: bool) ->
     shards = ShardSet(cfg.data.dir)
     model_config = resolve_model_config(cfg, shards.vocab_size, shards.eos_token_id)
     plan = plan_batches(cfg, d.world_size)
-    prior = saved_step(out_dir)
+    prior = find_checkpoint(out_dir)
     if resume and prior is None:
-        raise CheckpointError(f"nothing to resume: {out_dir} holds no checkpoint ({STATE_FILE})")
+        raise CheckpointError(f"nothing to resume: {out_dir} holds no complete checkpoint")
     if not resume and prior is not None and not overwrite:
-        raise ConfigError(f"{out_dir} already holds a checkpoint (step {prior}); pass --resume to "
+        raise ConfigError(f"{out_dir} already holds a checkpoint (step {prior[1]}); pass --resume to "
                           "continue it, --overwrite to start over, or choose another train.out_dir")
+    if not resume and prior is not None and d.is_main:
+        remove_checkpoints(out_dir)  # --overwrite: the old run's checkpoints must not be resumed
     identity = {"model": model_config.to_dict(), "seq_len": seq_len, "seed": t.seed,
                 "global_batch": plan.global_batch, "train_tokens_in_data": int(len(shards.train)),
                 "tokenizer_sha256": shards.manifest.get("tokenizer_sha256")}
-    state = read_train_state(out_dir) if resume else {}
+    state = read_train_state(prior[0]) if resume else {}
     if resume:
         check_resumable(state.get("identity", {}), identity, out_dir)
 
@@ -190,7 +205,9 @@ def setup(cfg: RunConfig, d: distributed.Dist, resume: bool, overwrite: bool) ->
     train_model = distributed.wrap_model(model, d, t.fsdp, t.compile, bf16)
     optimizer = build_optimizer(model, t, d.device)
     if resume:
-        load_checkpoint(out_dir, model, optimizer, state)
+        load_checkpoint(prior[0], model, optimizer, state)
+        if d.is_main and prior[0] != out_dir:
+            point_to(out_dir, prior[0])  # the run directory loads as the checkpoint resumed from
     job = Job(cfg, d, plan, model, train_model, optimizer, shards,
               batches=TrainBatches(shards.train, seq_len, plan.global_batch, t.seed),
               val_starts=eval_windows(shards.val, seq_len, t.eval_batches * t.batch_size * d.world_size),
@@ -215,7 +232,7 @@ def setup(cfg: RunConfig, d: distributed.Dist, resume: bool, overwrite: bool) ->
                     "data": {"dir": str(cfg.data.dir), "splits": shards.manifest["splits"],
                              "tokenizer": shards.manifest["options"]["tokenizer"]}}
         text = json.dumps({**cfg.to_dict(), "resolved": resolved}, indent=2)
-        (out_dir / RUN_CONFIG).write_text(text + "\n")
+        write_text_atomic(out_dir / RUN_CONFIG, text + "\n")
     job.say(f"{model_config.model_kind} with {params['total'] / 1e6:.2f}M parameters, "
             f"{job.flops_per_token / 1e6:.1f} MFLOP/token | {d.world_size} process(es) on {d.device} | "
             f"global batch {plan.global_batch} x {seq_len} = {plan.tokens_per_step:,} tokens "
@@ -229,7 +246,7 @@ def setup(cfg: RunConfig, d: distributed.Dist, resume: bool, overwrite: bool) ->
 def loop(job: Job, on_step: Callable[[int], None] | None = None) -> TrainResult:
     """Train from job.step to the last step: log, evaluate, checkpoint; stop cleanly on a signal."""
     cfg, t, d, plan = job.cfg, job.cfg.train, job.d, job.plan
-    val_loss, start_step = None, job.step
+    val_loss, start_step, skipped = None, job.step, 0
     started = last_time = time.time()
     last_step = job.step
     with distributed.StopSignal(d) as stop:
@@ -239,8 +256,26 @@ def loop(job: Job, on_step: Callable[[int], None] | None = None) -> TrainResult:
             set_lr(job.optimizer, lr)
             torch.manual_seed(step_seed(t.seed, job.step, d.rank))  # dropout masks of this step
             micro = job.batches.micro_batches(job.step, plan.micro_batch, d.rank, d.world_size)
-            loss, grad_norm = train_step(job.train_model, job.optimizer, micro, d.device, job.autocast,
-                                         t.grad_clip)
+            loss, grad_norm, applied = train_step(job.train_model, job.optimizer, micro, d.device,
+                                                  job.autocast, t.grad_clip, d)
+            if not applied:
+                skipped += 1
+                what = (f"non-finite training loss ({float(loss)}) or gradient norm "
+                        f"({None if grad_norm is None else float(grad_norm)}) at step {job.step + 1}")
+                job.metrics.write({"step": job.step + 1, "nonfinite": str(float(loss)),
+                                   "action": t.on_nonfinite})
+                if t.on_nonfinite == "stop" or skipped > t.max_skipped:
+                    last_good = find_checkpoint(cfg.out_dir)
+                    raise NonFiniteLoss(
+                        f"{what}; training stopped without applying it"
+                        + (f" ({skipped} steps in a row skipped)" if skipped > 1 else "")
+                        + (f". The last checkpoint (step {last_good[1]}) is in {cfg.out_dir}"
+                           if last_good else ". No checkpoint was saved yet")
+                        + ". Lower train.lr, raise train.warmup_steps or set train.grad_clip, then "
+                        "--resume; or set train.on_nonfinite=skip to skip such steps")
+                job.say(f"warning: {what}; update skipped (train.on_nonfinite=skip)")
+            else:
+                skipped = 0
             job.step, job.tokens = job.step + 1, job.tokens + plan.tokens_per_step
             step, last = job.step, job.step == plan.max_steps
 
@@ -335,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(cfg.to_dict(), indent=2))
             return 0
         result = run(cfg, resume=bool(args.resume), overwrite=args.overwrite)
-    except (ConfigError, DataError, CheckpointError) as err:
+    except (ConfigError, DataError, CheckpointError, NonFiniteLoss) as err:
         if os.environ.get("RANK", "0") == "0":  # every rank meets the same error: say it once
             print(f"error: {err}", file=sys.stderr)
         return 2
