@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .limits import LimitError, check_word
+
 if TYPE_CHECKING:  # pragma: no cover
     from .model import Backpack
     from .tokenizer import Tokenizer
@@ -29,6 +31,10 @@ if TYPE_CHECKING:  # pragma: no cover
 
 class WordError(ValueError):
     """A word (or token id) could not be turned into the token(s) asked for; says why."""
+
+
+class WordLimitError(WordError, LimitError):
+    """A word longer than backpack_core.limits.MAX_WORD_CHARS."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -105,6 +111,7 @@ def resolve_word(tokenizer: Tokenizer | None, word: str | int, vocab_size: int |
         raise WordError(f"the word {word!r} needs a tokenizer; give a token id instead")
     if word == "":
         raise WordError("the word is empty")
+    check_word(word, WordLimitError)  # a 100k-character "word" would allocate gigabytes downstream
     ids = tokenizer.encode(word)
     for token_id in ids:
         _check_id(token_id, vocab_size, None)

@@ -28,8 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data.loader import DataError, ShardSet, TrainBatches, eval_windows, gather
+from . import cli
+from .data.loader import ShardSet, TrainBatches, eval_windows, gather
 from .files import write_text_atomic
+from .limits import check_model_fits
 from .loading import CheckpointError
 from .model import Backpack, count_parameters, flops_per_token
 from .training import distributed
@@ -133,6 +135,20 @@ def check_resumable(saved: dict, current: dict, out_dir: Path) -> None:
                               + ". Start a new run (another train.out_dir) instead")
 
 
+def read_run_config(run_dir: Path) -> dict:
+    """run_config.json of a run directory, or CheckpointError saying what is wrong with it."""
+    path = run_dir / RUN_CONFIG
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path} is damaged (not valid JSON: {err}); give the config again with "
+                              f"--config FILE --resume {run_dir}") from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("train", {}), dict):
+        raise CheckpointError(f"{path} is not a run config (a JSON object with model, data and train); "
+                              f"give the config again with --config FILE --resume {run_dir}")
+    return saved
+
+
 def describe_changes(out_dir: Path, cfg: RunConfig) -> list[str]:
     """Settings of the saved run_config.json that this resumed run changes (allowed, reported)."""
     try:
@@ -175,6 +191,18 @@ class Job:
         save_checkpoint(self.cfg.out_dir, self.model, self.optimizer, self.shards.tokenizer(), state, self.d)
 
 
+def check_writable(out_dir: Path) -> None:
+    """The run directory exists (created) and this process may write there."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(f"train.out_dir {out_dir} is not writable ({err.strerror or err}); choose "
+                          "a directory you can write to (train.out_dir=...)") from None
+
+
 def setup(cfg: RunConfig, d: distributed.Dist, resume: bool, overwrite: bool) -> Job:
     """Data, model, wrapping for this machine, optimizer, checkpoint (when resuming), run_config.json."""
     t, out_dir, seq_len = cfg.train, cfg.out_dir, cfg.data.seq_len
@@ -196,6 +224,10 @@ def setup(cfg: RunConfig, d: distributed.Dist, resume: bool, overwrite: bool) ->
     if resume:
         check_resumable(state.get("identity", {}), identity, out_dir)
 
+    if d.is_main:
+        check_writable(out_dir)  # now, not after an hour of training
+    # weights, gradients and AdamW's two moments in fp32, before anything is allocated
+    check_model_fits(model_config.parameter_count(), 16, d.device, what="the configured model")
     if d.device.type == "cuda":
         torch.set_float32_matmul_precision("high")
     bf16 = t.dtype == "bfloat16" or (t.dtype == "auto" and d.device.type == "cuda")
@@ -333,7 +365,7 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="python -m backpack_core.train",
         description="Train a Backpack or its Transformer twin. Overrides: section.key=value, e.g. "
                     "train.lr=3e-4 model.n_layer=4 data.dir=data/shards/corpus")
@@ -347,6 +379,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line; every error (bad config, damaged checkpoint, full disk, NaN loss, an
+    unwritable directory) is one line on stderr and exit code 2 (backpack_core.cli)."""
+    return cli.run_main(_main, argv, prog="", json_errors=False)
+
+
+def _main(argv: list[str] | None) -> int:
     args = parse_args(argv)
     if isinstance(args.resume, str) and "=" in args.resume and not Path(args.resume).exists():
         args.overrides.insert(0, args.resume)  # `--resume train.lr=1e-4`: an override, not a dir
@@ -356,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
             run_dir = Path(args.resume)
             if not (run_dir / RUN_CONFIG).is_file():
                 raise CheckpointError(f"{run_dir} has no {RUN_CONFIG}; give --config too")
-            saved = json.loads((run_dir / RUN_CONFIG).read_text())
+            saved = read_run_config(run_dir)
             cfg = load_run_config(None, [*args.overrides, f"train.out_dir={run_dir}"], saved=saved)
         elif args.config:
             overrides = list(args.overrides)
@@ -370,10 +408,6 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(cfg.to_dict(), indent=2))
             return 0
         result = run(cfg, resume=bool(args.resume), overwrite=args.overwrite)
-    except (ConfigError, DataError, CheckpointError, NonFiniteLoss) as err:
-        if os.environ.get("RANK", "0") == "0":  # every rank meets the same error: say it once
-            print(f"error: {err}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("stopped at once, without saving", file=sys.stderr)
         return 130
