@@ -10,7 +10,7 @@
 # flash-attn (the model then uses PyTorch's SDPA attention), build with
 #   --build-arg BASE_IMAGE=pytorch/pytorch:2.8.0-cuda12.8-cudnn9-runtime --build-arg INSTALL_FLASH_ATTN=0
 # The base image's torch (a CUDA build) is kept as it is: docker/install.sh pins it while
-# installing requirements.txt.
+# installing requirements.txt at the versions CI tests (constraints.txt).
 ARG BASE_IMAGE=pytorch/pytorch:2.8.0-cuda12.8-cudnn9-devel
 FROM ${BASE_IMAGE}
 
@@ -33,7 +33,7 @@ WORKDIR /workbench
 
 # Dependencies first, so that code changes do not redo this layer. The ARGs above reach the
 # script as environment variables.
-COPY requirements.txt ./
+COPY requirements.txt constraints.txt ./
 COPY docker/install.sh docker/
 RUN sh docker/install.sh python
 

@@ -3,11 +3,16 @@
 The light entry points (`load_backpack`, `ModelConfig`, `Backpack`) import no transformers code;
 `load_model`, `BackpackLM` and `BackpackConfig` do. Every name is imported on first use, so that
 `backpack_core.cli` (the command-line error handler) and `--help` import no torch.
+
+`import backpack_core` registers the model with transformers' Auto classes, so that
+`AutoModelForCausalLM.from_pretrained(dir)` and `pipeline("text-generation", model=dir)` work on
+our directories without remote code. The registration runs when transformers is imported (at
+once if it already is), so importing the core alone stays fast.
 """
 
-from __future__ import annotations
+import importlib as _importlib
 
-import importlib
+import wrapt as _wrapt
 
 _WHERE = {
     "ModelConfig": "config",
@@ -21,9 +26,18 @@ _WHERE = {
 __all__ = sorted(_WHERE)
 
 
+def _register_with_transformers(_transformers) -> None:
+    # importing backpack_core.hf registers the Auto classes (at its end; when this hook fires
+    # while backpack_core.hf itself is importing transformers, that module finishes the job)
+    _importlib.import_module(f"{__name__}.hf")
+
+
+_wrapt.register_post_import_hook(_register_with_transformers, "transformers")
+
+
 def __getattr__(name: str):
-    if name in _WHERE:
-        value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    if name in _WHERE:  # imported on first use
+        value = getattr(_importlib.import_module(f".{_WHERE[name]}", __name__), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'backpack_core' has no attribute {name!r}")

@@ -11,7 +11,7 @@ need it (`backpack_core.model`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import fields, make_dataclass
 
 import torch
 from transformers import (
@@ -21,6 +21,7 @@ from transformers import (
     PretrainedConfig,
     PreTrainedModel,
 )
+from transformers.generation.utils import ALL_CACHE_NAMES
 from transformers.utils import ModelOutput
 
 from .config import ModelConfig
@@ -57,14 +58,25 @@ class BackpackConfig(PretrainedConfig):
         return cls(**config.to_dict())
 
 
-@dataclass
-class BackpackLMOutput(ModelOutput):
-    loss: torch.Tensor | None = None
-    logits: torch.Tensor | None = None
-    past_key_values: BackpackCache | None = None
-    contextualization: torch.Tensor | None = None  # (b, k, s, t)
-    senses: torch.Tensor | None = None  # (b, k, t, d)
-    hidden_states: torch.Tensor | None = None  # (b, s, d)
+# The name under which transformers' `generate()` passes the cache to `forward` and reads it
+# back from the output: "cache" from transformers 5.24 on, "past_key_values" before. We accept
+# both as arguments and return the cache under the name of the transformers that is installed.
+CACHE_NAME = ALL_CACHE_NAMES[0]
+
+# BackpackLMOutput(loss, logits, <CACHE_NAME>, contextualization, senses, hidden_states):
+#   logits (b, s, vocab); contextualization (b, k, s, t); senses (b, k, t, d); hidden_states
+#   (b, s, d). A dataclass like transformers' own outputs, with the cache field named as above.
+BackpackLMOutput = make_dataclass(
+    "BackpackLMOutput",
+    [("loss", torch.Tensor | None, None),
+     ("logits", torch.Tensor | None, None),
+     (CACHE_NAME, BackpackCache | None, None),
+     ("contextualization", torch.Tensor | None, None),
+     ("senses", torch.Tensor | None, None),
+     ("hidden_states", torch.Tensor | None, None)],
+    bases=(ModelOutput,),
+)
+BackpackLMOutput.__module__ = __name__
 
 
 class BackpackLM(PreTrainedModel, GenerationMixin):
@@ -96,7 +108,7 @@ class BackpackLM(PreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor,
         attention_mask: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
-        past_key_values: BackpackCache | None = None,
+        cache: BackpackCache | None = None,
         use_cache: bool | None = None,
         output_contextualization: bool = False,
         output_senses: bool = False,
@@ -105,31 +117,34 @@ class BackpackLM(PreTrainedModel, GenerationMixin):
         return_dict: bool | None = None,
         **kwargs,
     ) -> BackpackLMOutput:
-        """See `Backpack.forward`. Extra transformers kwargs (position_ids, cache_position, ...)
+        """See `Backpack.forward`. The cache may also be passed as `past_key_values` (its name
+        before transformers 5.24). Extra transformers kwargs (position_ids, cache_position, ...)
         are accepted and ignored: positions are derived from the attention mask."""
+        cache = _one_cache(cache, kwargs.pop("past_key_values", None))
         out = self.backpack(
             input_ids,
             attention_mask=attention_mask,
             labels=labels,
-            past_key_values=past_key_values,
+            past_key_values=cache,
             use_cache=bool(use_cache),
             output_contextualization=output_contextualization,
             output_senses=output_senses,
             output_hidden_states=output_hidden_states,
             intervention=intervention,
         )
-        return BackpackLMOutput(loss=out.loss, logits=out.logits,
-                                past_key_values=out.past_key_values,
-                                contextualization=out.contextualization, senses=out.senses,
-                                hidden_states=out.hidden_states)
+        return BackpackLMOutput(**{"loss": out.loss, "logits": out.logits,
+                                   CACHE_NAME: out.past_key_values,
+                                   "contextualization": out.contextualization,
+                                   "senses": out.senses, "hidden_states": out.hidden_states})
 
-    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None,
+    def prepare_inputs_for_generation(self, input_ids, cache=None, attention_mask=None,
                                       use_cache=True, intervention=None, **kwargs):
         """Feed only the tokens the cache has not seen yet."""
-        seen = past_key_values.get_seq_length() if past_key_values is not None else 0
+        cache = _one_cache(cache, kwargs.pop("past_key_values", None))
+        seen = cache.get_seq_length() if cache is not None else 0
         return {
             "input_ids": input_ids[:, seen:],
-            "past_key_values": past_key_values,
+            CACHE_NAME: cache,
             "attention_mask": attention_mask,
             "use_cache": use_cache,
             "intervention": intervention,
@@ -147,5 +162,19 @@ class BackpackLM(PreTrainedModel, GenerationMixin):
         return lm
 
 
-AutoConfig.register("backpack", BackpackConfig, exist_ok=True)
-AutoModelForCausalLM.register(BackpackConfig, BackpackLM, exist_ok=True)
+def _one_cache(cache, past_key_values):
+    """The cache passed under either name (`cache`, or `past_key_values` before 5.24)."""
+    if cache is not None and past_key_values is not None and cache is not past_key_values:
+        raise ValueError("pass the generation cache once, as `cache` or as `past_key_values`")
+    return cache if cache is not None else past_key_values
+
+
+def register_auto_classes(_transformers=None) -> None:
+    """Make `AutoConfig` / `AutoModelForCausalLM.from_pretrained(dir)` build our classes for a
+    directory whose config.json says `"model_type": "backpack"` (no remote code). Idempotent.
+    `import backpack_core` arranges for this to run as soon as transformers is imported."""
+    AutoConfig.register("backpack", BackpackConfig, exist_ok=True)
+    AutoModelForCausalLM.register(BackpackConfig, BackpackLM, exist_ok=True)
+
+
+register_auto_classes()

@@ -25,7 +25,11 @@ from .model import Backpack
 from .tokenizer import TOKENIZER_FILE, Tokenizer, gpt2_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_MODEL_DIR = REPO_ROOT / "data" / "backpack-mini"
+# The shipped model: data/backpack-mini in a checkout (or an editable install); a wheel
+# (`pip install .`) carries the same files as the package data `backpack_core/shipped_model`.
+_CHECKOUT_MODEL_DIR = REPO_ROOT / "data" / "backpack-mini"
+DEFAULT_MODEL_DIR = (_CHECKOUT_MODEL_DIR if _CHECKOUT_MODEL_DIR.is_dir()
+                     else Path(__file__).resolve().parent / "shipped_model")
 WEIGHTS_FILE = "model.safetensors"
 PUBLISHED_WEIGHTS = "pytorch_model.bin"
 # A training run directory keeps its checkpoints in CHECKPOINTS_DIR; CURRENT_LINK names the latest.

@@ -8,15 +8,17 @@
 #                           wheel matches, which needs nvcc: the -devel base image). Default 0.
 #   FLASH_ATTN_VERSION      the flash-attn release to install (default 2.8.3).
 #
-# requirements.txt is installed with the torch that PYTHON already has kept exactly as it is (the
-# base image's CUDA build): a constraints file written here pins torch to the installed version,
-# so pip never downloads another torch; if some requirement needed a different one, pip stops with
-# a resolution error instead of silently swapping the CUDA build for a PyPI one.
+# requirements.txt is installed at the versions CI tests (constraints.txt) with the torch that
+# PYTHON already has kept exactly as it is (the base image's CUDA build): a constraints file
+# written here pins torch to the installed version, so pip never downloads another torch; if some
+# requirement needed a different one, pip stops with a resolution error instead of silently
+# swapping the CUDA build for a PyPI one.
 set -eu
 
 PY="${1:-python3}"
 HERE="$(cd "$(dirname "$0")" && pwd)"
 REQUIREMENTS="$HERE/../requirements.txt"
+TESTED="$HERE/../constraints.txt"
 INSTALL_FLASH_ATTN="${INSTALL_FLASH_ATTN:-0}"
 FLASH_ATTN_VERSION="${FLASH_ATTN_VERSION:-2.8.3}"
 
@@ -35,7 +37,7 @@ constraints="$(mktemp)"
 trap 'rm -f "$constraints"' EXIT
 echo "torch==$before" > "$constraints"
 
-"$PY" -m pip install -c "$constraints" -r "$REQUIREMENTS"
+"$PY" -m pip install -c "$constraints" -c "$TESTED" -r "$REQUIREMENTS"
 
 case "$INSTALL_FLASH_ATTN" in
     1|true|yes)

@@ -63,3 +63,29 @@ def state_checksum(model: torch.nn.Module) -> float:
     """A float64 checksum of every parameter and buffer (changes if any weight is touched)."""
     return float(sum(t.double().abs().sum() + t.double().sum() * (i + 1)
                      for i, t in enumerate(model.state_dict().values())))
+
+
+@pytest.fixture(scope="session")
+def overlay_venv():
+    """A factory: `overlay_venv(root)` makes a fresh venv at `root` that also sees the packages
+    of the environment running the tests (after its own), and returns its bin directory.
+
+    A .pth file does this; `--system-site-packages` would not, when the tests themselves run in a
+    venv. The environment's own .pth files (an editable install of this project) are not read
+    there, so what the new venv imports is what was installed into it, or else the
+    environment's regular packages (torch)."""
+    import subprocess
+    import sysconfig
+
+    def make(root: Path) -> Path:
+        subprocess.run([sys.executable, "-m", "venv", str(root)], check=True, timeout=180,
+                       capture_output=True)
+        bindir = root / "bin"
+        probe = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+        (site,) = subprocess.run([str(bindir / "python"), "-c", probe], check=True, text=True,
+                                 capture_output=True, timeout=60).stdout.split()
+        outer = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
+        Path(site, "_outer_site.pth").write_text("\n".join(outer) + "\n")
+        return bindir
+
+    return make

@@ -4,8 +4,8 @@
 - the Dockerfile keeps its contract (CUDA PyTorch base, optional flash-attn, non-root user, port,
   HEALTHCHECK, the dashboard as CMD) and .dockerignore keeps the build context small while the
   shipped model goes in;
-- the image's install steps and entry commands work in a fresh virtual environment: the venv is
-  made with --system-site-packages, so this machine's torch plays the base image's torch; the
+- the image's install steps and entry commands work in a fresh virtual environment: a .pth file
+  puts the test environment's site-packages on its path, so this torch plays the base image's; the
   same `docker/install.sh` installs requirements.txt into it and must keep that torch; the same
   `docker/smoke.sh` runs the entry commands; and the Dockerfile's own CMD and HEALTHCHECK lines,
   read from the Dockerfile with only the port changed, start the dashboard and find it healthy.
@@ -25,7 +25,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -201,7 +200,7 @@ def test_dockerignore_keeps_context_small():
                 "runs/mini/ckpt.safetensors", ".venv/bin/python", ".pytest_cache/v/x", ".whl/torch.whl",
                 "backpack_core/__pycache__/model.cpython-311.pyc"]:
         assert ignored(rel, rules), f"{rel} would be sent to docker build"
-    for rel in ["Dockerfile", "requirements.txt", "docker/install.sh", "docker/smoke.sh",
+    for rel in ["Dockerfile", "requirements.txt", "constraints.txt", "docker/install.sh", "docker/smoke.sh",
                 "backpack_core/model.py", "analyses/sense_topk.py", "app/Home.py",
                 "configs/backpack-mini.toml", "data/backpack-mini/model.safetensors",
                 "data/backpack-mini/config.json", "data/build_corpus.py"]:
@@ -222,14 +221,13 @@ def system_torch() -> str:
 
 
 @pytest.fixture(scope="module")
-def venv(tmp_path_factory):
+def venv(tmp_path_factory, overlay_venv):
     """A fresh venv over this machine's packages, after `sh docker/install.sh` (flash-attn off: no
     GPU here). Returns (bin directory, environment for commands run "in the image")."""
     root = tmp_path_factory.mktemp("image") / "venv"
     start = time.monotonic()
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(root)], check=True,
-                   timeout=180, capture_output=True)
-    bindir = root / "bin"
+    # The image's Python already has torch: the environment running these tests plays it.
+    bindir = overlay_venv(root)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "PYTHONPATH")}
     env.update(image_env())
     env.update(PATH=f"{bindir}{os.pathsep}{env.get('PATH', '')}", VIRTUAL_ENV=str(root),

@@ -25,7 +25,10 @@ from typing import Any
 
 from ..config import ModelConfig
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent.parent / "configs"
+# configs/ in a checkout; a wheel carries them as the package data `backpack_core/shipped_configs`
+_CHECKOUT_CONFIG_DIR = Path(__file__).resolve().parent.parent.parent / "configs"
+CONFIG_DIR = (_CHECKOUT_CONFIG_DIR if _CHECKOUT_CONFIG_DIR.is_dir()
+              else Path(__file__).resolve().parent.parent / "shipped_configs")
 SCHEDULES = ("linear", "cosine", "constant")
 TRAIN_DTYPES = ("auto", "float32", "bfloat16")
 NONFINITE_ACTIONS = ("stop", "skip")

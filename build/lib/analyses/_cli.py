@@ -1,0 +1,83 @@
+"""Shared command-line plumbing: common options, model loading, JSON output, error handling.
+
+Importing this module imports no torch and no transformers; `load` imports the core lazily.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+EXIT_USAGE = 2
+
+
+def parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """An ArgumentParser with the options every analysis takes: --model, --device, --dtype, --json."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument("--model", default=None,
+                   help="model directory or hub id (default: the shipped model, data/backpack-mini)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, mps or auto")
+    p.add_argument("--dtype", default="float32",
+                   help="float32 (default: exact attributions), bfloat16, float16 or auto")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return p
+
+
+def add_threads(p: argparse.ArgumentParser, default: int | None = 1) -> None:
+    """--threads: many small forward passes run fastest on one thread on a shared CPU."""
+    p.add_argument("--threads", type=int, default=default,
+                   help=f"torch threads (default {default or 'torch' + chr(39) + 's choice'})")
+
+
+def read_json(path: str, what: str) -> Any:
+    """A JSON data file, or one clear error naming the file and what is wrong with it."""
+    from pathlib import Path
+
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as err:
+        raise OSError(f"cannot read the {what} file {path!r}: {err.strerror or err}") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"the {what} file {path!r} is not valid JSON: {err}") from None
+
+
+def emit(args: argparse.Namespace, data: Any, render: Callable[[Any], str]) -> int:
+    """Print `data` as JSON with --json, else as the command's readable rendering."""
+    if args.json:
+        print_json(data)
+    else:
+        print(render(data))
+    return 0
+
+
+def load(args: argparse.Namespace):
+    """(Backpack, Tokenizer) from --model/--device/--dtype, without importing transformers."""
+    from backpack_core.loading import load_backpack
+
+    return load_backpack(args.model, device=args.device, dtype=args.dtype)
+
+
+def print_json(obj: Any) -> None:
+    json.dump(obj, sys.stdout, ensure_ascii=False, allow_nan=False)
+    sys.stdout.write("\n")
+
+
+def one_paragraph(message: str) -> str:
+    return " ".join(str(message).split())
+
+
+def run(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None,
+        prog: str = "analyses") -> int:
+    """Run `main(argv)`; known input errors (bad edits, missing checkpoint, bad words or
+    positions: ValueError and its subclasses EditError, CheckpointError, WordError; unreadable
+    files: OSError) print one paragraph to stderr and return exit code 2, with no traceback."""
+    try:
+        return int(main(argv) or 0)
+    except (ValueError, OSError) as err:
+        print(f"{prog}: error: {one_paragraph(err)}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,163 @@
+"""Sense visualization: per sense of a word, the top and bottom words of E . C(word)_l.
+
+    python -m analyses.sense_topk --word science [--k 10] [--senses 0,3,12] [--plot out.html]
+        [--json] [--model DIR]
+
+The word is read in its in-text form: "science" is looked up as " science" (with the leading
+space, as it appears inside a sentence) unless --exact is given. A word the vocabulary splits
+into several tokens lists every piece (a Backpack has senses per token, not per word).
+JSON output: {"word", "tokens", "token_ids", "multi_token", "notes", "senses": [{"index",
+"piece", "token", "top": [[word, score], ...], "bottom": [[word, score], ...]}, ...]}, scores
+being the sense logits E_w . C(x)_l; "piece" indexes "tokens".
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from analyses import _cli
+
+
+def build_parser():
+    p = _cli.parser("python -m analyses.sense_topk", __doc__.strip().splitlines()[0])
+    p.add_argument("--word", required=True,
+                   help='the word; "science" is read as " science" (in-text form) unless --exact')
+    p.add_argument("--exact", action="store_true",
+                   help="use --word exactly as given (no leading space added)")
+    p.add_argument("--k", type=int, default=10, help="top and bottom words per sense (default 10)")
+    p.add_argument("--senses", default=None,
+                   help="comma-separated sense indices to show, e.g. 0,3,12 (default: all)")
+    p.add_argument("--plot", default=None, metavar="FILE",
+                   help="also write a Plotly figure: FILE.html (or .png, which needs kaleido)")
+    return p
+
+
+def parse_senses(text: str | None, k: int) -> list[int]:
+    if text is None:
+        return list(range(k))
+    try:
+        senses = [int(s) for s in text.replace(" ", "").split(",") if s != ""]
+    except ValueError:
+        raise ValueError(f"--senses takes comma-separated integers such as 0,3,12; got {text!r}") from None
+    bad = [s for s in senses if not 0 <= s < k]
+    if bad or not senses:
+        raise ValueError(f"--senses {text!r}: the model has {k} senses, indices 0..{k - 1}")
+    return list(dict.fromkeys(senses))
+
+
+def in_text_form(word: str, exact: bool) -> str:
+    if exact or word.startswith(" "):
+        return word
+    return " " + word
+
+
+def to_json(readout, senses: list[int]) -> dict:
+    """The command's JSON from an `inspect.SenseReadout`."""
+    rows = []
+    for piece_index, piece in enumerate(readout.pieces):
+        for sense in senses:
+            r = piece.readouts[sense]
+            rows.append({"index": sense, "piece": piece_index, "token": piece.token,
+                         "top": [[t.token, t.score] for t in r.top],
+                         "bottom": [[t.token, t.score] for t in r.bottom]})
+    return {"word": readout.word.query, "tokens": [p.token for p in readout.pieces],
+            "token_ids": [p.token_id for p in readout.pieces], "multi_token": readout.multi_token,
+            "notes": readout.notes, "senses": rows}
+
+
+def render(data: dict, width: int = 14) -> str:
+    """Per sense two lines: the top words and the bottom words, each with its score."""
+    def cell(token: str, score: float) -> str:
+        text = repr(token)[1:-1].strip() or repr(token)
+        text = text if len(text) <= width else text[: width - 1] + "…"
+        return f"{text} {score:.3g}"
+
+    lines = list(data["notes"])
+    current = None
+    for row in data["senses"]:
+        if row["piece"] != current:
+            current = row["piece"]
+            piece = (f", piece {current + 1} of {len(data['tokens'])}" if data["multi_token"] else "")
+            lines += ["", f"token {row['token']!r} (id {data['token_ids'][current]}){piece}: "
+                          "scores E_w . C(x)_l"]
+        lines.append(f"sense {row['index']:>2}  top     " + "  ".join(cell(t, s) for t, s in row["top"]))
+        lines.append(f"{'':>8}  bottom  " + "  ".join(cell(t, s) for t, s in row["bottom"]))
+    return "\n".join(lines)
+
+
+def write_plot(data: dict, path: str) -> str:
+    """Heatmaps (one row per sense, one column per rank) of the top and bottom words; the cell
+    text is the word and its colour the score. Returns the path written."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in (".html", ".htm", ".png", ".svg", ".pdf", ".jpg", ".jpeg", ".webp"):
+        raise ValueError(f"--plot {path!r}: use a .html file (or .png/.svg, which need kaleido)")
+    try:
+        import plotly.graph_objects as go
+        from plotly.subplots import make_subplots
+    except ImportError:
+        raise ValueError("--plot needs plotly: pip install plotly") from None
+
+    rows = data["senses"]
+    labels = [f"{r['token']!r} s{r['index']}" if data["multi_token"] else f"sense {r['index']}"
+              for r in rows]
+    k = max(len(rows[0]["top"]), 1)
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("top words", "bottom words"),
+                        horizontal_spacing=0.04)
+    for col, side, scale in ((1, "top", "Blues"), (2, "bottom", "Reds_r")):
+        z = [[s for _, s in r[side]] for r in rows]
+        text = [[t for t, _ in r[side]] for r in rows]
+        fig.add_trace(go.Heatmap(
+            z=z, x=[f"#{i + 1}" for i in range(k)], y=labels, text=text, texttemplate="%{text}",
+            colorscale=scale, showscale=False, textfont={"size": 10},
+            hovertemplate="%{y} %{x}: %{text}<br>E_w · C(x)_l = %{z:.2f}<extra></extra>"), 1, col)
+    fig.update_yaxes(autorange="reversed")
+    fig.update_layout(title=f"Senses of {data['word']!r}: top and bottom words of E · C(x)_l",
+                      height=120 + 34 * len(rows), width=max(900, 190 * k), margin={"l": 90})
+    try:
+        if suffix in (".html", ".htm"):
+            fig.write_html(path, include_plotlyjs="cdn")
+        else:
+            fig.write_image(path)
+    except (ImportError, ValueError, RuntimeError) as err:
+        if "kaleido" in str(err).lower() or suffix != ".html":
+            raise ValueError(f"cannot write {path!r}: static images need the kaleido package "
+                             f"(pip install kaleido); write an .html file instead ({err})") from None
+        raise
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.k < 1:
+        raise ValueError(f"--k must be >= 1, got {args.k}")
+    if not args.word.strip():
+        raise ValueError("--word is empty: give a word such as science (read as ' science')")
+    if args.plot and Path(args.plot).suffix.lower() not in (".html", ".htm"):
+        import importlib.util
+
+        if importlib.util.find_spec("kaleido") is None:  # fail before loading anything
+            raise ValueError(f"--plot {args.plot!r}: static images need the kaleido package, which "
+                             "is not installed (pip install kaleido); or write an .html file")
+    model, tokenizer = _cli.load(args)
+    if not model.config.is_backpack:
+        raise ValueError("this model is a Transformer twin: it has no senses to read")
+    from backpack_core.inspect import sense_readout
+
+    senses = parse_senses(args.senses, model.config.num_senses)
+    readout = sense_readout(model, tokenizer, in_text_form(args.word, args.exact), top=args.k)
+    data = to_json(readout, senses)
+    if args.plot:
+        write_plot(data, args.plot)
+    if args.json:
+        _cli.print_json(data)
+    else:
+        print(render(data))
+        if args.plot:
+            print(f"\nplot written to {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_cli.run(main, prog="sense_topk"))

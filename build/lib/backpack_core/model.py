@@ -1,0 +1,473 @@
+"""The Backpack language model (Hewitt et al., ACL 2023), in plain PyTorch.
+
+Read top to bottom, this file follows the three steps of the computation:
+
+1. senses:            C(x) = SenseNetwork(E[x])                      (batch, k, seq, d)
+                      context-free: one set of k vectors per word type.
+2. contextualization: alpha = softmax(q . k / sqrt(d/k) + causal mask)  (batch, k, seq, seq)
+                      q, k come from a causal GPT-2 (the contextualizer) over the text.
+3. output:            o_i = sum_l sum_j alpha[l, i, j] C(x_j)_l;   logits_i = E o_i.
+
+The same class also builds the Transformer "twin" (`model_kind="transformer"`): the same
+contextualizer with GPT-2's output head, logits_i = E LN(h_i), for like-for-like baselines.
+
+Names used everywhere (code, JSON, CLI, app): `senses` (batch, k, seq, d), `contextualization`
+(batch, k, query, source), `hidden_states` (batch, seq, d, contextualizer output after ln_f).
+
+Edits hook in through an `Intervention` (see `backpack_core.edits`): it may rewrite the senses
+and the contextualization before the weighted sum; the weights are never touched.
+
+This module imports no transformers code, so command-line lookups start fast;
+`backpack_core.hf` wraps `Backpack` as a transformers `PreTrainedModel` for `generate()`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from .config import ModelConfig
+
+try:  # optional, GPU only
+    from flash_attn import flash_attn_func
+except ImportError:  # pragma: no cover - depends on the machine
+    flash_attn_func = None
+
+
+# ----------------------------------------------------------------------------------------------
+# Building blocks of the contextualizer (GPT-2) and the sense network
+# ----------------------------------------------------------------------------------------------
+
+def activation(name: str):
+    if name == "gelu_new":
+        return lambda x: F.gelu(x, approximate="tanh")
+    return F.gelu
+
+
+class MLP(nn.Module):
+    """d_in -> d_hidden -> d_out with GELU; GPT-2's MLP when d_out == d_in."""
+
+    def __init__(self, d_in: int, d_hidden: int, d_out: int, config: ModelConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(d_in, d_hidden)
+        self.c_proj = nn.Linear(d_hidden, d_out)
+        self.act = activation(config.activation_function)
+        self.dropout = nn.Dropout(config.resid_pdrop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
+
+
+def attention(q, k, v, allowed: torch.Tensor | None, scale: float, dropout_p: float):
+    """Softmax attention. q (b, h, s, hd); k, v (b, h, t, hd); allowed (b, 1, s, t) bool or None.
+
+    `allowed=None` means plain causal attention with the query block at the end of the keys.
+    flash-attn runs when installed and the tensors are CUDA fp16/bf16 without a padding mask;
+    otherwise torch SDPA. Both compute the same function.
+    """
+    if (allowed is None and flash_attn_func is not None and q.is_cuda
+            and q.dtype in (torch.float16, torch.bfloat16)):
+        # flash-attn wants (b, s, h, hd) and aligns the causal mask bottom-right, as we need.
+        out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                              dropout_p=dropout_p, softmax_scale=scale, causal=True)
+        return out.transpose(1, 2)
+    if allowed is None and q.shape[2] != k.shape[2]:
+        # Cached decoding without padding: the new queries see every cached key.
+        allowed = causal_allowed(k.shape[2] - q.shape[2], q.shape[2], None, q.device)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout_p,
+                                          is_causal=allowed is None, scale=scale)
+
+
+def causal_allowed(past_len: int, seq_len: int, key_valid: torch.Tensor | None,
+                   device: torch.device) -> torch.Tensor:
+    """Boolean (b or 1, 1, seq, past + seq) mask: query i (at past_len + i) may see key j.
+
+    A key is visible if it is not in the future and not padding. Every query always sees
+    itself, so no row is empty (a padded query then attends only to itself, and no real
+    query ever attends to padding).
+    """
+    total = past_len + seq_len
+    query_at = torch.arange(past_len, total, device=device)[:, None]  # (s, 1)
+    key_at = torch.arange(total, device=device)[None, :]  # (1, t)
+    allowed = key_at <= query_at
+    if key_valid is not None:
+        allowed = (allowed & key_valid[:, None, :]) | (key_at == query_at)  # (b, s, t)
+    else:
+        allowed = allowed[None]
+    return allowed[:, None]  # (b or 1, 1, s, t)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.n_head = config.n_head
+        self.head_dim = config.n_embd // config.n_head
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # fused q, k, v
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.scale = 1.0 / math.sqrt(self.head_dim)
+        if config.scale_attn_by_inverse_layer_idx:
+            self.scale /= layer_idx + 1
+        self.attn_pdrop = config.attn_pdrop
+        self.resid_dropout = nn.Dropout(config.resid_pdrop)
+
+    def forward(self, x, allowed, past_kv=None):
+        """x (b, s, d) -> (b, s, d); past_kv: cached (k, v), each (b, h, t_past, hd)."""
+        q, k, v = rearrange(self.c_attn(x), "b s (three h hd) -> three b h s hd",
+                            three=3, h=self.n_head)
+        if past_kv is not None:
+            k = torch.cat([past_kv[0], k], dim=2)
+            v = torch.cat([past_kv[1], v], dim=2)
+        dropout_p = self.attn_pdrop if self.training else 0.0
+        y = attention(q, k, v, allowed, self.scale, dropout_p)
+        y = rearrange(y, "b h s hd -> b s (h hd)")
+        return self.resid_dropout(self.c_proj(y)), (k, v)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block (GPT-2)."""
+
+    def __init__(self, config: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.attn = CausalSelfAttention(config, layer_idx)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.mlp = MLP(config.n_embd, config.mlp_width, config.n_embd, config)
+
+    def forward(self, x, allowed, past_kv=None):
+        attn_out, kv = self.attn(self.ln_1(x), allowed, past_kv)
+        x = x + attn_out
+        x = x + self.mlp(self.ln_2(x))
+        return x, kv
+
+
+class Contextualizer(nn.Module):
+    """A GPT-2 without its token embedding (shared, owned by `Backpack`) and without a head."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.wpe = nn.Embedding(config.n_positions, config.n_embd)
+        self.drop = nn.Dropout(config.embd_pdrop)
+        self.h = nn.ModuleList([Block(config, i) for i in range(config.n_layer)])
+        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+
+    def forward(self, token_embeddings, positions, allowed, cache=None):
+        """token_embeddings (b, s, d), positions (b, s) -> hidden_states (b, s, d), after ln_f."""
+        x = self.drop(token_embeddings + self.wpe(positions))
+        for i, block in enumerate(self.h):
+            x, kv = block(x, allowed, cache.layers[i] if cache is not None else None)
+            if cache is not None:
+                cache.layers[i] = kv
+        return self.ln_f(x)
+
+
+class SenseNetwork(nn.Module):
+    """C(x) = SenseNet(E[x]): k sense vectors per token, from its embedding alone (no position).
+
+    Published layout: LN, one transformer block without attention ("no-mix"), then a final MLP
+    d -> sense_intermediate_scale * d -> k * d.
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        d = config.n_embd
+        self.num_senses = config.num_senses
+        self.dropout = nn.Dropout(config.embd_pdrop)
+        self.ln = nn.LayerNorm(d, eps=config.layer_norm_epsilon)
+        self.block = nn.Module()  # the no-mix block: ln_1, mlp, ln_2
+        self.block.ln_1 = nn.LayerNorm(d, eps=config.layer_norm_epsilon)
+        self.block.mlp = MLP(d, 4 * d, d, config)
+        self.block.ln_2 = nn.LayerNorm(d, eps=config.layer_norm_epsilon)
+        self.final_mlp = MLP(d, config.sense_intermediate_scale * d, config.num_senses * d, config)
+
+    def forward(self, token_embeddings: torch.Tensor) -> torch.Tensor:
+        """token_embeddings (..., d) -> senses (..., k, d)."""
+        residual = self.dropout(token_embeddings)
+        h = self.ln(residual)
+        residual = h + residual
+        h = self.block.ln_1(residual)
+        residual = self.block.mlp(h) + residual
+        h = self.block.ln_2(residual)
+        return rearrange(self.final_mlp(h), "... (k d) -> ... k d", k=self.num_senses)
+
+
+class SenseWeightNetwork(nn.Module):
+    """alpha[l, i, j] = softmax_j(q_l(h_i) . k_l(h_j) / sqrt(d/k) + mask): k "heads" of size d/k."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.num_senses = config.num_senses
+        self.head_dim = config.n_embd // config.num_senses
+        self.mask_value = config.sense_mask_value
+        self.c_attn = nn.Linear(config.n_embd, 2 * config.n_embd)  # queries then keys
+
+    def project(self, hidden_states):
+        """hidden_states (b, s, d) -> queries, keys, each (b, k, s, d/k)."""
+        return rearrange(self.c_attn(hidden_states), "b s (two k hd) -> two b k s hd",
+                         two=2, k=self.num_senses)
+
+    def forward(self, queries, keys, allowed):
+        """queries (b, k, s, hd), keys (b, k, t, hd), allowed (b|1, 1, s, t) -> (b, k, s, t)."""
+        scores = torch.einsum("b k i h, b k j h -> b k i j", queries, keys)
+        scores = scores.float() / math.sqrt(self.head_dim)
+        if self.mask_value is None:
+            scores = scores.masked_fill(~allowed, float("-inf"))
+        else:  # published: additive mask, not -inf
+            scores = scores + (~allowed).to(scores.dtype) * self.mask_value
+        return scores.softmax(dim=-1).to(queries.dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# Edits and the generation cache
+# ----------------------------------------------------------------------------------------------
+
+class Intervention:
+    """Where edits enter the forward pass. The base class changes nothing.
+
+    `backpack_core.edits` compiles an edit set into one of these. Both methods must return new
+    tensors (never write into their arguments) so the model's weights stay untouched.
+    `on_senses` must treat each token on its own (by its id and position): generation edits a
+    token's senses once, when it enters the cache.
+    """
+
+    def on_senses(self, senses, token_ids, positions):
+        """senses (b, k, s, d) of tokens token_ids (b, s) at text positions (b, s)."""
+        return senses
+
+    def on_contextualization(self, contextualization, source_ids, source_positions,
+                             query_positions):
+        """contextualization (b, k, s, t); source ids/positions (b, t); query positions (b, s)."""
+        return contextualization
+
+
+class BackpackCache:
+    """What a new token needs from its prefix: per-layer keys and values of the contextualizer,
+    sense-weight keys, sense vectors (computed once per prefix token), token ids and positions.
+    """
+
+    def __init__(self, n_layer: int):
+        self.layers: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * n_layer
+        self.sense_keys = None  # (b, k, t, d/k)
+        self.senses = None  # (b, k, t, d)
+        self.token_ids = None  # (b, t)
+        self.positions = None  # (b, t)
+        self.key_valid = None  # (b, t) bool: not padding
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return 0 if self.token_ids is None else self.token_ids.shape[1]
+
+    def extend(self, name: str, new: torch.Tensor, dim: int) -> torch.Tensor:
+        old = getattr(self, name)
+        full = new if old is None else torch.cat([old, new], dim=dim)
+        setattr(self, name, full)
+        return full
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        """Select batch rows (beam search)."""
+        self.layers = [(k.index_select(0, beam_idx), v.index_select(0, beam_idx))
+                       for k, v in self.layers]
+        for name in ("sense_keys", "senses", "token_ids", "positions", "key_valid"):
+            setattr(self, name, getattr(self, name).index_select(0, beam_idx))
+
+
+@dataclass
+class BackpackOutput:
+    logits: torch.Tensor  # (b, s, vocab)
+    loss: torch.Tensor | None = None
+    contextualization: torch.Tensor | None = None  # (b, k, s, t)
+    senses: torch.Tensor | None = None  # (b, k, t, d)
+    hidden_states: torch.Tensor | None = None  # (b, s, d)
+    past_key_values: BackpackCache | None = None
+
+
+# ----------------------------------------------------------------------------------------------
+# The model
+# ----------------------------------------------------------------------------------------------
+
+class Backpack(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        # Compute each distinct token's senses once per batch and gather them back. The same
+        # function; faster on CPU, slower on GPU (reference doc), so off unless asked for.
+        self.dedup_senses = False
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)  # E: input, senses and output
+        self.contextualizer = Contextualizer(config)
+        if config.is_backpack:
+            self.sense_network = SenseNetwork(config)
+            self.sense_weight_network = SenseWeightNetwork(config)
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2: scale residual projections
+            if name.endswith("c_proj.weight") and name.startswith("contextualizer"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+        if isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    # -- the three steps, usable on their own (inspection, sense bank, fast re-evaluation) --
+
+    def sense_vectors(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """Step 1. token_ids (...) -> senses (..., k, d). Context-free."""
+        return self.sense_network(self.wte(token_ids))
+
+    def output_logits(self, mixed: torch.Tensor) -> torch.Tensor:
+        """Step 3's projection. mixed (..., d) -> logits (..., vocab); tied to E, no bias."""
+        return F.linear(mixed, self.wte.weight)
+
+    @staticmethod
+    def mix(contextualization: torch.Tensor, senses: torch.Tensor) -> torch.Tensor:
+        """Step 3's weighted sum: o_i = sum_l sum_j alpha[l,i,j] C(x_j)_l.
+
+        contextualization (b, k, i, j), senses (b, k, j, d) -> (b, i, d). One batched matmul
+        over the flattened (sense, source) axis, with no (b, k, i, d) intermediate.
+        """
+        alpha = rearrange(contextualization, "b k i j -> b i (k j)")
+        return alpha @ rearrange(senses, "b k j d -> b (k j) d")
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        past_key_values: BackpackCache | None = None,
+        use_cache: bool = False,
+        output_contextualization: bool = False,
+        output_senses: bool = False,
+        output_hidden_states: bool = False,
+        intervention: Intervention | None = None,
+    ) -> BackpackOutput:
+        """input_ids (b, s) -> BackpackOutput.
+
+        attention_mask (b, past + s): 1 for tokens, 0 for padding (padding never receives
+        weight). labels (b, s): next-token loss with the usual shift; -100 is ignored.
+        With use_cache, the returned `past_key_values` continues the sequence on the next call.
+        """
+        cfg = self.config
+        b, s = input_ids.shape
+        cache = past_key_values
+        if use_cache and cache is None:
+            cache = BackpackCache(cfg.n_layer)
+        past_len = cache.get_seq_length() if cache is not None else 0
+
+        # Positions and masks. Positions count real tokens, so left padding works.
+        padded = attention_mask is not None and not bool(attention_mask.all())
+        if attention_mask is None:
+            positions = torch.arange(past_len, past_len + s, device=input_ids.device).expand(b, s)
+            key_valid_new = torch.ones(b, s, dtype=torch.bool, device=input_ids.device)
+        else:
+            if attention_mask.shape != (b, past_len + s):
+                raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}; "
+                                 f"expected (batch, cached + new) = {(b, past_len + s)}")
+            positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past_len:]
+            key_valid_new = attention_mask[:, past_len:].bool()
+        # Plain integers when there is no mask: no GPU sync, no torch.compile graph break.
+        longest = past_len + s if attention_mask is None else int(positions.max()) + 1
+        if longest > cfg.n_positions:
+            raise ValueError(f"sequence of {longest} tokens is longer than the model's context "
+                             f"of {cfg.n_positions} (n_positions); shorten it")
+        key_valid = key_valid_new if cache is None else cache.extend("key_valid", key_valid_new, 1)
+        # None means plain causal attention (fast path: flash-attn, or SDPA's is_causal)
+        allowed = causal_allowed(past_len, s, key_valid, input_ids.device) if padded else None
+
+        token_embeddings = self.wte(input_ids)
+        hidden_states = self.contextualizer(token_embeddings, positions, allowed, cache)
+
+        contextualization = senses = None
+        if not cfg.is_backpack:  # the Transformer twin
+            logits = self.output_logits(hidden_states)
+        else:
+            # 1. senses of the new tokens (context-free), joined to the cached prefix's
+            if self.dedup_senses:  # once per distinct token: exact, and cheaper on CPU
+                unique_ids, inverse = torch.unique(input_ids, return_inverse=True)
+                senses_new = self.sense_network(self.wte(unique_ids))[inverse]  # (b, s, k, d)
+            else:
+                senses_new = self.sense_network(token_embeddings)  # (b, s, k, d)
+            senses_new = rearrange(senses_new, "b s k d -> b k s d")
+            if intervention is not None:
+                senses_new = intervention.on_senses(senses_new, input_ids, positions)
+            queries, keys_new = self.sense_weight_network.project(hidden_states)
+            if cache is not None:
+                senses = cache.extend("senses", senses_new, 2)
+                keys = cache.extend("sense_keys", keys_new, 2)
+                source_ids = cache.extend("token_ids", input_ids, 1)
+                source_positions = cache.extend("positions", positions, 1)
+            else:
+                senses, keys, source_ids, source_positions = senses_new, keys_new, input_ids, positions
+            fused = (allowed is None and cache is None and intervention is None
+                     and not output_contextualization and cfg.sense_mask_value is None)
+            if fused:
+                # 2 + 3 in one fused attention kernel (training): the same softmax and weighted
+                # sum, without materialising the (b, k, s, s) weights. Value width d, query d/k.
+                mixed = F.scaled_dot_product_attention(queries, keys, senses, is_causal=True)
+                logits = self.output_logits(mixed.sum(1))  # (b, k, s, d) -> (b, s, d)
+            else:
+                # 2. contextualization weights
+                if allowed is None:
+                    allowed = causal_allowed(past_len, s, None, input_ids.device)
+                contextualization = self.sense_weight_network(queries, keys, allowed)
+                if intervention is not None:
+                    contextualization = intervention.on_contextualization(
+                        contextualization, source_ids, source_positions, positions)
+                # 3. weighted sum of senses, projected onto the output embeddings
+                logits = self.output_logits(self.mix(contextualization, senses))
+
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(),
+                                   labels[:, 1:].flatten(), ignore_index=-100)
+        return BackpackOutput(
+            logits=logits,
+            loss=loss,
+            contextualization=contextualization if output_contextualization else None,
+            senses=senses if output_senses else None,
+            hidden_states=hidden_states if output_hidden_states else None,
+            past_key_values=cache if use_cache else None,
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# Accounting
+# ----------------------------------------------------------------------------------------------
+
+def count_parameters(model: Backpack) -> dict[str, int]:
+    """Parameters by part (the tied embedding counted once)."""
+    parts = {"embeddings": model.wte.weight.numel(),
+             "contextualizer": sum(p.numel() for p in model.contextualizer.parameters())}
+    if model.config.is_backpack:
+        parts["sense_network"] = sum(p.numel() for p in model.sense_network.parameters())
+        parts["sense_weight_network"] = sum(
+            p.numel() for p in model.sense_weight_network.parameters())
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+def flops_per_token(config: ModelConfig, seq_len: int) -> float:
+    """Training FLOPs (forward + backward = 3x forward) per token, counting every part.
+
+    Forward, per token: 2 FLOPs per weight of a matmul it passes through; attention scores and
+    weighted values 2 * 2 * seq * d per layer (full, not causal-halved, as nanoGPT counts).
+    Backpack adds the sense network (its weights, once per token), the sense-weight projection,
+    the sense scores (2 * seq * d) and the mixing (2 * k * seq * d), and the output layer.
+    The Transformer twin has contextualizer + output layer only.
+    """
+    d, L, V = config.n_embd, config.n_layer, config.vocab_size
+    per_layer = 4 * d * d + 2 * d * config.mlp_width  # attention projections + MLP weights
+    forward = 2 * L * per_layer + L * 4 * seq_len * d  # contextualizer
+    forward += 2 * V * d  # output layer
+    if config.is_backpack:
+        k, scale = config.num_senses, config.sense_intermediate_scale
+        forward += 2 * (2 * 4 * d * d + d * scale * d + scale * d * k * d)  # sense network
+        forward += 2 * (2 * d * d)  # sense-weight projection
+        forward += 2 * seq_len * d + 2 * k * seq_len * d  # sense scores + mixing
+    return 3.0 * forward

@@ -1,0 +1,332 @@
+"""The sense bank: every word's sense vectors (vocab, k, d), for reverse lookup ("sense search").
+
+Sense vectors are context-free, so the bank is computed once per model (in chunks, with a
+progress bar) and cached on disk as safetensors under `$BACKPACK_CACHE` or
+`~/.cache/backpack-workbench/`, keyed by a sha256 of the model's config and of the weights the
+senses depend on (the token embedding and the sense network). A query is one matrix-vector
+product over the flattened (vocab * k, d) bank:
+
+    scores[(x, l)] = C(x)_l . direction,   direction = sum of E[w] over the target words
+
+which is exactly the logit contribution sense l of word x makes to the targets per unit of
+contextualization weight: the (word, sense) pairs that most promote them.
+
+    bank = SenseBank.for_model(model)                 # built once, then loaded from disk
+    sense_search(model, tokenizer, " science", top=20, bank=bank).hits
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import threading
+import weakref
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .inspect import WordError, resolve_word, token_text
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .model import Backpack
+    from .tokenizer import Tokenizer
+
+BANK_FORMAT = 1
+# Banks larger than this many numbers are stored in float16 (the published 170M model's bank
+# holds 617M numbers: 2.5 GB in float32); smaller ones in float32, exactly.
+FLOAT32_LIMIT = 2**28
+
+
+def cache_dir() -> Path:
+    """$BACKPACK_CACHE, else ~/.cache/backpack-workbench."""
+    env = os.environ.get("BACKPACK_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "backpack-workbench"
+
+
+# ----------------------------------------------------------------------------------------------
+# Keying a bank to the weights it was computed from
+# ----------------------------------------------------------------------------------------------
+
+_FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _sense_parameters(model: Backpack) -> list[tuple[str, torch.Tensor]]:
+    """The parameters sense vectors depend on: E and the sense network."""
+    params = [("wte.weight", model.wte.weight)]
+    params += [(f"sense_network.{n}", p) for n, p in model.sense_network.named_parameters()]
+    return params
+
+
+def model_fingerprint(model: Backpack) -> str:
+    """sha256 over the config and the bytes of E and the sense network (their dtype included).
+
+    Memoised per model object while none of those tensors changes (their storage and in-place
+    version counters are part of the memo key), so repeated lookups cost nothing."""
+    params = _sense_parameters(model)
+    memo_key = tuple((p.data_ptr(), p._version) for _, p in params)
+    hit = _FINGERPRINTS.get(model)
+    if hit is not None and hit[0] == memo_key:
+        return hit[1]
+    digest = hashlib.sha256()
+    digest.update(f"sense-bank-{BANK_FORMAT}\n".encode())
+    digest.update(json.dumps(model.config.to_dict(), sort_keys=True).encode())
+    for name, p in params:
+        t = p.detach().to("cpu").contiguous()
+        digest.update(f"\n{name} {t.dtype} {tuple(t.shape)}\n".encode())
+        digest.update(t.view(torch.uint8).numpy().data if t.numel() else b"")
+    key = digest.hexdigest()
+    _FINGERPRINTS[model] = (memo_key, key)
+    return key
+
+
+# ----------------------------------------------------------------------------------------------
+# The bank
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class SenseHit:
+    """Sense `sense` of token `token_id` scores `score` along the query direction."""
+
+    token_id: int
+    token: str
+    sense: int
+    score: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"token": self.token, "token_id": self.token_id, "sense": self.sense,
+                "score": self.score}
+
+
+_MEMORY: OrderedDict[str, SenseBank] = OrderedDict()  # the last few banks, by key
+_MEMORY_SIZE = 2
+_MEMORY_LOCK = threading.Lock()  # app sessions may ask from several threads
+
+
+class SenseBank:
+    """All sense vectors of a model's vocabulary: `senses` (vocab, k, d) on CPU."""
+
+    def __init__(self, senses: torch.Tensor, key: str = ""):
+        if senses.dim() != 3:
+            raise ValueError(f"a sense bank is (vocab, k, d), got shape {tuple(senses.shape)}")
+        self.senses = senses
+        self.key = key
+        self._norms: torch.Tensor | None = None
+
+    @property
+    def vocab_size(self) -> int:
+        return self.senses.shape[0]
+
+    @property
+    def num_senses(self) -> int:
+        return self.senses.shape[1]
+
+    @property
+    def flat(self) -> torch.Tensor:
+        """(vocab * k, d); row x * k + l is sense l of token x."""
+        return self.senses.reshape(-1, self.senses.shape[-1])
+
+    # -- building, saving, loading --
+
+    @classmethod
+    @torch.inference_mode()
+    def build(cls, model: Backpack, chunk_size: int = 512, progress: bool = True,
+              dtype: torch.dtype | None = None) -> SenseBank:
+        """Compute C(x) for every token id, `chunk_size` tokens at a time."""
+        from tqdm.auto import tqdm
+
+        cfg = model.config
+        if not cfg.is_backpack:
+            raise ValueError("a Transformer twin has no senses to bank")
+        numel = cfg.vocab_size * cfg.num_senses * cfg.n_embd
+        dtype = dtype or (torch.float32 if numel <= FLOAT32_LIMIT else torch.float16)
+        senses = torch.empty(cfg.vocab_size, cfg.num_senses, cfg.n_embd, dtype=dtype)
+        device = model.wte.weight.device
+        with tqdm(total=cfg.vocab_size, desc="sense bank", unit="tok", disable=not progress,
+                  file=sys.stderr, leave=False) as bar:
+            for start in range(0, cfg.vocab_size, chunk_size):
+                ids = torch.arange(start, min(start + chunk_size, cfg.vocab_size), device=device)
+                senses[start:start + len(ids)] = model.sense_vectors(ids).to("cpu", dtype)
+                bar.update(len(ids))
+        return cls(senses, model_fingerprint(model))
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """safetensors, written atomically (temporary file, then rename)."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file({"senses": self.senses.contiguous()}, tmp,
+                      metadata={"key": self.key, "format": str(BANK_FORMAT)})
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, expected_key: str | None = None) -> SenseBank:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if expected_key is not None and meta.get("key") != expected_key:
+                raise ValueError(f"{path} holds the sense bank of another model")
+            senses = f.get_tensor("senses")
+        return cls(senses, meta.get("key", ""))
+
+    @staticmethod
+    def path_for(key: str, directory: str | os.PathLike | None = None) -> Path:
+        """The cache file of the bank with this key, in `directory` (default `cache_dir()`)."""
+        base = Path(directory).expanduser() if directory is not None else cache_dir()
+        return base / f"sense-bank-{key[:32]}.safetensors"
+
+    @classmethod
+    def for_model(cls, model: Backpack, directory: str | os.PathLike | None = None,
+                  progress: bool = True, rebuild: bool = False) -> SenseBank:
+        """The bank of `model`: from memory, else from the disk cache, else built and cached.
+
+        A cache file that cannot be read is rebuilt; one that cannot be written only costs the
+        rebuild next time (a warning on stderr)."""
+        key = model_fingerprint(model)
+        with _MEMORY_LOCK:
+            if not rebuild and key in _MEMORY:
+                _MEMORY.move_to_end(key)
+                return _MEMORY[key]
+        path = cls.path_for(key, directory)
+        bank = None
+        if not rebuild and path.is_file():
+            try:
+                bank = cls.load(path, expected_key=key)
+            except Exception as err:  # corrupt or foreign file: rebuild it
+                print(f"sense bank: ignoring unreadable cache {path} ({err})", file=sys.stderr)
+        if bank is None:
+            bank = cls.build(model, progress=progress)
+            try:
+                bank.save(path)
+            except OSError as err:
+                print(f"sense bank: could not cache it at {path} ({err})", file=sys.stderr)
+        with _MEMORY_LOCK:
+            _MEMORY[key] = bank
+            while len(_MEMORY) > _MEMORY_SIZE:
+                _MEMORY.popitem(last=False)
+        return bank
+
+    # -- queries --
+
+    def norms(self) -> torch.Tensor:
+        """(vocab, k) sense-vector norms, computed once."""
+        if self._norms is None:
+            self._norms = self.senses.float().norm(dim=-1)
+        return self._norms
+
+    def scores(self, direction: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """direction (d,) -> (vocab, k): C(x)_l . direction (or the cosine, with normalize)."""
+        direction = direction.detach().to("cpu", torch.float32).reshape(-1)
+        if direction.shape[0] != self.senses.shape[-1]:
+            raise ValueError(f"direction has {direction.shape[0]} numbers; the bank's senses have "
+                             f"d = {self.senses.shape[-1]}")
+        flat = self.flat
+        if flat.dtype == torch.float32:
+            scores = flat @ direction
+        else:  # upcast in chunks: no full float32 copy of a half-precision bank
+            step = 1 << 20
+            scores = torch.cat([flat[i:i + step].float() @ direction
+                                for i in range(0, flat.shape[0], step)])
+        scores = scores.view(self.vocab_size, self.num_senses)
+        if normalize:
+            scores = scores / (self.norms() * direction.norm()).clamp_min(1e-12)
+        return scores
+
+    def query(self, direction: torch.Tensor, top: int = 20, exclude: list[int] | tuple = (),
+              vocab_limit: int | None = None, largest: bool = True, normalize: bool = False
+              ) -> list[tuple[int, int, float]]:
+        """The `top` (token_id, sense, score) triples along `direction` (largest first, or
+        smallest first with largest=False), skipping `exclude` ids and ids >= vocab_limit."""
+        scores = self.scores(direction, normalize)
+        if vocab_limit is not None and vocab_limit < self.vocab_size:
+            scores = scores[:vocab_limit]
+        fill = float("-inf") if largest else float("inf")
+        if exclude:
+            scores = scores.clone()
+            scores[[i for i in exclude if i < scores.shape[0]]] = fill
+        flat = scores.reshape(-1)
+        n = min(top, flat.shape[0])
+        values, index = flat.topk(n, largest=largest)
+        k = self.num_senses
+        return [(i // k, i % k, v) for v, i in zip(values.tolist(), index.tolist())
+                if v != fill]
+
+
+# ----------------------------------------------------------------------------------------------
+# Sense search
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class SenseSearch:
+    targets: list[str]  # how the targets read (words), or ["<direction>"]
+    target_ids: list[int]
+    hits: list[SenseHit]
+    largest: bool = True
+    normalize: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"targets": self.targets, "target_ids": self.target_ids,
+                "order": "most promoting" if self.largest else "most suppressing",
+                "normalize": self.normalize, "hits": [h.to_dict() for h in self.hits]}
+
+
+def target_direction(model: Backpack, tokenizer: Tokenizer | None, targets: Any
+                     ) -> tuple[torch.Tensor, list[int], list[str]]:
+    """targets: a word, a token id, a list of them (summed output embeddings), or a raw
+    direction tensor / list of d floats -> (direction (d,), target ids, labels)."""
+    d = model.config.n_embd
+    if isinstance(targets, torch.Tensor) and targets.is_floating_point():
+        if targets.numel() != d:
+            raise ValueError(f"a direction needs d = {d} numbers, got {targets.numel()}")
+        return targets.detach().reshape(-1).float().cpu(), [], ["<direction>"]
+    if isinstance(targets, (str, int)) or (isinstance(targets, torch.Tensor) and targets.dim() == 0):
+        targets = [targets]
+    targets = list(targets)
+    if not targets:
+        raise ValueError("no target words given")
+    if all(isinstance(t, float) for t in targets):
+        return target_direction(model, tokenizer, torch.tensor(targets))
+    ids, labels = [], []
+    for word in targets:
+        resolved = resolve_word(tokenizer, word, model.config.vocab_size)
+        if not resolved.is_single:
+            raise WordError(f"target {resolved.describe()}; sense search needs one token per "
+                            "target: give a piece, a token id, or several targets")
+        ids.append(resolved.token_ids[0])
+        labels.append(resolved.tokens[0])
+    with torch.inference_mode():
+        direction = model.wte.weight[torch.tensor(ids, device=model.wte.weight.device)].float().sum(0)
+    return direction.cpu(), ids, labels
+
+
+def sense_search(model: Backpack, tokenizer: Tokenizer | None, targets: Any, top: int = 20,
+                 exclude_targets: bool = True, bank: SenseBank | None = None,
+                 largest: bool = True, normalize: bool = False, progress: bool = True
+                 ) -> SenseSearch:
+    """The (word, sense) pairs across the vocabulary whose sense most promotes `targets`
+    (a word, several words, or a direction): ranked by C(x)_l . sum_w E[w].
+
+    exclude_targets drops the target words' own senses; only the tokenizer's real ids are
+    ranked. `bank` defaults to `SenseBank.for_model(model)` (cached on disk)."""
+    direction, ids, labels = target_direction(model, tokenizer, targets)
+    bank = bank if bank is not None else SenseBank.for_model(model, progress=progress)
+    limit = min(len(tokenizer), bank.vocab_size) if tokenizer is not None else None
+    triples = bank.query(direction, top=top, exclude=ids if exclude_targets else (),
+                         vocab_limit=limit, largest=largest, normalize=normalize)
+    hits = [SenseHit(t, token_text(tokenizer, t) if tokenizer is not None else f"<{t}>", s, v)
+            for t, s, v in triples]
+    return SenseSearch(labels, ids, hits, largest, normalize)
