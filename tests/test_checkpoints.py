@@ -189,3 +189,37 @@ def test_nonfinite_loss_is_reported_with_its_step_and_never_trained_through(shar
 
 def tiny_args(shards: Path, out: Path) -> list[str]:  # noqa: F811
     return [f"data.dir={shards}", f"train.out_dir={out}", "train.log_every=1"]
+
+
+def train_error(argv: list[str], capsys) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_unwritable_out_dir_is_refused_before_training(shards, tmp_path, capsys):  # noqa: F811
+    base = ["--config", "tiny", f"data.dir={shards}", "train.max_steps=2"]
+    (tmp_path / "file").write_text("")
+    err = train_error([*base, f"train.out_dir={tmp_path / 'file' / 'run'}"], capsys)
+    assert "is not writable (Not a directory)" in err
+    if os.geteuid() != 0:  # root writes anywhere
+        (tmp_path / "ro").mkdir(mode=0o500)
+        assert "is not writable (Permission denied)" in train_error(
+            [*base, f"train.out_dir={tmp_path / 'ro' / 'run'}"], capsys)
+
+
+def test_damaged_run_config_on_resume(shards, tmp_path, capsys):  # noqa: F811
+    out = tmp_path / "run"
+    run(tiny(shards, out, "train.max_steps=2"))
+    text = (out / "run_config.json").read_text()
+    (out / "run_config.json").write_text(text[: len(text) // 2])
+    assert "run_config.json is damaged (not valid JSON" in train_error(["--resume", str(out)], capsys)
+    (out / "run_config.json").write_text("[]")
+    assert "is not a run config" in train_error(["--resume", str(out)], capsys)
+
+
+def test_huge_model_config_is_refused_before_allocation(shards, tmp_path, capsys):  # noqa: F811
+    err = train_error(["--config", "tiny", f"data.dir={shards}", f"train.out_dir={tmp_path / 'r'}",
+                       "train.max_steps=2", "model.n_layer=1000000000"], capsys)
+    assert "the configured model has" in err and "(the limit)" in err
