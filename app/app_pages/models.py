@@ -4,7 +4,7 @@ import components as ui
 import state
 import streamlit as st
 
-from backpack_core import views
+from backpack_core import access, views
 from backpack_core.loading import DEFAULT_MODEL_DIR, available_devices
 
 PAGE = "models"
@@ -42,11 +42,11 @@ if st.button("Load", type="primary", key=f"{PAGE}:load"):
     if kind in ("directory", "hub") and not (source or "").strip():
         st.error("Give a model directory or hub id.")
     else:
-        choice = state.ModelChoice(source.strip() if source else None, device, dtype)
-        try:
+        try:  # only what the operator allows (BACKPACK_MODEL_ROOTS, BACKPACK_ALLOW_HUB)
+            choice = state.ModelChoice(access.allowed_source(source), device, dtype)
             state.load_model(choice)
         except (ValueError, OSError) as err:
-            state.show_error(err, f"Could not load {choice.label}")
+            state.show_error(err, "Could not load the model")
         else:
             st.session_state["model_choice"] = choice
             st.session_state.pop(f"{PAGE}:metrics", None)  # show the new model's own curves
@@ -90,8 +90,8 @@ path = st.text_input("Path to a run directory or metrics.jsonl", key=f"{PAGE}:me
     if picked == OTHER else picked
 if path:
     try:
-        curves = views.training_curves(path)
-    except OSError as err:
+        curves = views.training_curves(access.allowed_path(path, "this metrics file"))
+    except (OSError, ValueError) as err:
         state.show_error(err)
     else:
         train, val = curves.train, curves.val
