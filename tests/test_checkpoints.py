@@ -223,3 +223,18 @@ def test_huge_model_config_is_refused_before_allocation(shards, tmp_path, capsys
     err = train_error(["--config", "tiny", f"data.dir={shards}", f"train.out_dir={tmp_path / 'r'}",
                        "train.max_steps=2", "model.n_layer=1000000000"], capsys)
     assert "the configured model has" in err and "(the limit)" in err
+
+
+def test_read_only_out_dir_is_refused_before_training(shards, tmp_path, capsys, monkeypatch):  # noqa: F811
+    """As root (our CI) chmod does not stop writes: a refused write is simulated."""
+    real = Path.write_bytes
+
+    def read_only(self, data):
+        if self.name.startswith(".write-test-"):
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", read_only)
+    err = train_error(["--config", "tiny", f"data.dir={shards}", "train.max_steps=2",
+                       f"train.out_dir={tmp_path / 'ro'}"], capsys)
+    assert "is not writable (Permission denied)" in err

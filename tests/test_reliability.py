@@ -202,3 +202,42 @@ def test_load_backpack_raises_checkpoint_errors(tiny_model_dir, tmp_path):
     (path / "model.safetensors").write_bytes(b"")
     with pytest.raises(CheckpointError, match="not a readable safetensors file"):
         load_backpack(path)
+
+
+# -- the app reaches the same limits through the core --
+
+def app_test(query: dict[str, str], page: str, monkeypatch, tiny_model_dir):
+    import sys
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    app = Path(__file__).resolve().parent.parent / "app"
+    if str(app) not in sys.path:
+        sys.path.insert(0, str(app))
+    monkeypatch.setenv("BACKPACK_MODEL", str(tiny_model_dir))
+    monkeypatch.setenv("BACKPACK_DEVICE", "cpu")
+    at = AppTest.from_file(str(app / "Home.py"), default_timeout=60)
+    for key, value in query.items():
+        at.query_params[key] = value
+    at.switch_page(f"app_pages/{page}.py")
+    return at.run()
+
+
+def test_app_long_word_link_is_refused(monkeypatch, tiny_model_dir):
+    at = app_test({"word": "a" * 20_000}, "senses", monkeypatch, tiny_model_dir)
+    assert not at.exception
+    assert "the word is too long: 20,000 characters" in " ".join(str(e.value) for e in at.error)
+
+
+def test_app_edit_set_link_is_bounded(monkeypatch, tiny_model_dir):
+    at = app_test({}, "steer", monkeypatch, tiny_model_dir)  # puts app/ on sys.path
+    import state  # app/state.py
+
+    one = {"kind": "scale_sense", "word": " bank", "sense": 0, "factor": 2}
+    link = state.encode_edits({"version": 1, "edits": [one] * (limits.MAX_EDITS + 1)})
+    with pytest.raises(EditError, match="1,001 edits; the limit is 1,000"):
+        state.decode_edits(link)
+    at = app_test({"edits": link, "text": "The bank"}, "steer", monkeypatch, tiny_model_dir)
+    assert not at.exception and at.session_state["edit_set"]["edits"] == []
+    assert "the limit is 1,000 edits per set" in " ".join(str(e.value) for e in [*at.error, *at.warning])
