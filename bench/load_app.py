@@ -249,7 +249,7 @@ def main(argv=None) -> int:
                                                "none in --smoke mode)")
     args = p.parse_args(argv)
     if args.smoke:
-        args.sessions, args.duration, args.baseline_seconds = 2, 3.0, 0.0
+        args.sessions, args.duration, args.baseline_seconds = 2, 2.0, 0.0
     port = free_port()
     server = start_server(port)
     try:
