@@ -64,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         edits = (EditSet.from_json(args.edits) if args.edits.lstrip().startswith("{")
                  else EditSet.load(args.edits))
     model, tokenizer = _cli.load(args)
-    from backpack_core.inspect import attribute
+    from backpack_core.session import attribute
 
     attribution = attribute(model, tokenizer, args.text, target, args.position, edits=edits)
     if args.json:

@@ -708,7 +708,9 @@ class _ReplaceContextualizationOp(_Op):
         self.token_id, self.renormalize = token_id, renormalize
 
     def __call__(self, contextualization, source_ids, source_positions, query_positions):
-        causal = source_positions[:, None, :] <= query_positions[:, :, None]  # (b, s, t)
+        # causal entries between real tokens only: padding (position -1) never gets weight
+        causal = ((source_positions[:, None, :] <= query_positions[:, :, None])
+                  & (source_positions >= 0)[:, None, :])  # (b, s, t)
         queries = _select(query_positions, query_positions, None, self.query_positions)  # (b, s)
         sources = _select(source_ids, source_positions, self.token_id, self.source_positions)
         where = causal & queries[:, :, None] & sources[:, None, :]

@@ -35,13 +35,43 @@ def _wrapper(model: Backpack):
     return lm
 
 
+def _seeded_sampling(temperature: float, top_k: int | None, top_p: float | None,
+                     generator: torch.Generator):
+    """Logits processors that sample the next token from `generator` (temperature, then top-k,
+    then top-p, as transformers orders them) and leave only that token: with greedy decoding
+    on top, generate() then takes it. transformers' own sampling draws from the process-wide
+    RNG, which every thread shares."""
+    from transformers import (
+        LogitsProcessor,
+        LogitsProcessorList,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    class DrawFrom(LogitsProcessor):
+        def __call__(self, input_ids, scores):  # scores (b, vocab) -> -inf but the drawn token
+            probs = scores.float().softmax(-1)
+            drawn = torch.multinomial(probs, num_samples=1, generator=generator)  # (b, 1)
+            return torch.full_like(scores, float("-inf")).scatter_(1, drawn, 0.0)
+
+    processors = [TemperatureLogitsWarper(temperature)]
+    if top_k:
+        processors.append(TopKLogitsWarper(top_k))
+    if top_p is not None and top_p < 1.0:
+        processors.append(TopPLogitsWarper(top_p))
+    return LogitsProcessorList([*processors, DrawFrom()])
+
+
 def generate(model: Backpack, tokenizer: Tokenizer, prompt: str, edits: Any = None, *,
              max_new_tokens: int = 40, do_sample: bool = False, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, seed: int = 0) -> str:
     """The continuation of `prompt` (text after the prompt), greedy by default.
 
-    With the same `seed`, a run with and a run without edits draw the same random numbers, so
-    their outputs are comparable side by side. The global RNG state is left as it was.
+    Sampling draws from a private `torch.Generator` seeded with `seed`: the same seed gives the
+    same text, also when several threads generate at once, and a run with and a run without
+    edits draw the same random numbers, so their outputs are comparable side by side. The
+    global RNG is never used.
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -58,16 +88,16 @@ def generate(model: Backpack, tokenizer: Tokenizer, prompt: str, edits: Any = No
     lm = _wrapper(model)
     device = model.wte.weight.device
     input_ids = torch.tensor([ids], device=device)
-    kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, do_sample=do_sample,
+    # greedy decoding, explicitly, whatever the generation config holds; sampling is a logits
+    # processor drawing from this call's own generator
+    kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, do_sample=False,
+                                  temperature=None, top_k=None, top_p=None,
                                   pad_token_id=tokenizer.eos_token_id,
                                   attention_mask=torch.ones_like(input_ids))
     if do_sample:
-        kwargs.update(temperature=temperature, top_k=top_k or 0, top_p=1.0 if top_p is None else top_p)
-    else:  # make greedy decoding explicit whatever the generation config holds
-        kwargs.update(temperature=None, top_k=None, top_p=None)
-    devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), torch.inference_mode():
-        torch.manual_seed(seed)
+        generator = torch.Generator(device=device).manual_seed(seed)
+        kwargs["logits_processor"] = _seeded_sampling(temperature, top_k, top_p, generator)
+    with torch.inference_mode():
         out = lm.generate(input_ids, intervention=intervention, **kwargs)
     return tokenizer.decode(out[0, len(ids):].tolist(), skip_special_tokens=True)
 

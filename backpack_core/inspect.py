@@ -9,6 +9,10 @@ the JSON the command-line tools print. Names follow the rest of the workbench:
 - `contributions` (k, seq) for one prediction: alpha[l, i, j] * (E_w . C(x_j)_l), summing exactly
   to the model's logit for w at position i (the Backpack's output is linear in its senses).
 
+This module is the floor below `compare`, `edits` and `session`: it imports none of them.
+The computations over a text (`context_readout`, `attribute`) live in `backpack_core.session`,
+which fills these dataclasses.
+
 A word the tokenizer splits into several tokens is never silently reduced to its first piece:
 readouts show each piece, and anything that needs one token (an attribution target, a word in
 an edit) refuses with a message naming the pieces.
@@ -298,15 +302,6 @@ def top_tokens(tokenizer: Tokenizer | None, logits: torch.Tensor, top: int,
             for v, i in zip(values.tolist(), ids.tolist())]
 
 
-def context_readout(model: Backpack, tokenizer: Tokenizer, text: str, top: int = 5
-                    ) -> ContextReadout:
-    """A text's tokens, the next-token distribution at each position and its contextualization
-    weights per sense (k, query, source)."""
-    from .session import ContextSession
-
-    return ContextSession(model, tokenizer, text).readout(top=top)
-
-
 # ----------------------------------------------------------------------------------------------
 # Exact attribution
 # ----------------------------------------------------------------------------------------------
@@ -371,12 +366,3 @@ class Attribution:
             "by_position": self.by_position().float().tolist(),
             "by_sense": self.by_sense().float().tolist(),
         }
-
-
-def attribute(model: Backpack, tokenizer: Tokenizer, text: str, target: str | int,
-              position: int = -1, edits=None) -> Attribution:
-    """Exact attribution of the logit of `target` (one token) predicted at `position` of `text`
-    (negative counts from the end), optionally under an edit set."""
-    from .session import ContextSession
-
-    return ContextSession(model, tokenizer, text).attribution(target, position, edits=edits)

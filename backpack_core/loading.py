@@ -10,7 +10,6 @@ Sources `load_backpack` / `load_model` accept:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import pickle
@@ -89,9 +88,11 @@ def available_devices() -> list[str]:
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """bf16 on GPU and fp32 on CPU by default."""
+    """float32 by default ("auto" or None), on every device, GPUs included: inspection,
+    sessions, edits and generation then compute in fp32, so that attribution is exact (bf16 on
+    request). Training chooses its own precision (bf16 autocast on GPUs, `train.dtype`)."""
     if dtype is None or dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        return torch.float32
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype not in DTYPES:
@@ -215,23 +216,6 @@ def resolve_source(source: str | os.PathLike | None) -> Path:
     return _download(text)
 
 
-@contextlib.contextmanager
-def _skip_init():
-    """Build a model without initialising its weights (they are loaded right after). Random init
-    on the meta device runs torch's reference kernels, whose first use imports torch._dynamo:
-    seconds of start-up for nothing."""
-    names = ("normal_", "uniform_", "kaiming_uniform_", "ones_", "zeros_", "constant_",
-             "trunc_normal_", "xavier_uniform_")
-    saved = {name: getattr(torch.nn.init, name) for name in names}
-    try:
-        for name in names:
-            setattr(torch.nn.init, name, lambda tensor, *args, **kwargs: tensor)
-        yield
-    finally:
-        for name, fn in saved.items():
-            setattr(torch.nn.init, name, fn)
-
-
 def _load_pickled_tensors(path: Path) -> dict[str, torch.Tensor]:
     """torch.load with weights_only=True: tensors and plain containers only, never code."""
     try:
@@ -251,7 +235,10 @@ def _load_pickled_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 def load_backpack(source: str | os.PathLike | None = None, device=None, dtype=None
                   ) -> tuple[Backpack, Tokenizer]:
-    """The core model (plain PyTorch, eval mode) and its tokenizer. No transformers import."""
+    """The core model (plain PyTorch, eval mode) and its tokenizer. No transformers import.
+
+    dtype: None / "auto" is float32 on every device (see `resolve_dtype`); "bfloat16" or
+    "float16" on request."""
     directory = resolve_source(source)
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
@@ -273,7 +260,8 @@ def load_backpack(source: str | os.PathLike | None = None, device=None, dtype=No
     else:
         raise CheckpointError(f"{directory} has neither {WEIGHTS_FILE} nor {PUBLISHED_WEIGHTS}")
     check_finite(state, directory)
-    with torch.device("meta"), _skip_init():
+
+    with torch.device("meta"):  # no memory, no init: the weights are assigned right after
         model = Backpack(config)
     try:
         model.load_state_dict(state, strict=True, assign=True)

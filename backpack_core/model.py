@@ -43,6 +43,20 @@ except ImportError:  # pragma: no cover - depends on the machine
 # Building blocks of the contextualizer (GPT-2) and the sense network
 # ----------------------------------------------------------------------------------------------
 
+def _normal_(tensor: torch.Tensor, std: float) -> None:
+    """N(0, std) init; nothing on the meta device (a model built there to load weights into).
+    torch's meta `normal_` imports torch._dynamo on first use: seconds of start-up for nothing."""
+    if not tensor.is_meta:
+        nn.init.normal_(tensor, mean=0.0, std=std)
+
+
+def embedding(n: int, d: int) -> nn.Embedding:
+    """nn.Embedding; built on the meta device without its own N(0, 1) init (see `_normal_`)."""
+    if torch.get_default_device().type == "meta":
+        return nn.Embedding(n, d, _weight=torch.empty(n, d))
+    return nn.Embedding(n, d)
+
+
 def activation(name: str):
     if name == "gelu_new":
         return lambda x: F.gelu(x, approximate="tanh")
@@ -150,7 +164,7 @@ class Contextualizer(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.wpe = nn.Embedding(config.n_positions, config.n_embd)
+        self.wpe = embedding(config.n_positions, config.n_embd)
         self.drop = nn.Dropout(config.embd_pdrop)
         self.h = nn.ModuleList([Block(config, i) for i in range(config.n_layer)])
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
@@ -235,7 +249,10 @@ class Intervention:
     """
 
     def on_senses(self, senses, token_ids, positions):
-        """senses (b, k, s, d) of tokens token_ids (b, s) at text positions (b, s)."""
+        """senses (b, k, s, d) of tokens token_ids (b, s) at text positions (b, s).
+
+        Positions count real tokens from 0; padding has position -1 (here and in
+        `on_contextualization`), and padding sources must never be given weight."""
         return senses
 
     def on_contextualization(self, contextualization, source_ids, source_positions,
@@ -258,7 +275,9 @@ class BackpackCache:
         self.key_valid = None  # (b, t) bool: not padding
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
-        return 0 if self.token_ids is None else self.token_ids.shape[1]
+        """Tokens seen so far (padding included). `key_valid` is kept for both model kinds; the
+        sense fields stay None for the Transformer twin."""
+        return 0 if self.key_valid is None else self.key_valid.shape[1]
 
     def extend(self, name: str, new: torch.Tensor, dim: int) -> torch.Tensor:
         old = getattr(self, name)
@@ -267,11 +286,13 @@ class BackpackCache:
         return full
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        """Select batch rows (beam search)."""
-        self.layers = [(k.index_select(0, beam_idx), v.index_select(0, beam_idx))
-                       for k, v in self.layers]
+        """Select batch rows (beam search). Fields still None (the twin has no senses) stay None."""
+        self.layers = [None if kv is None else tuple(t.index_select(0, beam_idx) for t in kv)
+                       for kv in self.layers]
         for name in ("sense_keys", "senses", "token_ids", "positions", "key_valid"):
-            setattr(self, name, getattr(self, name).index_select(0, beam_idx))
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, value.index_select(0, beam_idx.to(value.device)))
 
 
 @dataclass
@@ -295,7 +316,8 @@ class Backpack(nn.Module):
         # Compute each distinct token's senses once per batch and gather them back. The same
         # function; faster on CPU, slower on GPU (reference doc), so off unless asked for.
         self.dedup_senses = False
-        self.wte = nn.Embedding(config.vocab_size, config.n_embd)  # E: input, senses and output
+        self.sense_dropout = max(config.embd_pdrop, config.resid_pdrop)  # dropouts in C(x)
+        self.wte = embedding(config.vocab_size, config.n_embd)  # E: input, senses and output
         self.contextualizer = Contextualizer(config)
         if config.is_backpack:
             self.sense_network = SenseNetwork(config)
@@ -303,12 +325,12 @@ class Backpack(nn.Module):
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # GPT-2: scale residual projections
             if name.endswith("c_proj.weight") and name.startswith("contextualizer"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+                _normal_(p, std=0.02 / math.sqrt(2 * config.n_layer))
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            _normal_(module.weight, std=0.02)
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
         if isinstance(module, nn.LayerNorm):
@@ -369,8 +391,9 @@ class Backpack(nn.Module):
             if attention_mask.shape != (b, past_len + s):
                 raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}; "
                                  f"expected (batch, cached + new) = {(b, past_len + s)}")
-            positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past_len:]
+            positions = (attention_mask.long().cumsum(-1) - 1)[:, past_len:]  # padding: -1
             key_valid_new = attention_mask[:, past_len:].bool()
+            positions = positions.masked_fill(~key_valid_new, -1)
         # Plain integers when there is no mask: no GPU sync, no torch.compile graph break.
         longest = past_len + s if attention_mask is None else int(positions.max()) + 1
         if longest > cfg.n_positions:
@@ -381,13 +404,19 @@ class Backpack(nn.Module):
         allowed = causal_allowed(past_len, s, key_valid, input_ids.device) if padded else None
 
         token_embeddings = self.wte(input_ids)
-        hidden_states = self.contextualizer(token_embeddings, positions, allowed, cache)
+        # padding reads position 0's embedding; it is never attended to
+        hidden_states = self.contextualizer(token_embeddings, positions.clamp(min=0), allowed, cache)
 
         contextualization = senses = None
         if not cfg.is_backpack:  # the Transformer twin
             logits = self.output_logits(hidden_states)
         else:
             # 1. senses of the new tokens (context-free), joined to the cached prefix's
+            if self.dedup_senses and self.training and self.sense_dropout > 0:
+                raise ValueError(
+                    f"dedup_senses is exact only without dropout: in training mode with sense-"
+                    f"network dropout {self.sense_dropout} all occurrences of a token would "
+                    f"share one dropout mask; set dedup_senses = False (or the dropouts to 0)")
             if self.dedup_senses:  # once per distinct token: exact, and cheaper on CPU
                 unique_ids, inverse = torch.unique(input_ids, return_inverse=True)
                 senses_new = self.sense_network(self.wte(unique_ids))[inverse]  # (b, s, k, d)

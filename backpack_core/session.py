@@ -59,7 +59,9 @@ class ContextSession:
 
     text: a string (tokenized with `tokenizer`) or a sequence / 1-d tensor of token ids
     (then `tokenizer` may be None if edits name words by token id).
-    Every method runs without autograd and never changes the model.
+    Every method runs without autograd and never changes the model. It computes in the model's
+    dtype: float32 unless the model was loaded otherwise (`load_backpack`'s default on every
+    device), which exact attribution needs.
     """
 
     def __init__(self, model: Backpack, tokenizer: Tokenizer | None,
@@ -267,3 +269,21 @@ class ContextSession:
                 next_prob=float(probs[i, nxt]) if nxt is not None else None))
         return ContextReadout(self.text, self.token_ids, self.tokens, predictions,
                               self.contextualization.float().cpu())
+
+
+# ----------------------------------------------------------------------------------------------
+# One-call readouts (a session used once)
+# ----------------------------------------------------------------------------------------------
+
+def context_readout(model: Backpack, tokenizer: Tokenizer, text: str, top: int = 5
+                    ) -> ContextReadout:
+    """A text's tokens, the next-token distribution at each position and its contextualization
+    weights per sense (k, query, source)."""
+    return ContextSession(model, tokenizer, text).readout(top=top)
+
+
+def attribute(model: Backpack, tokenizer: Tokenizer, text: str, target: str | int,
+              position: int = -1, edits=None) -> Attribution:
+    """Exact attribution of the logit of `target` (one token) predicted at `position` of `text`
+    (negative counts from the end), optionally under an edit set."""
+    return ContextSession(model, tokenizer, text).attribution(target, position, edits=edits)

@@ -242,7 +242,8 @@ def setup(cfg: RunConfig, d: distributed.Dist, resume: bool, overwrite: bool) ->
             point_to(out_dir, prior[0])  # the run directory loads as the checkpoint resumed from
     job = Job(cfg, d, plan, model, train_model, optimizer, shards,
               batches=TrainBatches(shards.train, seq_len, plan.global_batch, t.seed),
-              val_starts=eval_windows(shards.val, seq_len, t.eval_batches * t.batch_size * d.world_size),
+              # one validation set whatever the number of processes (they share it out)
+              val_starts=eval_windows(shards.val, seq_len, t.eval_batches * t.batch_size),
               metrics=MetricsLog(out_dir / METRICS, d.is_main, state.get("step") if resume else None),
               autocast=((lambda: torch.autocast(d.device.type, dtype=torch.bfloat16)) if bf16
                         else contextlib.nullcontext),

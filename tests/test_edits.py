@@ -359,3 +359,49 @@ def test_two_threads_with_different_edit_sets(tiny_model, tiny_tokenizer):
     assert state_checksum(tiny_model) == before
     with torch.no_grad():
         torch.testing.assert_close(tiny_model(ids).logits[0], plain)
+
+
+# -- padding never receives weight, under any edit kind ---------------------------------------
+
+PADDING_EDITS = [
+    {"kind": "ablate_sense", "word": " bank", "sense": [0, 2]},
+    {"kind": "ablate_sense", "word": " the", "sense": 1, "positions": [0, 3]},
+    {"kind": "scale_sense", "word": " the", "sense": 1, "factor": 3.0},
+    {"kind": "replace_sense", "word": " the", "sense": "all", "vector": [0.5] * 32},
+    {"kind": "scale_contextualization", "word": " the", "sense": "all", "factor": 4.0,
+     "renormalize": True},
+    {"kind": "scale_contextualization", "word": " the", "sense": 0, "factor": 0.0,
+     "positions": [0]},
+    {"kind": "knowledge_edit", "word": " the", "remove": " Apple", "add": " HP"},
+    {"kind": "replace_contextualization", "sense": 1, "value": 0.5},
+    {"kind": "replace_contextualization", "sense": "all", "value": 0.3, "source_positions": [0],
+     "renormalize": True},
+    {"kind": "replace_contextualization", "sense": 2, "weights": [[0.1, 0.2], [0.3, 0.4]],
+     "renormalize": True},
+    {"kind": "replace_contextualization", "sense": 0, "value": 2.0, "word": " the"},
+]
+
+
+@pytest.mark.parametrize("edit", PADDING_EDITS, ids=lambda e: e["kind"])
+def test_left_padding_gets_no_weight_under_any_edit(tiny_model, tiny_tokenizer, edit):
+    """A left-padded row equals the unpadded one under every edit kind. The padding holds the
+    edited word's own token, so an edit that looked at token ids alone would hit it too."""
+    assert {e["kind"] for e in PADDING_EDITS} == set(EDIT_KINDS)
+    ids = ids_of(tiny_tokenizer, " the bank by the river has money and the MacBook")  # (1, n)
+    assert ids[0, 0] == tiny_tokenizer.encode(" the")[0]  # at position 0, like the padding
+    pad = 4
+    padding = torch.full((1, pad), tiny_tokenizer.encode(" the")[0])
+    padded = torch.cat([padding, ids], 1)
+    mask = torch.ones_like(padded)
+    mask[:, :pad] = 0
+    intervention = EditSet.from_dict({"version": 1, "edits": [edit]}).compile(tiny_model,
+                                                                              tiny_tokenizer)
+    with torch.no_grad():
+        alone = tiny_model(ids, intervention=intervention).logits
+        both = tiny_model(torch.cat([padded, torch.cat([ids, padding], 1)]),  # left, right padded
+                          attention_mask=torch.cat([mask, mask.flip(1)]),
+                          intervention=intervention).logits
+        unedited = tiny_model(ids).logits
+    assert (alone - unedited).abs().max() > 1e-2  # the edit does something here
+    torch.testing.assert_close(both[0, pad:], alone[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(both[1, :-pad], alone[0], atol=1e-5, rtol=0)

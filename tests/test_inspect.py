@@ -7,14 +7,12 @@ import torch
 
 from backpack_core.inspect import (
     WordError,
-    attribute,
-    context_readout,
     resolve_word,
     sense_readout,
     single_token_id,
 )
 from backpack_core.sense_bank import SenseBank, model_fingerprint, sense_search
-from backpack_core.session import ContextSession
+from backpack_core.session import ContextSession, attribute, context_readout
 
 TEXT = "The MacBook is made by Apple and the bank by the river has money"
 

@@ -199,3 +199,71 @@ def test_fused_training_path_and_dedup_compute_the_same_function():
     grads_fused = torch.autograd.grad(model(ids, labels=ids).loss, list(model.parameters()))
     for a, b in zip(grads_explicit, grads_fused, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_dedup_senses_is_refused_with_dropout_in_training():
+    """With dropout, deduplicated senses would share one dropout mask per token type: refused
+    in training mode (and in the training config); fine in eval mode or without dropout."""
+    from backpack_core.training.config import ConfigError, load_run_config
+
+    ids = torch.randint(0, 512, (2, 16))
+    model = tiny(embd_pdrop=0.1, resid_pdrop=0.1)
+    model.dedup_senses = True
+    with torch.no_grad():
+        reference = model(ids).logits  # eval mode: dropout off, dedup exact
+        model.train()
+        with pytest.raises(ValueError, match="dedup_senses is exact only without dropout"):
+            model(ids)
+        model.eval()
+        torch.testing.assert_close(model(ids).logits, reference)
+        no_dropout = tiny().train()
+        no_dropout.dedup_senses = True
+        no_dropout(ids)
+    with pytest.raises(ConfigError, match="train.dedup_senses is exact only without dropout"):
+        load_run_config("tiny", ["train.dedup_senses=true", "model.embd_pdrop=0.1"])
+    assert load_run_config("tiny", ["train.dedup_senses=true"]).train.dedup_senses
+
+
+def test_loading_leaves_torch_init_alone_and_skips_meta_init(tiny_model_dir, monkeypatch):
+    """Loading builds the model on the meta device without swapping torch.nn.init functions
+    (process-wide: another thread building a model at that moment would get uninitialised
+    weights), and without running N(0, s) init on meta tensors (slow: imports torch._dynamo)."""
+    from backpack_core.loading import load_backpack
+
+    names = ("normal_", "uniform_", "kaiming_uniform_", "ones_", "zeros_")
+    originals = {name: getattr(torch.nn.init, name) for name in names}
+    seen = []
+    built = Backpack.__init__
+
+    def spy_init(self, config):
+        seen.append({name: getattr(torch.nn.init, name) is fn for name, fn in originals.items()})
+        built(self, config)
+
+    monkeypatch.setattr(Backpack, "__init__", spy_init)
+    model, _ = load_backpack(tiny_model_dir)
+    assert seen and all(all(same.values()) for same in seen), seen
+    assert model.wte.weight.abs().sum() > 0
+
+    def no_meta_normal(tensor, *args, **kwargs):
+        assert not tensor.is_meta, "N(0, s) init ran on a meta tensor"
+        return originals["normal_"](tensor, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.init, "normal_", no_meta_normal)
+    with torch.device("meta"):
+        Backpack(ModelConfig(**PRESETS["tiny"]))
+    torch.manual_seed(0)
+    a = Backpack(ModelConfig(**PRESETS["tiny"]))  # off the meta device: initialised as before
+    assert float(a.wte.weight.detach().std()) == pytest.approx(0.02, rel=0.1)
+    assert float(a.contextualizer.wpe.weight.detach().std()) == pytest.approx(0.02, rel=0.1)
+
+
+def test_inspection_loads_in_float32_by_default_on_every_device(tiny_model_dir):
+    """Exact attribution needs fp32: the default dtype is float32 on CUDA too; bf16 on request."""
+    from backpack_core import load_backpack, resolve_dtype
+
+    for device in ("cpu", "cuda", "cuda:1"):
+        assert resolve_dtype(None, torch.device(device)) == torch.float32
+        assert resolve_dtype("auto", torch.device(device)) == torch.float32
+    assert resolve_dtype("bf16", torch.device("cuda")) == torch.bfloat16
+    model, _ = load_backpack(tiny_model_dir)
+    assert model.wte.weight.dtype == torch.float32

@@ -133,3 +133,27 @@ def test_generation_under_edits(tiny_model, tiny_tokenizer):
     a = generate(tiny_model, tiny_tokenizer, prompt, max_new_tokens=6, do_sample=True, seed=7)
     assert torch.equal(torch.rand(1), marker)
     assert a == generate(tiny_model, tiny_tokenizer, prompt, max_new_tokens=6, do_sample=True, seed=7)
+
+
+def test_seeded_sampling_is_reproducible_across_threads(tiny_model, tiny_tokenizer):
+    """Several threads sampling at once with one seed each get the single-thread tokens (each
+    call draws from its own generator, not the process-wide RNG)."""
+    import threading
+
+    prompt, n_threads, runs = "The bank by the river", 4, 3
+    kwargs = dict(max_new_tokens=24, do_sample=True, temperature=2.0, seed=11)
+    expected = generate(tiny_model, tiny_tokenizer, prompt, **kwargs)
+    assert expected != generate(tiny_model, tiny_tokenizer, prompt, **{**kwargs, "seed": 12})
+    results, start = [], threading.Barrier(n_threads)
+
+    def worker():
+        start.wait()
+        for _ in range(runs):
+            results.append(generate(tiny_model, tiny_tokenizer, prompt, **kwargs))
+
+    threads = [threading.Thread(target=worker) for _ in range(n_threads)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == [expected] * (n_threads * runs)

@@ -131,9 +131,10 @@ def test_gradient_accumulation_matches_bigger_batch(shards, tmp_path):
 
 
 def test_two_gloo_processes_match_one(shards, tmp_path):
-    """torchrun, 2 CPU processes x batch 4 == 1 process x batch 8 (same global batch)."""
+    """torchrun, 2 CPU processes x batch 4 == 1 process x batch 4 x 2 accumulation steps (same
+    global batch), val loss included: the validation set does not depend on the process count."""
     steps = ("train.max_steps=10", "train.eval_every=5")
-    run(tiny(shards, tmp_path / "one", *steps, "train.batch_size=8"))
+    run(tiny(shards, tmp_path / "one", *steps, "train.batch_size=4", "train.grad_accum=2"))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "backpack_core.train", "--config", "tiny", f"data.dir={shards}",

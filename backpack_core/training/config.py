@@ -62,7 +62,7 @@ class TrainConfig:
     grad_clip: float = 1.0  # max global gradient norm; 0: no clipping
     dtype: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | float32 | bfloat16
     compile: bool = False  # torch.compile the model
-    dedup_senses: bool = False  # sense vectors once per distinct token in a batch (faster on CPU)
+    dedup_senses: bool = False  # sense vectors once per distinct token (faster on CPU); needs no dropout
     fsdp: bool = False  # shard parameters, gradients and optimizer state (FSDP2) instead of DDP
     seed: int = 1337  # initialization, data order and dropout
     device: str = "auto"  # auto | cpu | cuda (under torchrun: the local GPU)
@@ -295,6 +295,11 @@ def validate(cfg: RunConfig) -> None:
         problems.append(f"train.max_skipped must be >= 1, got {t.max_skipped}")
     if cfg.data.seq_len < 2:
         problems.append(f"data.seq_len must be >= 2, got {cfg.data.seq_len}")
+    dropout = {key: cfg.model.get(key, 0.0) for key in ("embd_pdrop", "resid_pdrop")}
+    if t.dedup_senses and any(isinstance(p, (int, float)) and p > 0 for p in dropout.values()):
+        problems.append(f"train.dedup_senses is exact only without dropout (all occurrences of a "
+                        f"token would share one dropout mask), but model has {dropout}; set "
+                        f"train.dedup_senses=false or the dropouts to 0")
     if problems:
         raise ConfigError("; ".join(problems))
 
