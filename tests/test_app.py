@@ -287,8 +287,9 @@ def test_steer_knowledge_edit_and_generation(app_model):
                      generate(model, tokenizer, TEXT, edits, max_new_tokens=5)]
 
 
-def test_models_page(app_model, tiny_model_dir, tmp_path):
+def test_models_page(app_model, tiny_model_dir, tmp_path, monkeypatch):
     model, _ = app_model
+    monkeypatch.setenv("BACKPACK_MODEL_ROOTS", str(tmp_path))  # the allow-list (backpack_core.access)
     at = ok(page("models"))
     assert any(m.label == "width (d)" and m.value == str(model.config.n_embd) for m in at.metric)
 
