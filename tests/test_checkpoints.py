@@ -17,18 +17,10 @@ from safetensors.torch import load_file
 from backpack_core.train import NonFiniteLoss, main, run
 from backpack_core.training import checkpoint
 from backpack_core.training.checkpoint import DiskFullError, find_checkpoint, saved_step
-from tests.test_train import losses, records, shards, tiny  # noqa: F401  (shards: fixture)
+from tests.test_train import one_thread, records, shards, tiny  # noqa: F401  (fixtures)
 
 SETTINGS = ("train.max_steps=5", "train.ckpt_every=2", "train.eval_every=0", "model.resid_pdrop=0.1")
 FILE_OPS = ("replace", "rename", "symlink", "fsync", "unlink", "remove")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
