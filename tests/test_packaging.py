@@ -14,6 +14,7 @@ import importlib.metadata
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -93,15 +94,25 @@ def test_readme_marks_the_two_ci_commands():
     assert install_test.endswith("python -m pytest -q") and "[dev]" in install_test
 
 
+WHEEL_SOURCES = ["pyproject.toml", "README.md", "requirements.txt", "requirements-dev.txt",
+                 "backpack_core", "analyses", "configs", "data/backpack-mini"]
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     setuptools = pytest.importorskip("setuptools", reason="setuptools is needed to build the wheel")
     major = int(setuptools.__version__.split(".")[0])
     if major < 69:
         pytest.skip(f"setuptools {setuptools.__version__} is older than pyproject's build-system (>=69)")
-    out = tmp_path_factory.mktemp("wheel")
+    # setuptools builds in the source tree (build/, *.egg-info): build from a copy of what the
+    # wheel is made of, so the checkout stays clean
+    source, out = tmp_path_factory.mktemp("source"), tmp_path_factory.mktemp("wheel")
+    for name in WHEEL_SOURCES:
+        copy = shutil.copytree if (REPO / name).is_dir() else shutil.copy2
+        kwargs = {"ignore": shutil.ignore_patterns("__pycache__")} if (REPO / name).is_dir() else {}
+        copy(REPO / name, source / name, **kwargs)
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                           "-w", str(out), str(REPO)], capture_output=True, text=True, timeout=300,
+                           "-w", str(out), str(source)], capture_output=True, text=True, timeout=300,
                           cwd=out)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (path,) = out.glob("backpack_workbench-*.whl")

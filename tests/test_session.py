@@ -144,6 +144,8 @@ def test_seeded_sampling_is_reproducible_across_threads(tiny_model, tiny_tokeniz
     kwargs = dict(max_new_tokens=24, do_sample=True, temperature=2.0, seed=11)
     expected = generate(tiny_model, tiny_tokenizer, prompt, **kwargs)
     assert expected != generate(tiny_model, tiny_tokenizer, prompt, **{**kwargs, "seed": 12})
+    assert (generate(tiny_model, tiny_tokenizer, prompt, **{**kwargs, "top_k": 1})
+            == generate(tiny_model, tiny_tokenizer, prompt, max_new_tokens=24))  # top-1 = greedy
     results, start = [], threading.Barrier(n_threads)
 
     def worker():

@@ -1,9 +1,0 @@
-"""Training parts, one job each; the loop that joins them is `backpack_core.train`.
-
-config       the run's configuration (TOML file + overrides), the model it implies, the batch plan
-optim        AdamW with no weight decay on biases and norm weights
-schedule     learning rate: warmup, then linear / cosine decay
-checkpoint   our model format + train_state.pt, written atomically; resume
-metrics      metrics.jsonl and the console line; tokens/s, MFU, memory
-distributed  torchrun process groups, DDP / FSDP wrapping, the shared stop flag
-"""
