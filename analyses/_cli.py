@@ -7,16 +7,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-EXIT_USAGE = 2
+from backpack_core import cli
+
+EXIT_USAGE = cli.EXIT_USAGE
 
 
 def parser(prog: str, description: str) -> argparse.ArgumentParser:
-    """An ArgumentParser with the options every analysis takes: --model, --device, --dtype, --json."""
-    p = argparse.ArgumentParser(prog=prog, description=description)
+    """An ArgumentParser with the options every analysis takes: --model, --device, --dtype, --json.
+    Bad arguments raise UsageError (reported by `run`, as JSON with --json)."""
+    p = cli.ArgumentParser(prog=prog, description=description)
     p.add_argument("--model", default=None,
                    help="model directory or hub id (default: the shipped model, data/backpack-mini)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, mps or auto")
@@ -60,24 +62,12 @@ def load(args: argparse.Namespace):
     return load_backpack(args.model, device=args.device, dtype=args.dtype)
 
 
-def print_json(obj: Any) -> None:
-    json.dump(obj, sys.stdout, ensure_ascii=False, allow_nan=False)
-    sys.stdout.write("\n")
-
-
-def one_paragraph(message: str) -> str:
-    return " ".join(str(message).split())
+print_json = cli.print_json  # strict JSON (NaN as null), printed whole
 
 
 def run(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None,
         prog: str = "analyses") -> int:
-    """Run `main(argv)`; known input errors (bad edits, missing checkpoint, bad words or
-    positions: ValueError and its subclasses EditError, CheckpointError, WordError; unreadable
-    files: OSError) print one paragraph to stderr and return exit code 2, with no traceback."""
-    try:
-        return int(main(argv) or 0)
-    except (ValueError, OSError) as err:
-        print(f"{prog}: error: {one_paragraph(err)}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        return 130
+    """Run `main(argv)` through the one error handler of every command (backpack_core.cli):
+    user errors print one line to stderr and exit 2, with --json also {"error", "kind"} on
+    stdout; no traceback."""
+    return cli.run_main(main, argv, prog=prog)

@@ -37,6 +37,7 @@ if str(REPO_ROOT) not in sys.path:  # `streamlit run app/Home.py` from anywhere
 
 import views  # noqa: E402  (app/views.py: the view model)
 
+from backpack_core import access  # noqa: E402
 from backpack_core.edits import EditError  # noqa: E402
 from backpack_core.loading import DEFAULT_MODEL_DIR, load_backpack  # noqa: E402
 from backpack_core.session import ContextSession  # noqa: E402
@@ -143,7 +144,14 @@ def restore_model(params: dict[str, str]) -> None:
     source = None if source == SHIPPED else source
     device, dtype = params.get("device", default.device), params.get("dtype", default.dtype)
     problem = None
-    if source not in (None, default.source) and not Path(source).expanduser().is_dir():
+    if source not in (None, default.source):
+        try:  # only what the operator allows (BACKPACK_MODEL_ROOTS), said without probing the path
+            source = access.allowed_source(source)
+        except access.AccessError as err:
+            problem = " ".join(str(err).split())
+    if problem:
+        pass
+    elif source not in (None, default.source) and not Path(source).expanduser().is_dir():
         problem = f"{source!r} is not a local model directory (a hub id loads from the Models page)"
     elif device not in available_devices():
         problem = f"device {device!r} is not available here ({', '.join(available_devices())})"

@@ -1,7 +1,8 @@
 """Backpack Workbench core: the model, loading, inspection, edits, generation and training.
 
 The light entry points (`load_backpack`, `ModelConfig`, `Backpack`) import no transformers code;
-`load_model`, `BackpackLM` and `BackpackConfig` do (lazily, on first use).
+`load_model`, `BackpackLM` and `BackpackConfig` do. Every name is imported on first use, so that
+`backpack_core.cli` (the command-line error handler) and `--help` import no torch.
 
 `import backpack_core` registers the model with transformers' Auto classes, so that
 `AutoModelForCausalLM.from_pretrained(dir)` and `pipeline("text-generation", model=dir)` work on
@@ -13,24 +14,16 @@ import importlib as _importlib
 
 import wrapt as _wrapt
 
-from .config import ModelConfig
-from .loading import (
-    CheckpointError,
-    load_backpack,
-    load_model,
-    resolve_device,
-    resolve_dtype,
-    save_backpack,
-)
-from .model import Backpack, BackpackCache, BackpackOutput, Intervention
-from .tokenizer import Tokenizer, gpt2_tokenizer, train_bpe
+_WHERE = {
+    "ModelConfig": "config",
+    "CheckpointError": "loading", "load_backpack": "loading", "load_model": "loading",
+    "resolve_device": "loading", "resolve_dtype": "loading", "save_backpack": "loading",
+    "Backpack": "model", "BackpackCache": "model", "BackpackOutput": "model", "Intervention": "model",
+    "Tokenizer": "tokenizer", "gpt2_tokenizer": "tokenizer", "train_bpe": "tokenizer",
+    "BackpackLM": "hf", "BackpackConfig": "hf",
+}
 
-__all__ = ["Backpack", "BackpackCache", "BackpackConfig", "BackpackLM", "BackpackOutput",
-           "CheckpointError", "Intervention", "ModelConfig", "Tokenizer", "gpt2_tokenizer",
-           "load_backpack", "load_model", "resolve_device", "resolve_dtype", "save_backpack",
-           "train_bpe"]
-
-
+__all__ = sorted(_WHERE)
 
 
 def _register_with_transformers(_transformers) -> None:
@@ -43,8 +36,8 @@ _wrapt.register_post_import_hook(_register_with_transformers, "transformers")
 
 
 def __getattr__(name: str):
-    if name in ("BackpackLM", "BackpackConfig"):
-        from . import hf
-
-        return getattr(hf, name)
+    if name in _WHERE:  # imported on first use
+        value = getattr(_importlib.import_module(f".{_WHERE[name]}", __name__), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'backpack_core' has no attribute {name!r}")

@@ -8,6 +8,7 @@ with exactly these fields; `config.json` on disk holds them under the same names
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,8 +52,26 @@ class ModelConfig:
         for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "num_senses",
                      "sense_intermediate_scale"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 problems.append(f"{name} must be a positive integer, got {value!r}")
+        if self.n_inner is not None and (not isinstance(self.n_inner, int) or isinstance(self.n_inner, bool)
+                                         or self.n_inner < 1):
+            problems.append(f"n_inner must be a positive integer or null, got {self.n_inner!r}")
+        for name in ("bos_token_id", "eos_token_id"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                problems.append(f"{name} must be an integer >= 0, got {value!r}")
+        for name in ("embd_pdrop", "attn_pdrop", "resid_pdrop"):
+            if not _is_number(getattr(self, name)) or not 0 <= getattr(self, name) < 1:
+                problems.append(f"{name} must be a number in [0, 1), got {getattr(self, name)!r}")
+        if not _is_number(self.layer_norm_epsilon) or not 0 < self.layer_norm_epsilon < 1:
+            problems.append(f"layer_norm_epsilon must be a number in (0, 1), got {self.layer_norm_epsilon!r}")
+        if self.sense_mask_value is not None and not _is_number(self.sense_mask_value):
+            problems.append("sense_mask_value must be a finite number or null, got "
+                            f"{self.sense_mask_value!r}")
+        if not isinstance(self.scale_attn_by_inverse_layer_idx, bool):
+            problems.append("scale_attn_by_inverse_layer_idx must be true or false, got "
+                            f"{self.scale_attn_by_inverse_layer_idx!r}")
         if not problems:
             if self.n_embd % self.n_head:
                 problems.append(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
@@ -77,8 +96,33 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
         """Build from a config.json dict; keys this class does not know (HF bookkeeping) are ignored."""
+        if not isinstance(values, dict):
+            raise ValueError(f"Invalid model config: expected a JSON object of settings, got a "
+                             f"{type(values).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
+
+    def parameter_count(self) -> int:
+        """Parameters of the model this config builds (the tied embedding once), computed
+        without building it: the size check before anything is allocated."""
+        d, m = self.n_embd, self.mlp_width
+
+        def linear(n_in: int, n_out: int) -> int:
+            return n_in * n_out + n_out
+
+        norm = 2 * d
+        block = 2 * norm + linear(d, 3 * d) + linear(d, d) + linear(d, m) + linear(m, d)
+        total = self.vocab_size * d + self.n_positions * d + self.n_layer * block + norm
+        if self.is_backpack:
+            scale = self.sense_intermediate_scale
+            total += (3 * norm + linear(d, 4 * d) + linear(4 * d, d)
+                      + linear(d, scale * d) + linear(scale * d, self.num_senses * d))  # sense network
+            total += linear(d, 2 * d)  # sense weight network
+        return total
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 # The paper's sizes (reference doc), a tiny one for tests, and the shipped default's shape.

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from .inspect import WordError, single_token_id
+from .limits import LimitError, check_edit_count, check_edit_set_bytes
 from .model import Intervention
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -56,6 +57,10 @@ SCHEMA_VERSION = 1
 
 class EditError(ValueError):
     """An edit spec is malformed or does not fit the model; the message says what and where."""
+
+
+class EditLimitError(EditError, LimitError):
+    """An edit set larger than a limit of backpack_core.limits (edits per set, bytes)."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -780,6 +785,7 @@ class EditSet:
             raise EditError(f"edit-spec version {_show(self.version)} is not supported; this "
                             f"workbench reads version {SCHEMA_VERSION}")
         self.edits = list(self.edits)
+        check_edit_count(len(self.edits), EditLimitError)
         for i, edit in enumerate(self.edits):
             if not isinstance(edit, Edit):
                 raise EditError(f"edit {i} is a {type(edit).__name__}, not an edit "
@@ -819,6 +825,7 @@ class EditSet:
         raw = data["edits"]
         if not isinstance(raw, list):
             raise EditError(f"\"edits\" must be a list of edits, got {_show(raw)}")
+        check_edit_count(len(raw), EditLimitError)  # before parsing any: 700k edits would take minutes
         edits = []
         for i, item in enumerate(raw):
             try:
@@ -843,6 +850,9 @@ class EditSet:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> EditSet:
+        if isinstance(text, (str, bytes)):
+            size = len(text) if isinstance(text, bytes) else len(text.encode("utf-8", "replace"))
+            check_edit_set_bytes(size, EditLimitError)
         if isinstance(text, bytes):
             try:
                 text = text.decode("utf-8")
@@ -864,6 +874,7 @@ class EditSet:
     @classmethod
     def load(cls, path: str | os.PathLike) -> EditSet:
         try:
+            check_edit_set_bytes(Path(path).stat().st_size, EditLimitError)  # before reading it
             text = Path(path).read_bytes()
         except OSError as err:
             raise EditError(f"cannot read the edits file {str(path)!r}: {err.strerror or err}") from None

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .limits import LimitError, check_word
 from .tokenizer import token_bytes
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -35,6 +36,10 @@ if TYPE_CHECKING:  # pragma: no cover
 
 class WordError(ValueError):
     """A word (or token id) could not be turned into the token(s) asked for; says why."""
+
+
+class WordLimitError(WordError, LimitError):
+    """A word longer than backpack_core.limits.MAX_WORD_CHARS."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -114,6 +119,7 @@ def resolve_word(tokenizer: Tokenizer | None, word: str | int, vocab_size: int |
         raise WordError(f"the word {word!r} needs a tokenizer; give a token id instead")
     if word == "":
         raise WordError("the word is empty")
+    check_word(word, WordLimitError)  # a 100k-character "word" would allocate gigabytes downstream
     ids = tokenizer.encode(word)
     for token_id in ids:
         _check_id(token_id, vocab_size, None)

@@ -13,12 +13,13 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import tempfile
 from pathlib import Path
 
 import torch
 
 from .config import ModelConfig, published_gpt2_details
+from .files import atomic_write, write_text_atomic
+from .limits import check_model_fits
 from .model import Backpack
 from .tokenizer import TOKENIZER_FILE, Tokenizer, gpt2_tokenizer
 
@@ -30,6 +31,9 @@ DEFAULT_MODEL_DIR = (_CHECKOUT_MODEL_DIR if _CHECKOUT_MODEL_DIR.is_dir()
                      else Path(__file__).resolve().parent / "shipped_model")
 WEIGHTS_FILE = "model.safetensors"
 PUBLISHED_WEIGHTS = "pytorch_model.bin"
+# A training run directory keeps its checkpoints in CHECKPOINTS_DIR; CURRENT_LINK names the latest.
+CHECKPOINTS_DIR = "checkpoints"
+CURRENT_LINK = "current"
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -54,10 +58,22 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
         return torch.device("cpu")
     try:
         device = torch.device(device)
-    except RuntimeError as err:
+    except (RuntimeError, TypeError) as err:
         raise ValueError(f"unknown device {device!r}; use cpu, cuda, cuda:N, mps or auto") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but no CUDA GPU is available; use --device cpu")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("device 'cuda' was asked for but no CUDA GPU is available; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            n = torch.cuda.device_count()
+            raise ValueError(f"device {str(device)!r} does not exist: this machine has {n} CUDA "
+                             f"GPU(s), cuda:0..cuda:{n - 1}")
+    elif device.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise ValueError("device 'mps' was asked for but this machine has no Apple GPU (MPS); "
+                             f"use one of {', '.join(available_devices())}")
+    elif device.type != "cpu":
+        raise ValueError(f"device {str(device)!r} is not supported; use one of "
+                         f"{', '.join(available_devices())}")
     return device
 
 
@@ -186,6 +202,9 @@ def resolve_source(source: str | os.PathLike | None) -> Path:
                                   "pass a model directory instead")
         return DEFAULT_MODEL_DIR
     path = Path(source).expanduser()
+    current = path / CHECKPOINTS_DIR / CURRENT_LINK
+    if current.is_dir():  # a training run: its latest checkpoint, resolved once (a trainer may
+        return current.resolve()  # switch the link while we read)
     if path.is_dir():
         return path
     text = str(source)
@@ -221,48 +240,112 @@ def load_backpack(source: str | os.PathLike | None = None, device=None, dtype=No
     dtype: None / "auto" is float32 on every device (see `resolve_dtype`); "bfloat16" or
     "float16" on request."""
     directory = resolve_source(source)
-    config_path = directory / "config.json"
-    if not config_path.is_file():
-        raise CheckpointError(f"{directory} has no config.json")
-    try:
-        raw_config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{config_path} is not valid JSON: {err}") from err
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
+    raw_config = read_config(directory)
 
     if (directory / WEIGHTS_FILE).is_file():
-        from safetensors.torch import load_file
-
-        state = load_file(str(directory / WEIGHTS_FILE))
-        if any(k.startswith("backpack.gpt2_model.") for k in state):
-            config = published_config(raw_config)
+        state = _load_safetensors(directory / WEIGHTS_FILE)
+        published = any(k.startswith("backpack.gpt2_model.") for k in state)
+        config = _model_config(raw_config, published, directory, device, dtype)
+        if published:
             state = convert_published_state_dict(state, config.n_layer)
         else:
-            config = ModelConfig.from_dict(raw_config)
             state = {k.removeprefix("backpack."): v for k, v in state.items()}
     elif (directory / PUBLISHED_WEIGHTS).is_file():
+        published = True
         raw = _load_pickled_tensors(directory / PUBLISHED_WEIGHTS)
-        config = published_config(raw_config)
+        config = _model_config(raw_config, published, directory, device, dtype)
         state = convert_published_state_dict(raw, config.n_layer)
     else:
         raise CheckpointError(f"{directory} has neither {WEIGHTS_FILE} nor {PUBLISHED_WEIGHTS}")
+    check_finite(state, directory)
 
     with torch.device("meta"):  # no memory, no init: the weights are assigned right after
         model = Backpack(config)
     try:
         model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as err:
-        raise CheckpointError(f"weights in {directory} do not fit its config.json: {err}") from err
-    device = resolve_device(device)
-    model = model.to(device=device, dtype=resolve_dtype(dtype, device)).eval()
+        raise CheckpointError(f"weights in {directory} do not fit its config.json: "
+                              f"{str(err).splitlines()[0]} {' '.join(str(err).split()[-40:])}") from err
+    model = model.to(device=device, dtype=dtype).eval()
 
-    if (directory / TOKENIZER_FILE).is_file():
-        tokenizer = Tokenizer.load(directory)
-    else:  # the published checkpoint ships no tokenizer of ours: it is GPT-2's
-        tokenizer = gpt2_tokenizer()
+    tokenizer = load_tokenizer(directory, published)
     if len(tokenizer) > config.vocab_size:
         raise CheckpointError(f"tokenizer has {len(tokenizer)} tokens but the model only "
                               f"{config.vocab_size}")
     return model, tokenizer
+
+
+def read_config(directory: Path) -> dict:
+    """config.json of a model directory as a dict, or CheckpointError saying what is wrong."""
+    config_path = directory / "config.json"
+    if not config_path.is_file():
+        raise CheckpointError(f"{directory} has no config.json")
+    try:
+        raw_config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{config_path} is not valid JSON: {err}") from err
+    except OSError as err:
+        raise CheckpointError(f"cannot read {config_path}: {err.strerror or err}") from err
+    if not isinstance(raw_config, dict):
+        raise CheckpointError(f"{config_path} must hold a JSON object of settings, got a "
+                              f"{type(raw_config).__name__}")
+    return raw_config
+
+
+def _model_config(raw_config: dict, published: bool, directory: Path, device: torch.device,
+                  dtype: torch.dtype) -> ModelConfig:
+    """The checked config, and its size checked against memory before anything is built (a
+    config asking for 10**9 layers is refused, not built)."""
+    try:
+        config = published_config(raw_config) if published else ModelConfig.from_dict(raw_config)
+    except (ValueError, TypeError) as err:
+        if isinstance(err, CheckpointError):
+            raise
+        raise CheckpointError(f"{directory / 'config.json'}: {err}") from err
+    check_model_fits(config.parameter_count(), torch.finfo(dtype).bits // 8, device,
+                     what=f"the model in {directory}")
+    return config
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except SafetensorError as err:
+        raise CheckpointError(f"{path} is not a readable safetensors file (truncated, empty or "
+                              f"damaged: {err}); copy the model again") from err
+    except OSError as err:
+        raise CheckpointError(f"cannot read {path}: {err.strerror or err}") from err
+
+
+def check_finite(state: dict[str, torch.Tensor], directory: Path) -> None:
+    """Refuse weights holding NaN or Inf: they would turn every output into NaN, silently."""
+    bad = [name for name, t in state.items()
+           if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise CheckpointError(f"the weights in {directory} hold NaN or infinite values in {len(bad)} "
+                              f"tensor(s): {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}; "
+                              "the checkpoint is damaged (or the run diverged): use an earlier one")
+
+
+def load_tokenizer(directory: Path, published: bool) -> Tokenizer:
+    """tokenizer.json beside the weights; the published layout ships none: it is GPT-2's."""
+    path = directory / TOKENIZER_FILE
+    if path.is_file():
+        try:
+            return Tokenizer.load(directory)
+        except Exception as err:  # the tokenizers library raises a bare Exception on bad JSON
+            raise CheckpointError(f"{path} is not a valid tokenizer file "
+                                  f"({str(err).splitlines()[0]}); copy it again from the model") from err
+    if published:
+        return gpt2_tokenizer()
+    raise CheckpointError(f"the tokenizer of {directory} is missing: looked for {path}. A model in our "
+                          "format keeps its tokenizer.json beside model.safetensors; copy it from "
+                          "the model (or the training run's data.dir)")
 
 
 def load_model(source: str | os.PathLike | None = None, device=None, dtype=None):
@@ -289,24 +372,8 @@ def save_backpack(model: Backpack, tokenizer: Tokenizer | None, directory: str |
              for k, v in model.state_dict().items()}
     config = {"model_type": "backpack", "architectures": ["BackpackLM"],
               **model.config.to_dict(), **(extra_config or {})}
-    _atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(state, str(p),
-                                                                metadata={"format": "pt"}))
-    _atomic_write(directory / "config.json",
-                  lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
+    atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
+    write_text_atomic(directory / "config.json", json.dumps(config, indent=2) + "\n")
     if tokenizer is not None:
         tokenizer.save(directory)
     return directory
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a model is for everyone to read
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)

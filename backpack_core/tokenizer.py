@@ -18,6 +18,8 @@ from pathlib import Path
 from tokenizers import Tokenizer as _HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
+from .files import atomic_write, write_text_atomic
+
 EOS = "<|endoftext|>"
 TOKENIZER_FILE = "tokenizer.json"
 
@@ -58,8 +60,8 @@ class Tokenizer:
     def save(self, directory: str | Path) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        self.backend.save(str(directory / TOKENIZER_FILE))
-        (directory / "tokenizer_config.json").write_text(json.dumps({
+        atomic_write(directory / TOKENIZER_FILE, lambda p: self.backend.save(str(p)))
+        write_text_atomic(directory / "tokenizer_config.json", json.dumps({
             "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": EOS, "eos_token": EOS,
             "unk_token": EOS, "pad_token": EOS, "model_max_length": 1_000_000,
         }, indent=2) + "\n")

@@ -28,16 +28,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data.loader import DataError, ShardSet, TrainBatches, eval_windows, gather
+from . import cli
+from .data.loader import ShardSet, TrainBatches, eval_windows, gather
+from .files import write_text_atomic
+from .limits import check_model_fits
 from .loading import CheckpointError
 from .model import Backpack, count_parameters, flops_per_token
 from .training import distributed
 from .training.checkpoint import (
-    STATE_FILE,
+    find_checkpoint,
     load_checkpoint,
+    point_to,
     read_train_state,
+    remove_checkpoints,
     save_checkpoint,
-    saved_step,
 )
 from .training.config import (
     BatchPlan,
@@ -57,6 +61,10 @@ METRICS = "metrics.jsonl"
 RESUME_KEYS = ("model", "seq_len", "seed", "global_batch", "train_tokens_in_data", "tokenizer_sha256")
 
 
+class NonFiniteLoss(RuntimeError):
+    """The training loss or gradient became NaN/Inf; the update was not applied."""
+
+
 @dataclass
 class TrainResult:
     out_dir: Path
@@ -68,9 +76,11 @@ class TrainResult:
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches: list[torch.Tensor],
-               device: torch.device, autocast, grad_clip: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+               device: torch.device, autocast, grad_clip: float, d: distributed.Dist | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor | None, bool]:
     """Accumulate gradients over the micro-batches (synced across ranks on the last), clip, step.
-    Returns the step's mean loss (this rank) and the gradient norm before clipping."""
+    Returns the step's mean loss (this rank), the gradient norm before clipping, and whether the
+    update was applied: with a NaN/Inf loss or gradient norm on any rank it is not."""
     optimizer.zero_grad(set_to_none=True)
     loss_sum = torch.zeros((), device=device)
     for i, tokens in enumerate(micro_batches):
@@ -81,8 +91,13 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches
             loss.backward()
         loss_sum += loss.detach()
     grad_norm = nn.utils.clip_grad_norm_(model.parameters(), grad_clip) if grad_clip > 0 else None
+    finite = torch.isfinite(loss_sum) & (torch.isfinite(grad_norm) if grad_norm is not None else True)
+    bad = distributed.any_rank(d, not bool(finite)) if d is not None else not bool(finite)
+    if bad:
+        optimizer.zero_grad(set_to_none=True)
+        return loss_sum, grad_norm, False
     optimizer.step()
-    return loss_sum, grad_norm
+    return loss_sum, grad_norm, True
 
 
 @torch.no_grad()
@@ -118,6 +133,20 @@ def check_resumable(saved: dict, current: dict, out_dir: Path) -> None:
     if changed:
         raise CheckpointError(f"cannot resume {out_dir} as the same run; changed: " + "; ".join(changed)
                               + ". Start a new run (another train.out_dir) instead")
+
+
+def read_run_config(run_dir: Path) -> dict:
+    """run_config.json of a run directory, or CheckpointError saying what is wrong with it."""
+    path = run_dir / RUN_CONFIG
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path} is damaged (not valid JSON: {err}); give the config again with "
+                              f"--config FILE --resume {run_dir}") from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("train", {}), dict):
+        raise CheckpointError(f"{path} is not a run config (a JSON object with model, data and train); "
+                              f"give the config again with --config FILE --resume {run_dir}")
+    return saved
 
 
 def describe_changes(out_dir: Path, cfg: RunConfig) -> list[str]:
@@ -162,25 +191,43 @@ class Job:
         save_checkpoint(self.cfg.out_dir, self.model, self.optimizer, self.shards.tokenizer(), state, self.d)
 
 
+def check_writable(out_dir: Path) -> None:
+    """The run directory exists (created) and this process may write there."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(f"train.out_dir {out_dir} is not writable ({err.strerror or err}); choose "
+                          "a directory you can write to (train.out_dir=...)") from None
+
+
 def setup(cfg: RunConfig, d: distributed.Dist, resume: bool, overwrite: bool) -> Job:
     """Data, model, wrapping for this machine, optimizer, checkpoint (when resuming), run_config.json."""
     t, out_dir, seq_len = cfg.train, cfg.out_dir, cfg.data.seq_len
     shards = ShardSet(cfg.data.dir)
     model_config = resolve_model_config(cfg, shards.vocab_size, shards.eos_token_id)
     plan = plan_batches(cfg, d.world_size)
-    prior = saved_step(out_dir)
+    prior = find_checkpoint(out_dir)
     if resume and prior is None:
-        raise CheckpointError(f"nothing to resume: {out_dir} holds no checkpoint ({STATE_FILE})")
+        raise CheckpointError(f"nothing to resume: {out_dir} holds no complete checkpoint")
     if not resume and prior is not None and not overwrite:
-        raise ConfigError(f"{out_dir} already holds a checkpoint (step {prior}); pass --resume to "
+        raise ConfigError(f"{out_dir} already holds a checkpoint (step {prior[1]}); pass --resume to "
                           "continue it, --overwrite to start over, or choose another train.out_dir")
+    if not resume and prior is not None and d.is_main:
+        remove_checkpoints(out_dir)  # --overwrite: the old run's checkpoints must not be resumed
     identity = {"model": model_config.to_dict(), "seq_len": seq_len, "seed": t.seed,
                 "global_batch": plan.global_batch, "train_tokens_in_data": int(len(shards.train)),
                 "tokenizer_sha256": shards.manifest.get("tokenizer_sha256")}
-    state = read_train_state(out_dir) if resume else {}
+    state = read_train_state(prior[0]) if resume else {}
     if resume:
         check_resumable(state.get("identity", {}), identity, out_dir)
 
+    if d.is_main:
+        check_writable(out_dir)  # now, not after an hour of training
+    # weights, gradients and AdamW's two moments in fp32, before anything is allocated
+    check_model_fits(model_config.parameter_count(), 16, d.device, what="the configured model")
     if d.device.type == "cuda":
         torch.set_float32_matmul_precision("high")
     bf16 = t.dtype == "bfloat16" or (t.dtype == "auto" and d.device.type == "cuda")
@@ -190,7 +237,9 @@ def setup(cfg: RunConfig, d: distributed.Dist, resume: bool, overwrite: bool) ->
     train_model = distributed.wrap_model(model, d, t.fsdp, t.compile, bf16)
     optimizer = build_optimizer(model, t, d.device)
     if resume:
-        load_checkpoint(out_dir, model, optimizer, state)
+        load_checkpoint(prior[0], model, optimizer, state)
+        if d.is_main and prior[0] != out_dir:
+            point_to(out_dir, prior[0])  # the run directory loads as the checkpoint resumed from
     job = Job(cfg, d, plan, model, train_model, optimizer, shards,
               batches=TrainBatches(shards.train, seq_len, plan.global_batch, t.seed),
               # one validation set whatever the number of processes (they share it out)
@@ -216,7 +265,7 @@ def setup(cfg: RunConfig, d: distributed.Dist, resume: bool, overwrite: bool) ->
                     "data": {"dir": str(cfg.data.dir), "splits": shards.manifest["splits"],
                              "tokenizer": shards.manifest["options"]["tokenizer"]}}
         text = json.dumps({**cfg.to_dict(), "resolved": resolved}, indent=2)
-        (out_dir / RUN_CONFIG).write_text(text + "\n")
+        write_text_atomic(out_dir / RUN_CONFIG, text + "\n")
     job.say(f"{model_config.model_kind} with {params['total'] / 1e6:.2f}M parameters, "
             f"{job.flops_per_token / 1e6:.1f} MFLOP/token | {d.world_size} process(es) on {d.device} | "
             f"global batch {plan.global_batch} x {seq_len} = {plan.tokens_per_step:,} tokens "
@@ -230,7 +279,7 @@ def setup(cfg: RunConfig, d: distributed.Dist, resume: bool, overwrite: bool) ->
 def loop(job: Job, on_step: Callable[[int], None] | None = None) -> TrainResult:
     """Train from job.step to the last step: log, evaluate, checkpoint; stop cleanly on a signal."""
     cfg, t, d, plan = job.cfg, job.cfg.train, job.d, job.plan
-    val_loss, start_step = None, job.step
+    val_loss, start_step, skipped = None, job.step, 0
     started = last_time = time.time()
     last_step = job.step
     with distributed.StopSignal(d) as stop:
@@ -240,8 +289,26 @@ def loop(job: Job, on_step: Callable[[int], None] | None = None) -> TrainResult:
             set_lr(job.optimizer, lr)
             torch.manual_seed(step_seed(t.seed, job.step, d.rank))  # dropout masks of this step
             micro = job.batches.micro_batches(job.step, plan.micro_batch, d.rank, d.world_size)
-            loss, grad_norm = train_step(job.train_model, job.optimizer, micro, d.device, job.autocast,
-                                         t.grad_clip)
+            loss, grad_norm, applied = train_step(job.train_model, job.optimizer, micro, d.device,
+                                                  job.autocast, t.grad_clip, d)
+            if not applied:
+                skipped += 1
+                what = (f"non-finite training loss ({float(loss)}) or gradient norm "
+                        f"({None if grad_norm is None else float(grad_norm)}) at step {job.step + 1}")
+                job.metrics.write({"step": job.step + 1, "nonfinite": str(float(loss)),
+                                   "action": t.on_nonfinite})
+                if t.on_nonfinite == "stop" or skipped > t.max_skipped:
+                    last_good = find_checkpoint(cfg.out_dir)
+                    raise NonFiniteLoss(
+                        f"{what}; training stopped without applying it"
+                        + (f" ({skipped} steps in a row skipped)" if skipped > 1 else "")
+                        + (f". The last checkpoint (step {last_good[1]}) is in {cfg.out_dir}"
+                           if last_good else ". No checkpoint was saved yet")
+                        + ". Lower train.lr, raise train.warmup_steps or set train.grad_clip, then "
+                        "--resume; or set train.on_nonfinite=skip to skip such steps")
+                job.say(f"warning: {what}; update skipped (train.on_nonfinite=skip)")
+            else:
+                skipped = 0
             job.step, job.tokens = job.step + 1, job.tokens + plan.tokens_per_step
             step, last = job.step, job.step == plan.max_steps
 
@@ -299,7 +366,7 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="python -m backpack_core.train",
         description="Train a Backpack or its Transformer twin. Overrides: section.key=value, e.g. "
                     "train.lr=3e-4 model.n_layer=4 data.dir=data/shards/corpus")
@@ -313,6 +380,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line; every error (bad config, damaged checkpoint, full disk, NaN loss, an
+    unwritable directory) is one line on stderr and exit code 2 (backpack_core.cli)."""
+    return cli.run_main(_main, argv, prog="", json_errors=False)
+
+
+def _main(argv: list[str] | None) -> int:
     args = parse_args(argv)
     if isinstance(args.resume, str) and "=" in args.resume and not Path(args.resume).exists():
         args.overrides.insert(0, args.resume)  # `--resume train.lr=1e-4`: an override, not a dir
@@ -322,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
             run_dir = Path(args.resume)
             if not (run_dir / RUN_CONFIG).is_file():
                 raise CheckpointError(f"{run_dir} has no {RUN_CONFIG}; give --config too")
-            saved = json.loads((run_dir / RUN_CONFIG).read_text())
+            saved = read_run_config(run_dir)
             cfg = load_run_config(None, [*args.overrides, f"train.out_dir={run_dir}"], saved=saved)
         elif args.config:
             overrides = list(args.overrides)
@@ -336,10 +409,6 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(cfg.to_dict(), indent=2))
             return 0
         result = run(cfg, resume=bool(args.resume), overwrite=args.overwrite)
-    except (ConfigError, DataError, CheckpointError) as err:
-        if os.environ.get("RANK", "0") == "0":  # every rank meets the same error: say it once
-            print(f"error: {err}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("stopped at once, without saving", file=sys.stderr)
         return 130

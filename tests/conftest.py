@@ -89,3 +89,13 @@ def overlay_venv():
         return bindir
 
     return make
+
+
+def strict_json(text: str):
+    """json.loads that refuses NaN / Infinity (not JSON): what a strict consumer accepts."""
+    import json
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not valid JSON")
+
+    return json.loads(text, parse_constant=refuse)

@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from backpack_core.evaluation import load_benchmark, spearman
+from tests.conftest import strict_json
 
 REPO = Path(__file__).resolve().parent.parent
 MODULES = ("sense_topk", "lexsim", "topic_control", "gender_bias", "knowledge_edit", "perplexity")
@@ -124,7 +125,7 @@ def batch(tiny_model_dir, files):
 def ok(batch, name) -> dict:
     r = batch[name]
     assert r["code"] == 0 and "Traceback" not in r["stderr"], r["stderr"]
-    return json.loads(r["stdout"])
+    return strict_json(r["stdout"])  # NaN would not be JSON
 
 
 def token_id(tokenizer, word: str) -> int:
@@ -349,9 +350,11 @@ def test_knowledge_edit_moves_the_targets(batch, tiny_model, tiny_tokenizer):
 ])
 def test_refusals(batch, name, message):
     r = batch[name]
-    assert r["code"] == 2 and r["stdout"] == "" and "Traceback" not in r["stderr"]
+    assert r["code"] == 2 and "Traceback" not in r["stderr"]
     text = r["stderr"].strip()
     assert "\n" not in text and message in text
+    if r["stdout"]:  # with --json: the error as a JSON object, stdout always valid JSON
+        assert strict_json(r["stdout"]).keys() == {"error", "kind"}
 
 
 def test_real_python_m(tiny_model_dir, files):

@@ -303,8 +303,9 @@ def test_steer_knowledge_edit_and_generation(app_model):
                      generate(model, tokenizer, TEXT, edits, max_new_tokens=5)]
 
 
-def test_models_page(app_model, tiny_model_dir, tmp_path):
+def test_models_page(app_model, tiny_model_dir, tmp_path, monkeypatch):
     model, _ = app_model
+    monkeypatch.setenv("BACKPACK_MODEL_ROOTS", str(tmp_path))  # the allow-list (backpack_core.access)
     at = ok(page("models"))
     assert any(m.label == "width (d)" and m.value == str(model.config.n_embd) for m in at.metric)
 
@@ -534,10 +535,12 @@ def test_readable_views_search_predictions_and_heatmap_options(tiny_model, tiny_
     assert views.picked_cell({"selection": {"points": []}}) is None
 
 
-def test_choices_survive_page_changes_and_the_model_is_in_the_url(app_model, tiny_model_dir, tmp_path):
+def test_choices_survive_page_changes_and_the_model_is_in_the_url(app_model, tiny_model_dir, tmp_path,
+                                                                   monkeypatch):
     import shutil
 
     other = shutil.copytree(tiny_model_dir, tmp_path / "other-model")  # not the default model
+    monkeypatch.setenv("BACKPACK_MODEL_ROOTS", str(tmp_path))  # the allow-list (backpack_core.access)
     at = ok(page("context", text=TEXT))
     at.selectbox(key="context:pos").set_value(4).run()
     at.selectbox(key="context:sense").set_value(1).run()
@@ -571,6 +574,12 @@ def test_choices_survive_page_changes_and_the_model_is_in_the_url(app_model, tin
     hub = ok(page("home", model="someone/some-model"))
     assert "The model in the link was not loaded" in " ".join(w.value for w in hub.sidebar.warning)
     assert "model_choice" not in hub.session_state
+    # a link to a directory outside the operator's roots is refused without probing it
+    for outside in ("/etc", "/nonexistent/dir"):
+        refused = ok(page("home", model=outside))
+        warning = " ".join(w.value for w in refused.sidebar.warning)
+        assert "The model in the link was not loaded" in warning and "is not a local" not in warning
+        assert "model_choice" not in refused.session_state
 
 
 def test_streamlit_config_keeps_the_app_local_and_quiet():

@@ -14,6 +14,7 @@ from analyses import attribute as attribute_cli
 from analyses import steer as steer_cli
 from analyses._cli import run
 from backpack_core.session import attribute
+from tests.conftest import strict_json
 
 REPO = Path(__file__).resolve().parent.parent
 TEXT = "The MacBook is made by"
@@ -29,7 +30,7 @@ def test_attribute_json_sums_to_the_logit(tiny_model_dir, tiny_model, tiny_token
     proc = cli("analyses.attribute", "--model", str(tiny_model_dir), "--text", TEXT,
                "--target", " Apple", "--position", "-1", "--json")
     assert proc.returncode == 0, proc.stderr
-    data = json.loads(proc.stdout)
+    data = strict_json(proc.stdout)
     assert isinstance(data["logit"], float)
     values = [c["value"] for c in data["contributions"]]
     assert sum(values) == pytest.approx(data["logit"], abs=1e-4)
@@ -46,7 +47,7 @@ def test_steer_json(tiny_model_dir, tmp_path):
     proc = cli("analyses.steer", "--model", str(tiny_model_dir), "--text", TEXT, "--edits", str(edits),
                "--top", "7", "--words", " HP", " Apple", "--json")
     assert proc.returncode == 0, proc.stderr
-    data = json.loads(proc.stdout)
+    data = strict_json(proc.stdout)
     for side in ("before", "after"):
         probs = [t["prob"] for t in data[side]]
         assert len(probs) == 7 and probs == sorted(probs, reverse=True)
@@ -96,7 +97,7 @@ def test_attribute_refusals_and_table(tiny_model_dir, capsys):
     assert "logit" in table and "by sense" in table and "' MacBook'" in table
     edits = '{"version": 1, "edits": [{"kind": "ablate_sense", "word": " MacBook", "sense": "all"}]}'
     assert run(attribute_cli.main, [*base, "--target", " HP", "--edits", edits, "--json"]) == 0
-    data = json.loads(capsys.readouterr().out)
+    data = strict_json(capsys.readouterr().out)
     assert all(c["value"] == 0.0 for c in data["contributions"] if c["token"] == " MacBook")
 
 

@@ -5,6 +5,7 @@ import state
 import streamlit as st
 import views
 
+from backpack_core import access
 from backpack_core.loading import DEFAULT_MODEL_DIR, available_devices
 
 PAGE = "models"
@@ -51,13 +52,13 @@ def on_load() -> None:
     if kind in ("directory", "hub") and not (source or "").strip():
         s[f"{PAGE}:message"] = ("error", "Give a model directory or hub id.")
         return
-    choice = state.ModelChoice(source.strip() if source else None, s[f"{PAGE}:device"],
-                               s[f"{PAGE}:dtype"])
-    try:
+    try:  # only what the operator allows (BACKPACK_MODEL_ROOTS, BACKPACK_ALLOW_HUB)
+        choice = state.ModelChoice(access.allowed_source(source), s[f"{PAGE}:device"],
+                                   s[f"{PAGE}:dtype"])
         state.load_model(choice)
     except (ValueError, OSError) as err:
         message = " ".join(str(err).split())
-        st.session_state[f"{PAGE}:message"] = ("error", f"Could not load {choice.label}: {message}")
+        st.session_state[f"{PAGE}:message"] = ("error", f"Could not load the model: {message}")
     else:
         state.choose_model(choice)
         st.session_state.pop(f"{PAGE}:metrics", None)  # show the new model's own curves
@@ -107,8 +108,8 @@ path = st.text_input("Path to a run directory or metrics.jsonl", key=f"{PAGE}:me
     if picked == OTHER else picked
 if path:
     try:
-        curves = views.training_curves(path)
-    except OSError as err:
+        curves = views.training_curves(access.allowed_path(path, "this metrics file"))
+    except (OSError, ValueError) as err:
         state.show_error(err)
     else:
         train, val = curves.train, curves.val

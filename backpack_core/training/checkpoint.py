@@ -1,19 +1,31 @@
-"""Checkpoints: the run directory is itself a model in our format, plus the optimizer.
+"""Checkpoints, atomic as a unit: a kill at any moment leaves a run that resumes consistently.
 
-    out_dir/config.json, model.safetensors, tokenizer.json   save_backpack: load_backpack(out_dir)
-    out_dir/train_state.pt   step, tokens seen, optimizer state (keyed by parameter name), and what
-                             the run must keep to resume exactly (model config, seed, batch, data)
+    out_dir/checkpoints/step-00000040/   one complete checkpoint, a model in our format plus
+        config.json, model.safetensors,  the optimizer: load_backpack() reads it
+        tokenizer.json, tokenizer_config.json,
+        train_state.pt                   step, tokens seen, optimizer state (keyed by parameter
+                                         name), and what the run must keep to resume exactly
+        manifest.json                    written last: step and every file's size
+    out_dir/checkpoints/step-00000030/   the previous good checkpoint (kept)
+    out_dir/checkpoints/current          symlink -> step-00000040, switched with os.replace
+    out_dir/config.json, model.safetensors, tokenizer.json, ... symlinks into checkpoints/current,
+                                         so the run directory itself loads as the latest model
 
-Every file is written to a temporary name and renamed into place; train_state.pt goes last and
-the step is recorded in both it and config.json, so a save cut short is detected on resume.
+A checkpoint is written into `checkpoints/.partial-step-N-*`, every file flushed, the manifest
+last; the directory is then renamed to `step-N` (atomic), the `current` link switched, and all but
+the two newest complete checkpoints removed. `--resume` takes the newest complete checkpoint (its
+manifest present and every size matching), so weights and optimizer always come from the same
+step. A full disk keeps the last good checkpoint and says how much space was needed.
 There is no RNG state to keep: the batch and dropout masks of step N are functions of (seed, N).
 Under FSDP, full (unsharded) state dicts are gathered to rank 0, which alone writes.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -27,73 +39,224 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from ..loading import WEIGHTS_FILE, CheckpointError, save_backpack
+from ..files import atomic_write, fsync_dir, make_dir_readable, write_text_atomic
+from ..loading import CHECKPOINTS_DIR, CURRENT_LINK, WEIGHTS_FILE, CheckpointError, save_backpack
 from ..model import Backpack
-from ..tokenizer import Tokenizer
+from ..tokenizer import TOKENIZER_FILE, Tokenizer
 from .distributed import Dist
 
 STATE_FILE = "train_state.pt"
+MANIFEST = "manifest.json"
+# Files of a checkpoint linked from the run directory (the run directory loads as a model).
+LINKED_FILES = ("config.json", WEIGHTS_FILE, TOKENIZER_FILE, "tokenizer_config.json", STATE_FILE)
+KEEP = 2  # complete checkpoints kept: the newest and the previous good one
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
-def saved_step(out_dir: Path) -> int | None:
-    """The step of the checkpoint in out_dir, or None if there is none."""
-    config = out_dir / "config.json"
-    if not (out_dir / STATE_FILE).is_file() or not config.is_file():
-        return None
+class DiskFullError(CheckpointError):
+    """The disk (or quota) ran out while saving; the last good checkpoint is kept."""
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def _complete_step(ckpt: Path) -> int | None:
+    """The step of a complete checkpoint directory (manifest present, every file of its size)."""
     try:
-        return int(json.loads(config.read_text()).get("train_step", -1))
-    except (json.JSONDecodeError, ValueError, TypeError):
-        return -1
+        manifest = json.loads((ckpt / MANIFEST).read_text())
+        files = manifest["files"]
+        if any((ckpt / name).stat().st_size != size for name, size in files.items()):
+            return None
+        return int(manifest["step"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def find_checkpoint(out_dir: Path) -> tuple[Path, int] | None:
+    """(directory, step) of the newest complete checkpoint in a run directory, or None.
+    A run directory of the older flat layout (train_state.pt beside config.json) is one too."""
+    found = []
+    root = out_dir / CHECKPOINTS_DIR
+    if root.is_dir():
+        for ckpt in root.glob("step-*"):
+            step = _complete_step(ckpt) if ckpt.is_dir() and not ckpt.is_symlink() else None
+            if step is not None:
+                found.append((step, ckpt))
+    if found:
+        step, ckpt = max(found)
+        return ckpt, step
+    state, config = out_dir / STATE_FILE, out_dir / "config.json"
+    if state.is_file() and not state.is_symlink() and config.is_file():  # the flat layout
+        try:
+            return out_dir, int(json.loads(config.read_text()).get("train_step", -1))
+        except (json.JSONDecodeError, ValueError, TypeError, AttributeError):
+            return out_dir, -1
+    return None
+
+
+def saved_step(out_dir: Path) -> int | None:
+    """The step of the newest complete checkpoint in out_dir, or None if there is none."""
+    found = find_checkpoint(out_dir)
+    return None if found is None else found[1]
+
+
+def _tensor_bytes(obj) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:,.1f} MB"
+
+
+def _disk_full(out_dir: Path, step: int, needed: int, free: int) -> DiskFullError:
+    last = saved_step(out_dir)
+    kept = (f"the last good checkpoint (step {last}) is kept" if last is not None
+            else "no earlier checkpoint exists")
+    return DiskFullError(f"not enough disk space to save the checkpoint of step {step} in {out_dir}: "
+                         f"it needs about {_mb(needed)}, {_mb(free)} free; {kept}. Free some space, "
+                         f"then continue with --resume {out_dir}")
+
+
+def _link(target: str, link: Path) -> None:
+    """Make `link` a symlink to `target`, replacing whatever is there in one atomic step."""
+    tmp = link.parent / f".{link.name}.{os.getpid()}.link"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    os.symlink(target, tmp)
+    os.replace(tmp, link)
+
+
+def point_to(out_dir: Path, ckpt: Path) -> None:
+    """Switch checkpoints/current to `ckpt` (atomic) and link the model files from out_dir."""
+    root = out_dir / CHECKPOINTS_DIR
+    current = root / CURRENT_LINK
+    if not (current.is_symlink() and os.readlink(current) == ckpt.name):
+        _link(ckpt.name, current)
+        fsync_dir(root)
+    for name in LINKED_FILES:
+        target = f"{CHECKPOINTS_DIR}/{CURRENT_LINK}/{name}"
+        link = out_dir / name
+        if not (link.is_symlink() and os.readlink(link) == target):
+            _link(target, link)
+    fsync_dir(out_dir)
+
+
+def prune(out_dir: Path, keep: int = KEEP) -> None:
+    """Remove unfinished checkpoints and all complete ones but the `keep` newest (the one
+    `current` points to is always kept)."""
+    root = out_dir / CHECKPOINTS_DIR
+    current = root / CURRENT_LINK
+    pointed = os.readlink(current) if current.is_symlink() else None
+    for partial in root.glob(".partial-*"):
+        shutil.rmtree(partial, ignore_errors=True)
+    complete = sorted(((_complete_step(c), c) for c in root.glob("step-*") if c.is_dir()),
+                      key=lambda sc: -1 if sc[0] is None else sc[0], reverse=True)
+    kept = 0
+    for step, ckpt in complete:
+        if ckpt.name == pointed or (step is not None and kept < keep):
+            kept += step is not None
+            continue
+        shutil.rmtree(ckpt, ignore_errors=True)
+
+
+def _write(partial: Path, shell: Backpack, tokenizer: Tokenizer, state: dict, optim: dict) -> None:
+    """Every file of one checkpoint into `partial`, the manifest last."""
+    save_backpack(shell, tokenizer, partial,
+                  extra_config={"train_step": state["step"], "train_tokens": state["tokens"]})
+    atomic_write(partial / STATE_FILE, lambda p: torch.save({**state, "optimizer": optim}, p))
+    files = {p.name: p.stat().st_size for p in sorted(partial.iterdir()) if not p.name.startswith(".")}
+    manifest = {"step": state["step"], "files": files}
+    write_text_atomic(partial / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    fsync_dir(partial)
 
 
 def save_checkpoint(out_dir: Path, model: Backpack, optimizer: torch.optim.Optimizer,
-                    tokenizer: Tokenizer, state: dict, d: Dist) -> None:
-    """Called on every rank (FSDP gathers); rank 0 writes. `state` holds step, tokens, resume keys."""
+                    tokenizer: Tokenizer, state: dict, d: Dist) -> Path | None:
+    """Called on every rank (FSDP gathers); rank 0 writes. `state` holds step, tokens, resume keys.
+    Returns the new checkpoint directory (rank 0). DiskFullError / CheckpointError on failure,
+    with the previous checkpoint untouched."""
     weights = get_model_state_dict(model, options=FULL)
     optim = get_optimizer_state_dict(model, optimizer, options=FULL)
     if not d.is_main:
-        return
+        return None
+    step = state["step"]
     with torch.device("meta"):
         shell = Backpack(model.config)
     shell.load_state_dict(weights, assign=True)  # the full fp32 weights, on the CPU
-    save_backpack(shell, tokenizer, out_dir,
-                  extra_config={"train_step": state["step"], "train_tokens": state["tokens"]})
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{STATE_FILE}.", suffix=".tmp")
-    os.close(fd)
+    root = out_dir / CHECKPOINTS_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    needed = _tensor_bytes(weights) + _tensor_bytes(optim) + 4 * 2**20  # + tokenizer, config, headers
+    free = shutil.disk_usage(root).free
+    if free < needed:
+        raise _disk_full(out_dir, step, needed, free)
+    partial = Path(tempfile.mkdtemp(dir=root, prefix=f".partial-{checkpoint_name(step)}-"))
+    make_dir_readable(partial)
+    final = root / checkpoint_name(step)
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the file from other users
-        torch.save({**state, "optimizer": optim}, tmp)
-        os.replace(tmp, out_dir / STATE_FILE)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        _write(partial, shell, tokenizer, state, optim)
+        if final.exists():  # left by an earlier, abandoned continuation of this run
+            shutil.rmtree(final)
+        os.rename(partial, final)
+        fsync_dir(root)
+    except OSError as err:
+        shutil.rmtree(partial, ignore_errors=True)
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise _disk_full(out_dir, step, needed, shutil.disk_usage(root).free) from err
+        raise CheckpointError(f"cannot write the checkpoint of step {step} in {root}: "
+                              f"{err.strerror or err}; the last good checkpoint is kept") from err
+    point_to(out_dir, final)
+    prune(out_dir)
+    return final
 
 
-def read_train_state(out_dir: Path) -> dict:
-    """train_state.pt of a checkpoint (tensors and plain data only), checked against config.json."""
+def remove_checkpoints(out_dir: Path) -> None:
+    """Remove every checkpoint of a run directory (starting over with --overwrite)."""
+    shutil.rmtree(out_dir / CHECKPOINTS_DIR, ignore_errors=True)
+    for name in (*LINKED_FILES, MANIFEST):
+        path = out_dir / name
+        if path.is_symlink() or path.is_file():
+            path.unlink()
+
+
+def read_train_state(ckpt: Path) -> dict:
+    """train_state.pt of a checkpoint directory (tensors and plain data only), checked against
+    its config.json."""
     try:
-        state = torch.load(out_dir / STATE_FILE, map_location="cpu", weights_only=True)
+        state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated or foreign file: say so
-        raise CheckpointError(f"cannot read {out_dir / STATE_FILE}: {err}") from err
-    step = saved_step(out_dir)
-    if step != state.get("step"):
-        raise CheckpointError(f"the checkpoint in {out_dir} is inconsistent: weights at step {step}, "
-                              f"optimizer at step {state.get('step')} (a save was cut short). "
+        raise CheckpointError(f"cannot read {ckpt / STATE_FILE}: {str(err).splitlines()[0]}") from err
+    try:
+        step = int(json.loads((ckpt / "config.json").read_text()).get("train_step", -1))
+    except (OSError, json.JSONDecodeError, ValueError, TypeError, AttributeError):
+        step = -1
+    if not isinstance(state, dict) or step != state.get("step"):
+        got = state.get("step") if isinstance(state, dict) else None
+        raise CheckpointError(f"the checkpoint in {ckpt} is inconsistent: weights at step {step}, "
+                              f"optimizer at step {got} (a save was cut short). "
                               "Start over with --overwrite, or restore the directory from a copy")
     return state
 
 
-def load_checkpoint(out_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
-    """Load the weights and `state`'s optimizer state into a (possibly sharded) model."""
+def load_checkpoint(ckpt: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Load a checkpoint directory's weights and `state`'s optimizer state into a (possibly
+    sharded) model."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    weights = {k.removeprefix("backpack."): v for k, v in load_file(str(out_dir / WEIGHTS_FILE)).items()}
+    try:
+        weights = {k.removeprefix("backpack."): v for k, v in load_file(str(ckpt / WEIGHTS_FILE)).items()}
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"cannot read {ckpt / WEIGHTS_FILE}: {err}") from err
     try:
         set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True))
         set_optimizer_state_dict(model, optimizer, state["optimizer"],
                                  options=StateDictOptions(full_state_dict=True))
     except (RuntimeError, KeyError, ValueError) as err:
-        raise CheckpointError(f"the checkpoint in {out_dir} does not fit this model: {err}") from err
+        raise CheckpointError(f"the checkpoint in {ckpt} does not fit this model: {err}") from err

@@ -31,6 +31,7 @@ CONFIG_DIR = (_CHECKOUT_CONFIG_DIR if _CHECKOUT_CONFIG_DIR.is_dir()
               else Path(__file__).resolve().parent.parent / "shipped_configs")
 SCHEDULES = ("linear", "cosine", "constant")
 TRAIN_DTYPES = ("auto", "float32", "bfloat16")
+NONFINITE_ACTIONS = ("stop", "skip")
 VOCAB_MULTIPLE = 64
 
 
@@ -71,6 +72,8 @@ class TrainConfig:
     log_every: int = 10  # steps between metric lines
     out_dir: str = ""  # run directory; "": runs/<config file name>
     peak_tflops: float = 0.0  # accelerator peak for MFU; 0: look up the GPU (null on CPU)
+    on_nonfinite: str = "stop"  # a NaN/Inf loss or gradient: stop (last checkpoint kept) | skip the update
+    max_skipped: int = 10  # with on_nonfinite=skip: stop after this many skipped steps in a row
 
 
 @dataclass
@@ -285,6 +288,11 @@ def validate(cfg: RunConfig) -> None:
         problems.append("train.weight_decay, grad_clip and peak_tflops must be >= 0 and eps > 0")
     if t.device not in ("auto", "cpu", "cuda", "mps") and not t.device.startswith("cuda:"):
         problems.append(f"train.device must be auto, cpu, cuda, cuda:N or mps, got {t.device!r}")
+    if t.on_nonfinite not in NONFINITE_ACTIONS:
+        problems.append(f"train.on_nonfinite must be one of {', '.join(NONFINITE_ACTIONS)}, "
+                        f"got {t.on_nonfinite!r}")
+    if t.max_skipped < 1:
+        problems.append(f"train.max_skipped must be >= 1, got {t.max_skipped}")
     if cfg.data.seq_len < 2:
         problems.append(f"data.seq_len must be >= 2, got {cfg.data.seq_len}")
     dropout = {key: cfg.model.get(key, 0.0) for key in ("embd_pdrop", "resid_pdrop")}

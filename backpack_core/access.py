@@ -1,0 +1,94 @@
+"""What a server (the app) may open on behalf of its visitors: an allow-list of model roots.
+
+A visitor of the dashboard may pick a model directory, a run's metrics file or a hub id; the
+server must not become a way to read its own files. The operator sets:
+
+    BACKPACK_MODEL_ROOTS   directories (os.pathsep-separated) under which models and runs may be
+                           opened. Default: the shipped model's directory, ./runs under the
+                           server's working directory, and the directory of BACKPACK_MODEL.
+    BACKPACK_ALLOW_HUB     hub ids a visitor may load: unset or "0" = none (the default), "1" =
+                           any, or a comma-separated list of ids (e.g. stanfordnlp/backpack-gpt2).
+                           BACKPACK_MODEL, set by the operator, is always allowed.
+
+Paths are resolved (symlinks and `..` followed) before the check, and a refused path gets the
+same message whether or not it exists: nothing about the server's files is revealed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from .loading import DEFAULT_MODEL_DIR, REPO_ROOT
+
+ROOTS_ENV = "BACKPACK_MODEL_ROOTS"
+HUB_ENV = "BACKPACK_ALLOW_HUB"
+MODEL_ENV = "BACKPACK_MODEL"
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class AccessError(ValueError):
+    """A path or hub id outside what the operator allows; says so without revealing more."""
+
+
+def model_roots() -> list[Path]:
+    """The directories under which this server opens models and runs (resolved)."""
+    value = os.environ.get(ROOTS_ENV, "").strip()
+    if value:
+        roots = [Path(p).expanduser() for p in value.split(os.pathsep) if p.strip()]
+    else:
+        roots = [DEFAULT_MODEL_DIR, Path.cwd() / "runs", REPO_ROOT / "runs"]
+        operator_model = os.environ.get(MODEL_ENV, "").strip()
+        if operator_model and Path(operator_model).expanduser().is_dir():
+            roots.append(Path(operator_model).expanduser())
+    return [p.resolve() for p in roots]
+
+
+def _refused(what: str) -> AccessError:
+    return AccessError(f"{what} is outside the model directories this server may open; the "
+                       f"operator sets them with {ROOTS_ENV}")
+
+
+def allowed_path(path: str | os.PathLike, what: str = "this path") -> Path:
+    """`path`, resolved, if it lies under an allowed root; else AccessError (same message
+    whether or not it exists)."""
+    resolved = Path(path).expanduser().resolve()
+    if any(resolved == root or resolved.is_relative_to(root) for root in model_roots()):
+        return resolved
+    raise _refused(what)
+
+
+def hub_allowed(hub_id: str) -> bool:
+    if hub_id == os.environ.get(MODEL_ENV, "").strip():
+        return True
+    value = os.environ.get(HUB_ENV, "").strip()
+    if value in ("", "0", "false", "no"):
+        return False
+    if value in ("1", "true", "yes", "*"):
+        return True
+    return hub_id in {v.strip() for v in value.split(",")}
+
+
+def allowed_source(source: str | None) -> str | None:
+    """A model source a visitor asked for (None: the default model), checked: a local directory
+    under the roots, or a hub id the operator allows. Returns what to load."""
+    if source is None or not str(source).strip():
+        return None
+    text = str(source).strip()
+    if text == os.environ.get(MODEL_ENV, "").strip():
+        return text  # the operator's own default
+    path = Path(text).expanduser()
+    looks_local = text.startswith((".", "/", "~", os.sep)) or not HUB_ID.match(text)
+    if looks_local or path.resolve().is_dir():
+        try:
+            return str(allowed_path(path, "this model directory"))
+        except AccessError:
+            if looks_local:
+                raise
+    if hub_allowed(text):
+        if path.exists():  # the loader would read the local path, not the hub
+            raise _refused("this model directory")
+        return text
+    raise AccessError(f"loading models from the hub is not enabled on this server (the operator "
+                      f"allows hub ids with {HUB_ENV}); choose the shipped model or a local run")

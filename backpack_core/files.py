@@ -1,0 +1,65 @@
+"""Writing files so that a reader (or a resumed run) never sees half of one.
+
+`atomic_write(path, write)` lets `write` fill a temporary file in the same directory, flushes it
+to disk, and renames it over `path` (os.replace is atomic on POSIX): a crash leaves either the old
+file or the new one, plus at most a `.NAME.*.tmp` file that nothing reads.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def fsync_file(path: str | os.PathLike) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make renames inside `path` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> None:
+    """`write(tmp_path)` writes the content; then it is flushed and renamed onto `path`."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; our files are for everyone to read
+    try:
+        write(Path(tmp))
+        fsync_file(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+
+
+def make_dir_readable(path: str | os.PathLike) -> None:
+    """mkdtemp makes 0700 directories; a model directory is for everyone to read."""
+    os.chmod(path, 0o777 & ~_umask())

@@ -1,0 +1,115 @@
+"""Bounds on the work one request may ask for, in one place: the command-line tools, the app and
+the core all refuse past them with a message naming the limit (`LimitError`).
+
+    MAX_WORD_CHARS        a word looked up (senses, edits, ?word= links)
+    MAX_TEXT_CHARS        a text read by a forward pass (before tokenizing; the model reads at
+                          most n_positions tokens of it anyway)
+    MAX_EDITS             edits in one edit set
+    MAX_EDIT_SET_BYTES    an edit set as JSON: uploads, the JSON box, files
+    MAX_LINK_CHARS        a shared link's query string (the app's view in the URL)
+    model size            a config's parameters must fit the memory available (checked before
+                          anything is allocated): `check_model_fits`
+
+An operator may change the numbers with environment variables of the same name prefixed
+BACKPACK_ (e.g. BACKPACK_MAX_EDITS=5000).
+"""
+
+from __future__ import annotations
+
+import os
+
+
+class LimitError(ValueError):
+    """A request is larger than a limit; the message names the limit and the size asked for."""
+
+
+def _limit(name: str, default: int) -> int:
+    value = os.environ.get(f"BACKPACK_{name}")
+    if value is None:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise LimitError(f"BACKPACK_{name}={value!r} must be a positive integer") from None
+    if number < 1:
+        raise LimitError(f"BACKPACK_{name}={value!r} must be a positive integer")
+    return number
+
+
+MAX_WORD_CHARS = _limit("MAX_WORD_CHARS", 200)
+MAX_TEXT_CHARS = _limit("MAX_TEXT_CHARS", 200_000)
+MAX_EDITS = _limit("MAX_EDITS", 1_000)
+MAX_EDIT_SET_BYTES = _limit("MAX_EDIT_SET_BYTES", 1_000_000)
+MAX_LINK_CHARS = _limit("MAX_LINK_CHARS", 16_000)
+
+
+def check_size(size: int, limit: int, what: str, unit: str, setting: str,
+               error: type[Exception] = LimitError) -> None:
+    """Refuse `size` (of `what`, counted in `unit`) above `limit` (environment: `setting`)."""
+    if size > limit:
+        raise error(f"{what} is too long: {size:,} {unit}; the limit is {limit:,} {unit} "
+                    f"(BACKPACK_{setting})")
+
+
+def check_word(word: str, error: type[Exception] = LimitError) -> None:
+    check_size(len(word), MAX_WORD_CHARS, "the word", "characters", "MAX_WORD_CHARS", error)
+
+
+def check_text(text: str, what: str = "the text", error: type[Exception] = LimitError) -> None:
+    check_size(len(text), MAX_TEXT_CHARS, what, "characters", "MAX_TEXT_CHARS", error)
+
+
+def check_edit_count(n: int, error: type[Exception] = LimitError) -> None:
+    if n > MAX_EDITS:
+        raise error(f"the edit set has {n:,} edits; the limit is {MAX_EDITS:,} edits per set "
+                    "(BACKPACK_MAX_EDITS)")
+
+
+def check_edit_set_bytes(n: int, error: type[Exception] = LimitError) -> None:
+    check_size(n, MAX_EDIT_SET_BYTES, "the edit set", "bytes", "MAX_EDIT_SET_BYTES", error)
+
+
+def check_link(query: str, error: type[Exception] = LimitError) -> None:
+    check_size(len(query), MAX_LINK_CHARS, "the link", "characters", "MAX_LINK_CHARS", error)
+
+
+# ----------------------------------------------------------------------------------------------
+# Model size against memory
+# ----------------------------------------------------------------------------------------------
+
+def available_memory(device=None) -> int:
+    """Bytes a new model may take on `device`: free GPU memory for cuda, else the RAM the OS
+    reports available (MemAvailable), else the physical RAM."""
+    if device is not None and getattr(device, "type", str(device).split(":")[0]) == "cuda":
+        import torch
+
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 2**63 - 1
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:,.1f} GiB"
+
+
+def check_model_fits(n_parameters: int, bytes_per_parameter: int, device=None,
+                     what: str = "this model") -> None:
+    """Refuse a model whose parameters (times bytes_per_parameter: 4 to hold fp32 weights, 16 to
+    train with AdamW) exceed the available memory, before anything is allocated."""
+    needed = n_parameters * bytes_per_parameter
+    free = available_memory(device)
+    if needed > free:
+        raise LimitError(f"{what} has {n_parameters:,} parameters: about {_gib(needed)} at "
+                         f"{bytes_per_parameter} bytes each, more than the {_gib(free)} of memory "
+                         f"available{' on ' + str(device) if device is not None else ''} (the limit); "
+                         "check n_layer, n_embd, vocab_size and n_positions")

@@ -1,0 +1,95 @@
+"""The server's allow-list (backpack_core.access): the app opens models and runs only under the
+operator's model roots, refuses other paths without revealing whether they exist, and loads hub
+ids only when the operator allows them."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from backpack_core import access
+from backpack_core.loading import DEFAULT_MODEL_DIR
+
+
+@pytest.fixture
+def server(tmp_path, monkeypatch):
+    """A server working directory with runs/ (the default roots) and secrets outside it."""
+    monkeypatch.chdir(tmp_path)
+    for name in (access.ROOTS_ENV, access.HUB_ENV, access.MODEL_ENV):
+        monkeypatch.delenv(name, raising=False)
+    (tmp_path / "runs" / "mine").mkdir(parents=True)
+    (tmp_path / "runs" / "mine" / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n')
+    (tmp_path / "secret").mkdir()
+    (tmp_path / "secret" / "key.txt").write_text("x")
+    (tmp_path / "runs" / "escape").symlink_to(tmp_path / "secret")
+    return tmp_path
+
+
+def message(fn, *args) -> str:
+    with pytest.raises(access.AccessError) as info:
+        fn(*args)
+    return str(info.value)
+
+
+def test_default_roots_are_the_shipped_model_and_runs(server):
+    assert access.allowed_source(str(server / "runs" / "mine")) == str(server / "runs" / "mine")
+    assert access.allowed_source("runs/mine") == str(server / "runs" / "mine")
+    assert access.allowed_source(str(DEFAULT_MODEL_DIR)) == str(DEFAULT_MODEL_DIR.resolve())
+    assert access.allowed_source(None) is None
+    assert access.allowed_path("runs/mine/metrics.jsonl") == server / "runs" / "mine" / "metrics.jsonl"
+
+
+def test_paths_outside_are_refused_without_revealing_existence(server):
+    refusals = {message(access.allowed_path, p, "this metrics file")
+                for p in ("/etc/shadow", "/etc/no-such-file", str(server / "secret" / "key.txt"),
+                          "runs/../secret/key.txt", "runs/escape/key.txt")}
+    assert len(refusals) == 1 and "outside the model directories" in refusals.pop()
+    dirs = {message(access.allowed_source, p) for p in ("/etc", "/no/such/dir", "./secret", "~")}
+    assert len(dirs) == 1
+    for text in dirs:
+        assert "/etc" not in text and "secret" not in text
+
+
+def test_hub_ids_only_when_the_operator_allows(server, monkeypatch):
+    assert "not enabled" in message(access.allowed_source, "stanfordnlp/backpack-gpt2")
+    assert "not enabled" in message(access.allowed_source, "secret/key.txt")  # not read as a path
+    monkeypatch.setenv(access.HUB_ENV, "stanfordnlp/backpack-gpt2")
+    assert access.allowed_source("stanfordnlp/backpack-gpt2") == "stanfordnlp/backpack-gpt2"
+    assert "not enabled" in message(access.allowed_source, "someone/else")
+    monkeypatch.setenv(access.HUB_ENV, "1")
+    assert access.allowed_source("someone/else") == "someone/else"
+    monkeypatch.delenv(access.HUB_ENV)
+    monkeypatch.setenv(access.MODEL_ENV, "someone/default")  # the operator's own choice
+    assert access.allowed_source("someone/default") == "someone/default"
+
+
+def test_operator_sets_the_roots(server, monkeypatch):
+    monkeypatch.setenv(access.ROOTS_ENV, os.pathsep.join([str(server / "secret"), "/nowhere"]))
+    assert access.allowed_path(server / "secret" / "key.txt") == server / "secret" / "key.txt"
+    assert "outside" in message(access.allowed_path, server / "runs" / "mine")
+
+
+def test_models_page_refuses_paths_outside_the_roots(tiny_model_dir, monkeypatch, tmp_path):
+    from streamlit.testing.v1 import AppTest
+
+    app = Path(__file__).resolve().parent.parent / "app"
+    if str(app) not in sys.path:
+        sys.path.insert(0, str(app))
+    monkeypatch.setenv(access.MODEL_ENV, str(tiny_model_dir))
+    monkeypatch.setenv("BACKPACK_DEVICE", "cpu")
+    monkeypatch.setenv(access.ROOTS_ENV, str(tiny_model_dir))
+    at = AppTest.from_file(str(app / "Home.py"), default_timeout=60)
+    at.switch_page("app_pages/models.py")
+    at.run()
+    at.radio(key="models:kind").set_value("directory").run()
+    at.text_input(key="models:dir").input("/etc").run()
+    at.button(key="models:load").click().run()
+    errors = " ".join(str(e.value) for e in at.error)
+    assert not at.exception and "outside the model directories" in errors and "/etc" not in errors
+    at.selectbox(key="models:metrics").set_value("another file…").run()
+    at.text_input(key="models:metrics-path").input("/etc/passwd").run()
+    errors = " ".join(str(e.value) for e in at.error)
+    assert "outside the model directories" in errors and "has no records" not in errors

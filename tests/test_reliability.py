@@ -1,0 +1,243 @@
+"""Every bad input a clear one-line message (and a JSON error object with --json), bounded work
+for every request, non-finite values refused. docs/RELIABILITY.md lists each case with its test."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from analyses import attribute as attribute_cli
+from analyses import sense_topk
+from analyses._cli import run
+from backpack_core import cli, limits
+from backpack_core.config import PRESETS, ModelConfig
+from backpack_core.edits import EditError, EditSet
+from backpack_core.inspect import WordError, resolve_word
+from backpack_core.loading import CheckpointError, load_backpack, resolve_device
+from backpack_core.model import Backpack, count_parameters
+from tests.conftest import strict_json
+
+
+def run_topk(argv: list[str], capsys) -> tuple[int, str, str]:
+    code = run(sense_topk.main, argv, prog="sense_topk")
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def refused(argv: list[str], capsys, message: str, kind: str) -> None:
+    """Exit 2, one line on stderr naming the problem, no traceback; with --json the same error
+    as a JSON object on stdout (and nothing else there)."""
+    code, out, err = run_topk(argv, capsys)
+    assert code == 2 and out == "" and err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith("sense_topk: error: ") and message in err, err
+    code, out, err = run_topk([*argv, "--json"], capsys)
+    assert code == 2 and strict_json(out) == {"error": err.removeprefix("sense_topk: error: ").strip(),
+                                              "kind": kind}
+
+
+def damaged(tiny_model_dir, tmp_path, name: str):
+    path = tmp_path / name
+    shutil.copytree(tiny_model_dir, path)
+    return path
+
+
+def edit_config(path, **changes) -> None:
+    config = json.loads((path / "config.json").read_text())
+    config.update(changes)
+    (path / "config.json").write_text(json.dumps(config))
+
+
+def test_damaged_weights_file(tiny_model_dir, tmp_path, capsys):
+    weights = (tiny_model_dir / "model.safetensors").read_bytes()
+    cases = {"truncated": weights[:1000], "empty": b"",
+             "huge_header": struct.pack("<Q", 2**62) + weights[8:]}
+    for name, content in cases.items():
+        path = damaged(tiny_model_dir, tmp_path, name)
+        (path / "model.safetensors").write_bytes(content)
+        refused(["--model", str(path), "--word", "bank"], capsys,
+                "is not a readable safetensors file", "checkpoint")
+
+
+@pytest.mark.parametrize("content, message", [
+    ("[1, 2]", "must hold a JSON object of settings, got a list"),
+    ("{not json", "is not valid JSON"),
+])
+def test_config_that_is_not_an_object(tiny_model_dir, tmp_path, capsys, content, message):
+    path = damaged(tiny_model_dir, tmp_path, "model")
+    (path / "config.json").write_text(content)
+    refused(["--model", str(path), "--word", "bank"], capsys, message, "checkpoint")
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"layer_norm_epsilon": "abc"}, "layer_norm_epsilon must be a number in (0, 1), got 'abc'"),
+    ({"sense_mask_value": float("nan")}, "sense_mask_value must be a finite number or null, got nan"),
+    ({"n_layer": True}, "n_layer must be a positive integer"),
+    ({"resid_pdrop": 2}, "resid_pdrop must be a number in [0, 1)"),
+])
+def test_config_values_are_checked(tiny_model_dir, tmp_path, capsys, changes, message):
+    path = damaged(tiny_model_dir, tmp_path, "model")
+    edit_config(path, **changes)
+    refused(["--model", str(path), "--word", "bank"], capsys, message, "checkpoint")
+
+
+@pytest.mark.parametrize("changes", [{"n_layer": 10**9}, {"n_embd": 10**9, "n_head": 1, "num_senses": 1}])
+def test_huge_config_is_refused_before_allocation(tiny_model_dir, tmp_path, capsys, changes):
+    path = damaged(tiny_model_dir, tmp_path, "model")
+    edit_config(path, **changes)
+    refused(["--model", str(path), "--word", "bank"], capsys, "of memory available on cpu (the limit)",
+            "limit")
+
+
+def test_parameter_count_without_building_matches_the_model():
+    for values in (PRESETS["tiny"], {**PRESETS["tiny"], "model_kind": "transformer"},
+                   {**PRESETS["tiny"], "n_inner": 50, "sense_intermediate_scale": 3}):
+        config = ModelConfig(**values)
+        assert config.parameter_count() == count_parameters(Backpack(config))["total"]
+
+
+def test_nan_weights_are_refused(tiny_model_dir, tmp_path, capsys):
+    path = damaged(tiny_model_dir, tmp_path, "model")
+    state = load_file(str(path / "model.safetensors"))
+    name = sorted(state)[2]
+    state[name][0] = float("nan")
+    save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
+    refused(["--model", str(path), "--word", "bank"], capsys,
+            f"hold NaN or infinite values in 1 tensor(s): {name.removeprefix('backpack.')}", "checkpoint")
+
+
+def test_garbage_or_missing_tokenizer(tiny_model_dir, tmp_path, capsys):
+    path = damaged(tiny_model_dir, tmp_path, "garbage")
+    (path / "tokenizer.json").write_text("{garbage")
+    refused(["--model", str(path), "--word", "bank"], capsys, "tokenizer.json is not a valid tokenizer file",
+            "checkpoint")
+    path = damaged(tiny_model_dir, tmp_path, "missing")
+    (path / "tokenizer.json").unlink()
+    refused(["--model", str(path), "--word", "bank"], capsys,
+            f"the tokenizer of {path} is missing: looked for {path / 'tokenizer.json'}", "checkpoint")
+
+
+def test_invalid_utf8_argument(tiny_model_dir, capsys):
+    bad = b"The bank \xff of".decode("utf-8", "surrogateescape")  # what Python makes of such argv
+    code = run(attribute_cli.main, ["--model", str(tiny_model_dir), "--text", bad, "--target", " the",
+                                    "--json"], prog="attribute")
+    captured = capsys.readouterr()
+    assert code == 2 and "--text is not valid UTF-8 text: byte b'\\xff' at character 9" in captured.err
+    assert strict_json(captured.out)["kind"] == "usage"
+
+
+@pytest.mark.skipif(torch.backends.mps.is_available() or torch.cuda.is_available(),
+                    reason="needs a machine without MPS and CUDA")
+def test_unavailable_device(tiny_model_dir, capsys):
+    refused(["--model", str(tiny_model_dir), "--word", "bank", "--device", "mps"], capsys,
+            "device 'mps' was asked for but this machine has no Apple GPU (MPS)", "input")
+    for device, message in (("cuda:1", "no CUDA GPU"), ("tpu", "unknown device"),
+                            ("meta", "not supported")):
+        with pytest.raises(ValueError, match=message):
+            resolve_device(device)
+
+
+def test_usage_errors_are_json_too(capsys):
+    code, out, err = run_topk(["--json"], capsys)
+    assert code == 2 and strict_json(out) == {
+        "error": "the following arguments are required: --word (see python -m analyses.sense_topk --help)",
+        "kind": "usage"}
+
+
+def test_json_output_is_strict_and_whole():
+    assert cli.json_text({"a": float("nan"), "b": [float("inf"), 1.5], "c": (1, 2),
+                          "d": torch.tensor(2.5), "e": torch.tensor([1.0, float("nan")])}) == \
+        '{"a": null, "b": [null, 1.5], "c": [1, 2], "d": 2.5, "e": [1.0, null]}'
+
+
+def test_unexpected_errors_are_one_line_too(capsys, monkeypatch):
+    def buggy(argv):
+        raise KeyError("oops")
+
+    monkeypatch.delenv("BACKPACK_DEBUG", raising=False)
+    assert cli.run_main(buggy, ["--json"], prog="x") == cli.EXIT_INTERNAL
+    captured = capsys.readouterr()
+    assert captured.err.startswith("x: error: internal error: KeyError") and "Traceback" not in captured.err
+    assert strict_json(captured.out)["kind"] == "internal"
+
+
+# -- bounded work --
+
+def test_long_word_is_refused_fast(tiny_model_dir, tiny_tokenizer, capsys):
+    with pytest.raises(WordError, match=r"the word is too long: 100,000 characters; the limit is 200"):
+        resolve_word(tiny_tokenizer, "a" * 100_000)
+    refused(["--model", str(tiny_model_dir), "--word", "b" * 20_000], capsys,
+            "the word is too long: 20,001 characters", "limit")  # read as " bbb..."
+
+
+def test_edit_set_limits(tmp_path):
+    one = {"kind": "scale_sense", "word": " bank", "sense": 0, "factor": 2}
+    many = {"version": 1, "edits": [one] * (limits.MAX_EDITS + 1)}
+    with pytest.raises(EditError, match=r"has 1,001 edits; the limit is 1,000 edits per set"):
+        EditSet.from_dict(many)
+    text = json.dumps({"version": 1, "edits": [one], "description": "x" * limits.MAX_EDIT_SET_BYTES})
+    with pytest.raises(EditError, match=r"the edit set is too long: [\d,]+ bytes; the limit is 1,000,000"):
+        EditSet.from_json(text)
+    (tmp_path / "big.json").write_text(text)
+    with pytest.raises(EditError, match="the edit set is too long"):
+        EditSet.load(tmp_path / "big.json")
+    assert len(EditSet.from_dict({"version": 1, "edits": [one] * limits.MAX_EDITS})) == limits.MAX_EDITS
+
+
+def test_limits_are_set_by_the_operator(monkeypatch):
+    monkeypatch.setenv("BACKPACK_MAX_EDITS", "5")
+    assert limits._limit("MAX_EDITS", 1000) == 5
+    monkeypatch.setenv("BACKPACK_MAX_EDITS", "many")
+    with pytest.raises(limits.LimitError, match="must be a positive integer"):
+        limits._limit("MAX_EDITS", 1000)
+
+
+def test_load_backpack_raises_checkpoint_errors(tiny_model_dir, tmp_path):
+    """The same checks for Python callers (the app) as for the command line."""
+    path = damaged(tiny_model_dir, tmp_path, "model")
+    (path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+        load_backpack(path)
+
+
+# -- the app reaches the same limits through the core --
+
+def app_test(query: dict[str, str], page: str, monkeypatch, tiny_model_dir):
+    import sys
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    app = Path(__file__).resolve().parent.parent / "app"
+    if str(app) not in sys.path:
+        sys.path.insert(0, str(app))
+    monkeypatch.setenv("BACKPACK_MODEL", str(tiny_model_dir))
+    monkeypatch.setenv("BACKPACK_DEVICE", "cpu")
+    at = AppTest.from_file(str(app / "Home.py"), default_timeout=60)
+    for key, value in query.items():
+        at.query_params[key] = value
+    at.switch_page(f"app_pages/{page}.py")
+    return at.run()
+
+
+def test_app_long_word_link_is_refused(monkeypatch, tiny_model_dir):
+    at = app_test({"word": "a" * 20_000}, "senses", monkeypatch, tiny_model_dir)
+    assert not at.exception
+    assert "the word is too long: 20,000 characters" in " ".join(str(e.value) for e in at.error)
+
+
+def test_app_edit_set_link_is_bounded(monkeypatch, tiny_model_dir):
+    at = app_test({}, "steer", monkeypatch, tiny_model_dir)  # puts app/ on sys.path
+    import state  # app/state.py
+
+    one = {"kind": "scale_sense", "word": " bank", "sense": 0, "factor": 2}
+    link = state.encode_edits({"version": 1, "edits": [one] * (limits.MAX_EDITS + 1)})
+    with pytest.raises(EditError, match="1,001 edits; the limit is 1,000"):
+        state.decode_edits(link)
+    at = app_test({"edits": link, "text": "The bank"}, "steer", monkeypatch, tiny_model_dir)
+    assert not at.exception and at.session_state["edit_set"]["edits"] == []
+    assert "the limit is 1,000 edits per set" in " ".join(str(e.value) for e in [*at.error, *at.warning])
