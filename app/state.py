@@ -28,6 +28,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import streamlit as st
 
@@ -37,7 +38,7 @@ if str(REPO_ROOT) not in sys.path:  # `streamlit run app/Home.py` from anywhere
 
 import views  # noqa: E402  (app/views.py: the view model)
 
-from backpack_core import access  # noqa: E402
+from backpack_core import access, limits  # noqa: E402
 from backpack_core.edits import EditError  # noqa: E402
 from backpack_core.loading import DEFAULT_MODEL_DIR, load_backpack  # noqa: E402
 from backpack_core.session import ContextSession  # noqa: E402
@@ -226,7 +227,7 @@ def text_area(page: str, label: str = "Text", height: int = 110, help: str | Non
     key = f"{page}:text"
     if key not in st.session_state:
         st.session_state[key] = st.session_state.get("text", DEFAULT_TEXT)
-    value = st.text_area(label, key=key, height=height, help=help)
+    value = st.text_area(label, key=key, height=height, help=help, max_chars=limits.MAX_TEXT_CHARS)
     st.session_state["text"] = value
     return value
 
@@ -286,7 +287,19 @@ def read_url_once(page: str) -> dict[str, str]:
     if st.session_state.get(flag):
         return {}
     st.session_state[flag] = True
-    return {k: st.query_params[k] for k in st.query_params}
+    return link_params()
+
+
+def link_params() -> dict[str, str]:
+    """The query parameters, or {} with a warning in the sidebar when the link is longer than
+    the server's limit (MAX_LINK_CHARS): an oversized link is refused whole, not read."""
+    params = {k: st.query_params[k] for k in st.query_params}
+    try:
+        limits.check_link(urlencode(params))
+    except limits.LimitError as err:
+        st.session_state["_url_problem"] = f"The link was not used: {err}."
+        return {}
+    return params
 
 
 def restore_text(page: str, params: dict[str, str]) -> None:
@@ -342,8 +355,9 @@ def sidebar() -> None:
         label = f"{choice.name} · {p.device.type} · {str(p.dtype).removeprefix('torch.')}"
     with st.sidebar:
         st.caption(f"**Model:** {label}")
-        if st.session_state.get("_url_model_problem"):
-            st.warning(st.session_state["_url_model_problem"])
+        for problem in ("_url_problem", "_url_model_problem"):
+            if st.session_state.get(problem):
+                st.warning(st.session_state[problem])
         n = len(st.session_state.get("edit_set", EMPTY_EDITS).get("edits", []))
         if n:
             st.caption(f"**Edits:** {n} active (Steer page)")

@@ -591,3 +591,14 @@ def test_streamlit_config_keeps_the_app_local_and_quiet():
     assert config["client"]["showErrorDetails"] == "none"
     # a ":material/...:" page icon is fetched from fonts.gstatic.com: the favicon is a local file
     assert 'page_icon=":material' not in (APP / "Home.py").read_text() and (APP / "icon.png").is_file()
+
+
+def test_an_oversized_link_is_refused_whole_and_the_text_box_is_bounded(app_model):
+    from backpack_core import limits
+
+    long_text = "the river bank " * (limits.MAX_LINK_CHARS // 10)
+    at = ok(page("context", text=long_text))
+    warning = " ".join(w.value for w in at.sidebar.warning)
+    assert "The link was not used" in warning and "MAX_LINK_CHARS" in warning
+    assert at.text_area(key="context:text").value != long_text  # the default text, not the link's
+    assert at.text_area(key="context:text").proto.max_chars == limits.MAX_TEXT_CHARS
