@@ -167,3 +167,19 @@ def test_installed_wheel_works_from_another_directory(wheel, overlay_venv, tmp_p
     proc = run("-m", "analyses.sense_topk", "--word", "science", "--json")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout)["word"].strip() == "science"
+
+
+def readme_python_blocks() -> list[str]:
+    text = (REPO / "README.md").read_text()
+    return [block.strip() for block in re.findall(r"```python\n(.*?)```", text, flags=re.S)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("index", range(len(readme_python_blocks())))
+def test_readme_python_examples_run_as_written(index, tmp_path):
+    """Each ```python block of the README, pasted into a fresh interpreter at the repo root."""
+    code = readme_python_blocks()[index]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, f"README example {index}:\n{code}\n{proc.stderr[-3000:]}"
