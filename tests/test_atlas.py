@@ -321,3 +321,56 @@ def test_cli_refusals(cli, name, message):
     assert "\n" not in text and message in text, text
     if r["stdout"]:
         assert strict_json(r["stdout"]).keys() == {"error", "kind"}
+
+
+# -- the Senses page's Atlas section -----------------------------------------------------------------
+
+def test_senses_page_atlas(tiny_tokenizer):
+    pytest.importorskip("streamlit")
+    from tests.test_app import load_backpack, ok, page, state  # noqa: F401  (sets sys.path for app/)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(state.MODEL_ENV, str(_tiny_dir))
+        mp.setenv(state.DEVICE_ENV, "cpu")
+        mp.setenv(state.DTYPE_ENV, "float32")
+        mp.setenv("BACKPACK_CACHE", str(_tiny_dir.parent / "atlas-app-cache"))
+        model, tokenizer = load_backpack(_tiny_dir)
+        at = ok(page("senses"))
+        n_frames = len(at.dataframe)
+        built = lambda: [c for c in at.caption if "tokens in windows" in str(c.value)]  # noqa: E731
+        assert not built()  # nothing until the atlas is built
+        at.number_input(key="senses:atlas-tokens").set_value(1000)
+        next(b for b in at.button if b.label == "Build or load the atlas").click().run()
+        ok(at)
+        assert "1,000 tokens in windows of 64" in str(built()[0].value)
+        at.text_input(key="senses:atlas-word").input(" the").run()
+        ok(at)
+        expected = SenseAtlas.for_corpus(model, tokenizer, read_corpus("ptb", tokenizer, 1000),
+                                         progress=False).word_report(" the", top=0)
+        assert expected.occurrences > 0
+        usage = at.dataframe[n_frames].value  # the first after the page's own tables
+        assert usage["mean weight"].tolist() == pytest.approx(
+            [round(s.mean_weight, 4) for s in expected.senses], abs=1e-4)
+        assert usage["dead"].tolist() == [s.dead for s in expected.senses]
+        busiest = max(expected.senses, key=lambda u: u.total_weight).sense
+        assert at.selectbox(key="senses:atlas-sense: the").value == busiest
+        snippets = [m.value for m in at.markdown if "font-weight:600" in m.value]
+        assert snippets and all("the" in s for s in snippets)
+        assert len(at.dataframe) == n_frames + 3  # usage, per-sense table, dead senses
+        # another sense: its contexts
+        at.selectbox(key="senses:atlas-sense: the").set_value((busiest + 1) % model.config.num_senses).run()
+        ok(at)
+        # a bad upload choice: one message, no exception
+        at.radio(key="senses:atlas-source").set_value("Upload a text file")
+        next(b for b in at.button if b.label == "Build or load the atlas").click().run()
+        ok(at)
+        assert any("upload a UTF-8 text file first" in str(e.value) for e in at.error)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _tiny_dir_global(tiny_model_dir):
+    global _tiny_dir
+    _tiny_dir = tiny_model_dir
+
+
+_tiny_dir = None

@@ -1,5 +1,7 @@
-"""Senses: a word's senses as top / bottom words, two words side by side, and sense search."""
+"""Senses: a word's senses as top / bottom words, two words side by side, sense search, and the
+atlas (how each sense is used over a corpus)."""
 
+import atlas_views
 import components as ui
 import state
 import streamlit as st
@@ -137,6 +139,68 @@ if query:
             chart.plotly_chart(ui.bars([f"{r['word']} · {r['sense']}" for r in rows],
                                        [r["score"] for r in rows], "score by (word · sense)",
                                        y_title="score", height=360), key=f"{PAGE}:search-chart")
+
+st.divider()
+st.subheader("Atlas: senses in use over a corpus")
+st.caption("One pass over a corpus (windows of the model's context) records, for every word and "
+           "sense, the contextualization weight it receives from later predictions: weight(j, l) "
+           "= Σ_i α[l, i, j]. The mean over all positions is about 1 for every sense. A sense is "
+           "dead when its weight stays below 0.05 at every occurrence. Built once per model and "
+           "corpus, then read from the disk cache.")
+with st.form(f"{PAGE}:atlas-form"):
+    cols = st.columns([2, 2, 1])
+    atlas_source = cols[0].radio("Corpus", list(atlas_views.SOURCES), key=f"{PAGE}:atlas-source")
+    uploaded = cols[1].file_uploader("Text file (UTF-8)", type=["txt", "md", "text"],
+                                     key=f"{PAGE}:atlas-upload")
+    max_tokens = cols[2].number_input("Max tokens", 1_000, 5_000_000, 50_000, step=10_000,
+                                      key=f"{PAGE}:atlas-tokens")
+    build = st.form_submit_button("Build or load the atlas")
+if build:
+    try:
+        corpus = atlas_views.read_source(atlas_source, uploaded, tokenizer, int(max_tokens))
+        atlas_views.build(model, tokenizer, corpus, choice.key)
+    except ValueError as err:
+        state.show_error(err, "Atlas")
+atlas = atlas_views.current(choice.key)
+if atlas is not None:
+    summary = atlas.summary()
+    st.caption(f"**{summary['corpus']}**: {summary['tokens']:,} tokens in windows of "
+               f"{summary['seq_len']}; {summary['words_seen']:,} distinct tokens; "
+               f"{summary['dead_pairs']:,} of {summary['pairs_seen']:,} (word, sense) pairs dead.")
+    state.persist(f"{PAGE}:atlas-word", picked.get("w1") or " bank")
+    atlas_word = st.text_input("Word (a token; ' bank' with its leading space as inside a text)",
+                               key=f"{PAGE}:atlas-word")
+    try:
+        report = atlas.word_report(atlas_word, top=0) if atlas_word else None
+    except ValueError as err:
+        state.show_error(err, "Atlas")
+        report = None
+    if report is not None and not report.occurrences:
+        st.info(f"{atlas_word!r} does not occur in {summary['corpus']} "
+                f"(first {summary['tokens']:,} tokens).")
+    elif report is not None:
+        rows = atlas_views.usage_rows(report)
+        chart, table = st.columns([3, 2])
+        chart.plotly_chart(ui.bars([f"s{r['sense']}" for r in rows], [r["mean weight"] for r in rows],
+                                   f"{atlas_word!r}: mean weight per occurrence "
+                                   f"({report.occurrences:,} occurrences)", y_title="weight",
+                                   diverging=False), key=f"{PAGE}:atlas-chart")
+        table.dataframe(rows, hide_index=True, key=f"{PAGE}:atlas-usage")
+        busiest = max(report.senses, key=lambda u: u.total_weight).sense
+        atlas_sense = st.selectbox("Top contexts of sense", list(range(atlas.num_senses)),
+                                   index=busiest, key=f"{PAGE}:atlas-sense:{atlas_word}")
+        detail = atlas.word_report(atlas_word, sense=atlas_sense, top=5)
+        st.markdown(f"Where sense {atlas_sense} of {atlas_word!r} carried the most weight "
+                    "(highlighted: the word, and the position whose prediction it supported most):")
+        for ctx in detail.senses[0].contexts:
+            st.markdown(f"**{ctx.weight:.2f}** · {atlas_views.snippet_html(ctx)}  \n"
+                        f"<small>{atlas_views.predictions_text(ctx)}</small>",
+                        unsafe_allow_html=True)
+    with st.expander("Sense usage by sense index, and dead senses"):
+        st.dataframe(atlas_views.table_rows(atlas.sense_usage_table()), hide_index=True,
+                     key=f"{PAGE}:atlas-table")
+        st.dataframe(atlas_views.dead_rows(atlas.dead_senses(min_count=5, limit=100)),
+                     hide_index=True, key=f"{PAGE}:atlas-dead")
 
 state.write_url(word=picked.get("w1"), word2=picked.get("w2") if compare else None,
                 q=query["targets"] if query else None)
