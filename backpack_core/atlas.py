@@ -64,6 +64,7 @@ import torch
 from einops import rearrange
 
 from .inspect import WordError, single_token_id, token_text
+from .model import causal_allowed
 
 if TYPE_CHECKING:  # pragma: no cover
     from .corpus import Corpus
@@ -113,6 +114,23 @@ def _unwrap(model):
 # ----------------------------------------------------------------------------------------------
 # Building: one streaming pass
 # ----------------------------------------------------------------------------------------------
+
+def contextualization_and_senses(model: Backpack, input_ids: torch.Tensor
+                                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Steps 1 and 2 of `Backpack.forward` on unpadded windows, without step 3's output
+    projection: input_ids (b, s) -> contextualization (b, k, s, s), senses (b, k, s, d). The
+    atlas never needs the (b, s, vocab) logits, the largest tensor of a forward pass."""
+    b, s = input_ids.shape
+    device = input_ids.device
+    token_embeddings = model.wte(input_ids)  # (b, s, d)
+    positions = torch.arange(s, device=device).expand(b, s)
+    hidden_states = model.contextualizer(token_embeddings, positions, None)
+    queries, keys = model.sense_weight_network.project(hidden_states)
+    allowed = causal_allowed(0, s, None, device)
+    contextualization = model.sense_weight_network(queries, keys, allowed)
+    senses = rearrange(model.sense_network(token_embeddings), "b s k d -> b k s d")
+    return contextualization, senses
+
 
 def _merge_top(tables: list[torch.Tensor], token_ids: torch.Tensor, candidates: list[torch.Tensor],
                top_n: int) -> None:
@@ -176,9 +194,9 @@ def build_atlas(model: Backpack, tokenizer: Tokenizer, corpus: Corpus, top_n: in
     for done, (batch, starts) in enumerate(batches, 1):
         batch, starts = batch.to(device), starts.to(device)
         b, s = batch.shape
-        out = model(batch, output_contextualization=True, output_senses=True)
+        contextualization, senses = contextualization_and_senses(model, batch)
         # queries with a choice: window position i >= 1 (at i = 0 alpha is 1 for every sense)
-        alpha = out.contextualization.float()[:, :, 1:, :]  # (b, k, i - 1, j), zero for i < j
+        alpha = contextualization.float()[:, :, 1:, :]  # (b, k, i - 1, j), zero for i < j
         weight = alpha.sum(2)  # (b, k, j): weight each source sense receives
         if s > 1:
             peak_w, peak_i = alpha.max(2)  # (b, k, j)
@@ -198,7 +216,7 @@ def build_atlas(model: Backpack, tokenizer: Tokenizer, corpus: Corpus, top_n: in
         # per sense index: weight, norm-weighted weight, weight on itself, weight * distance
         query = torch.arange(1, s, device=device)
         distance = (query[:, None] - torch.arange(s, device=device)).clamp(min=0)  # (i - 1, j)
-        norms = out.senses.float().norm(dim=-1)  # (b, k, s)
+        norms = senses.float().norm(dim=-1)  # (b, k, s)
         sense_stats[0] += weight.sum((0, 2)).double()
         sense_stats[1] += (weight * norms).sum((0, 2)).double()
         sense_stats[2] += alpha.diagonal(offset=1, dim1=2, dim2=3).sum((0, 2)).double()

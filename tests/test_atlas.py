@@ -374,3 +374,16 @@ def _tiny_dir_global(tiny_model_dir):
 
 
 _tiny_dir = None
+
+
+def test_bench_atlas_smoke(tiny_model_dir, tmp_path):
+    """bench/bench_atlas.py --smoke runs and writes its JSON (no timing assertions)."""
+    out = tmp_path / "atlas.json"
+    proc = subprocess.run([sys.executable, "bench/bench_atlas.py", "--smoke", "--model", str(tiny_model_dir),
+                           "--threads", "1", "--out", str(out)], capture_output=True, text=True,
+                          cwd=REPO, env=env(tmp_path), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(out.read_text())
+    assert data["bench"] == "atlas" and [r["tokens"] for r in data["results"]] == [600, 1200]
+    for r in data["results"]:
+        assert r["baseline_s"] > 0 and r["atlas_s"] > 0 and r["atlas_peak_mib"] >= 0
