@@ -214,13 +214,15 @@ def build_atlas(model: Backpack, tokenizer: Tokenizer, corpus: Corpus, top_n: in
         peak.scatter_reduce_(0, ids[:, None].expand(-1, k), peak_m, "amax")
         _merge_top(tops, ids, [weight_m, offsets[:, None].expand(-1, k), query_m, peak_m], top_n)
         # per sense index: weight, norm-weighted weight, weight on itself, weight * distance
-        query = torch.arange(1, s, device=device)
-        distance = (query[:, None] - torch.arange(s, device=device)).clamp(min=0)  # (i - 1, j)
+        # per sense index: weight, norm-weighted weight, weight on itself, and weight times the
+        # distance i - j, summed: sum_ij alpha (i - j) = sum_i i - sum_j j weight_j, as every query
+        # row of alpha sums to 1 (no extra pass over the (b, k, s, s) weights)
         norms = senses.float().norm(dim=-1)  # (b, k, s)
+        position = torch.arange(s, device=device, dtype=torch.float64)
         sense_stats[0] += weight.sum((0, 2)).double()
         sense_stats[1] += (weight * norms).sum((0, 2)).double()
         sense_stats[2] += alpha.diagonal(offset=1, dim1=2, dim2=3).sum((0, 2)).double()
-        sense_stats[3] += (alpha * distance).sum((0, 2, 3)).double()
+        sense_stats[3] += b * position.sum() - (weight.double() * position).sum((0, 2))
         if report is not None:
             report(done, n_batches)
 

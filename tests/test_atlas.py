@@ -39,25 +39,36 @@ def brute_force(model, corpus: Corpus, seq_len: int):
     k = model.config.num_senses
     occ: dict[tuple[int, int], list[tuple[float, int, int, float]]] = {}
     counts: dict[int, int] = {}
+    stats = [[0.0] * k for _ in range(4)]  # weight, weight * ||C||, self, weight * (i - j)
     ids = corpus.token_ids
     for start in range(0, len(ids), seq_len):
         window = ids[start:start + seq_len]
         with torch.no_grad():
-            alpha = model(window[None], output_contextualization=True).contextualization[0]
+            out = model(window[None], output_contextualization=True, output_senses=True)
+        alpha = out.contextualization[0].double().tolist()
+        norms = out.senses[0].double().norm(dim=-1).tolist()
         s = len(window)
+        for sense in range(k):
+            for i in range(1, s):
+                for j in range(i + 1):
+                    a = alpha[sense][i][j]
+                    stats[0][sense] += a
+                    stats[1][sense] += a * norms[sense][j]
+                    stats[2][sense] += a * (i == j)
+                    stats[3][sense] += a * (i - j)
         for j in range(s):
             x = int(window[j])
             counts[x] = counts.get(x, 0) + 1
             for sense in range(k):
                 queries = [i for i in range(max(j, 1), s)]  # window position 0 has no choice
-                weight = sum(float(alpha[sense, i, j]) for i in queries)
+                weight = sum(alpha[sense][i][j] for i in queries)
                 if queries:
-                    best = max(queries, key=lambda i: float(alpha[sense, i, j]))
-                    peak = float(alpha[sense, best, j])
+                    best = max(queries, key=lambda i: alpha[sense][i][j])
+                    peak = alpha[sense][best][j]
                 else:
                     best, peak = j, 0.0
                 occ.setdefault((x, sense), []).append((weight, start + j, start + best, peak))
-    return counts, occ
+    return counts, occ, torch.tensor(stats, dtype=torch.float64)
 
 
 @pytest.mark.parametrize("seq_len, batch_size", [(16, 3), (7, 2), (64, 8)])
@@ -65,7 +76,7 @@ def test_atlas_equals_brute_force(tiny_model, tiny_tokenizer, corpus, seq_len, b
     top_n = 3
     atlas = build_atlas(tiny_model, tiny_tokenizer, corpus, top_n=top_n, seq_len=seq_len,
                         batch_size=batch_size, progress=False)
-    counts, occ = brute_force(tiny_model, corpus, seq_len)
+    counts, occ, stats = brute_force(tiny_model, corpus, seq_len)
     assert sorted(atlas.token_ids.tolist()) == sorted(counts)
     assert int(atlas.counts.sum()) == len(corpus)
     k = tiny_model.config.num_senses
@@ -88,6 +99,8 @@ def test_atlas_equals_brute_force(tiny_model, tiny_tokenizer, corpus, seq_len, b
     queries = len(corpus) - corpus.n_windows(seq_len)
     assert torch.allclose(atlas.sense_weight, torch.full((k,), float(queries), dtype=torch.float64))
     assert torch.allclose(atlas.total.sum(0), atlas.sense_weight)
+    for n, name in enumerate(("sense_weight", "sense_norm_weight", "sense_self_weight", "sense_distance")):
+        assert torch.allclose(atlas.tensors[name], stats[n], rtol=1e-4, atol=1e-3), name
 
 
 def test_batch_size_does_not_change_the_atlas(tiny_model, tiny_tokenizer, corpus):
