@@ -4,14 +4,18 @@
         [--repeats 3] [--batch-size 8] [--threads 2] [--device cpu] [--smoke]
 
 For each corpus size (the first N tokens of --dataset), in one process per size (so peak memory
-is that size's): the baseline is the forward passes alone over the same windows, with the
-contextualization weights returned (`model(batch, output_contextualization=True,
-output_senses=True)`), the least any exact atlas must do; the candidate is `build_atlas` (the
-same passes plus the streaming statistics and the top-N merge). Repeats are interleaved
-(baseline, atlas, baseline, atlas, ...) and medians reported. Peak memory: the largest resident
-set size above the one before the run, sampled every 5 ms (on CUDA: torch's peak allocation).
-Linear scaling shows as a constant `atlas_us_per_token` across sizes; bounded memory as a
-`atlas_peak_mib` that does not grow with the size.
+is that size's), over the same windows:
+- forward: the model's full forward with the weights returned (`model(batch,
+  output_contextualization=True, output_senses=True)`): what a naive atlas would run;
+- weights: only the contextualization and senses (`atlas.contextualization_and_senses`, no
+  output projection): the floor for any exact atlas;
+- atlas: `build_atlas` (the weights pass plus the streaming statistics and the top-N merge).
+Repeats are interleaved (forward, weights, atlas, forward, ...) and medians reported, of wall
+time and of the process's CPU time (on a shared machine the CPU time is the steadier number).
+Peak memory: the largest resident set size above the one before the run, sampled every 5 ms
+(on CUDA: torch's peak allocation). Linear scaling shows as a constant
+`atlas_cpu_us_per_token` across sizes; bounded memory as an `atlas_peak_mib` that does not grow
+with the size.
 
 Prints one JSON object and writes it to bench/results/atlas.json or --out (--smoke: a tiny
 run, written to bench/results/atlas-smoke.json).
@@ -81,7 +85,7 @@ def one_size(args) -> dict:
     """Measure one corpus size in this process."""
     import torch
 
-    from backpack_core.atlas import build_atlas
+    from backpack_core.atlas import build_atlas, contextualization_and_senses
     from backpack_core.corpus import read_corpus
     from backpack_core.loading import load_backpack
 
@@ -92,9 +96,14 @@ def one_size(args) -> dict:
     seq_len = model.config.n_positions
 
     @torch.inference_mode()
-    def baseline():
+    def forward():  # the naive pass: the model's full forward, logits included
         for batch, _ in corpus.windows(seq_len, args.batch_size):
             model(batch.to(device), output_contextualization=True, output_senses=True)
+
+    @torch.inference_mode()
+    def weights():  # the floor: only the contextualization and senses the atlas reads
+        for batch, _ in corpus.windows(seq_len, args.batch_size):
+            contextualization_and_senses(model, batch.to(device))
 
     def atlas():
         build_atlas(model, tokenizer, corpus, batch_size=args.batch_size, progress=False)
@@ -103,26 +112,31 @@ def one_size(args) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    baseline()  # warm-up (allocator, kernels)
-    times = {"baseline": [], "atlas": []}
-    peaks = {"baseline": 0, "atlas": 0}
+    kinds = {"forward": forward, "weights": weights, "atlas": atlas}
+    forward()  # warm-up (allocator, kernels)
+    wall = {name: [] for name in kinds}
+    cpu = {name: [] for name in kinds}
+    peaks = dict.fromkeys(kinds, 0)
     for _ in range(args.repeats):
-        for name, fn in (("baseline", baseline), ("atlas", atlas)):
+        for name, fn in kinds.items():
             with PeakMemory(device) as mem:
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), time.process_time()
                 fn()
                 sync()
-                times[name].append(time.perf_counter() - start)
+                wall[name].append(time.perf_counter() - start)
+                cpu[name].append(time.process_time() - start_cpu)
             peaks[name] = max(peaks[name], mem.peak)
-    base_s, atlas_s = statistics.median(times["baseline"]), statistics.median(times["atlas"])
-    return {"tokens": len(corpus), "baseline_s": round(base_s, 4), "atlas_s": round(atlas_s, 4),
-            "atlas_over_baseline": round(atlas_s / base_s, 3),
-            "baseline_us_per_token": round(1e6 * base_s / len(corpus), 2),
-            "atlas_us_per_token": round(1e6 * atlas_s / len(corpus), 2),
-            "baseline_peak_mib": round(peaks["baseline"] / 2**20, 1),
-            "atlas_peak_mib": round(peaks["atlas"] / 2**20, 1),
-            "atlas_times_s": [round(t, 4) for t in times["atlas"]],
-            "baseline_times_s": [round(t, 4) for t in times["baseline"]]}
+    n = len(corpus)
+    out = {"tokens": n}
+    for name in kinds:
+        out[f"{name}_s"] = round(statistics.median(wall[name]), 4)
+        out[f"{name}_cpu_s"] = round(statistics.median(cpu[name]), 4)
+        out[f"{name}_cpu_us_per_token"] = round(1e6 * statistics.median(cpu[name]) / n, 2)
+        out[f"{name}_peak_mib"] = round(peaks[name] / 2**20, 1)
+    out["atlas_over_forward_cpu"] = round(out["atlas_cpu_s"] / out["forward_cpu_s"], 3)
+    out["atlas_over_weights_cpu"] = round(out["atlas_cpu_s"] / out["weights_cpu_s"], 3)
+    out["wall_s"] = {name: [round(t, 3) for t in wall[name]] for name in kinds}
+    return out
 
 
 def main(argv=None) -> int:
@@ -156,7 +170,7 @@ def main(argv=None) -> int:
             sys.stderr.write(proc.stderr)
             return proc.returncode
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-        print(f"{size} tokens: {results[-1]}", file=sys.stderr)
+        print(f"{size} tokens: {results[-1]}", file=sys.stderr, flush=True)
     try:
         load = os.getloadavg()
     except OSError:
