@@ -148,8 +148,9 @@ def _mean_weights(w: dict) -> list[float]:
 
 
 def write_plot(data: dict, path: str) -> str:
-    """Per word, the mean weight per occurrence of each sense (dead senses grey), and the top
-    context of its most used sense. .html: Plotly; .png: drawn with Pillow (no kaleido)."""
+    """Per word, the mean weight per occurrence of each sense (dead senses grey; a dashed line
+    at 1, the mean over all positions), and the top context of its most used sense. .html:
+    Plotly; .png: drawn with Pillow (no kaleido)."""
     words = [w for w in data["words"] if w["occurrences"]]
     if not words:
         raise ValueError("none of the words occurs in this corpus: nothing to plot")
@@ -167,6 +168,8 @@ def write_plot(data: dict, path: str) -> str:
             x=[f"s{s['sense']}" for s in w["senses"]], y=_mean_weights(w), showlegend=False,
             marker_color=["#bbbbbb" if s["dead"] else "#1f77b4" for s in w["senses"]],
             hovertemplate="%{x}: %{y:.3f} per occurrence<extra>" + w["word"] + "</extra>"), row, 1)
+        fig.add_hline(y=1.0, line_dash="dash", line_color="#d62728", row=row, col=1,
+                      annotation_text="1 = mean over all positions")
     fig.update_layout(title={"text": title, "font": {"size": 14}}, height=260 * len(words) + 80,
                       width=900, margin={"l": 50, "r": 20, "t": 90, "b": 30})
     fig.write_html(path, include_plotlyjs="cdn")
@@ -188,16 +191,18 @@ def _write_png(words: list[dict], title: str, path: str) -> str:
         from PIL import Image, ImageDraw, ImageFont
     except ImportError:
         raise ValueError("--plot FILE.png needs Pillow (pip install pillow); or write .html") from None
-    width, panel, top = 1100, 260, 60
+    width, panel, top = 1100, 260, 70
     img = Image.new("RGB", (width, top + panel * len(words)), "white")
     draw = ImageDraw.Draw(img)
     font, small = ImageFont.load_default(size=15), ImageFont.load_default(size=12)
     draw.text((20, 18), title, fill="black", font=font)
+    draw.text((20, 38), "dashed: 1, the mean weight over all positions; grey: dead senses",
+              fill=(214, 39, 40), font=small)
     for n, w in enumerate(words):
         y0 = top + n * panel
-        draw.text((20, y0 + 5), _caption(w), fill="black", font=small)
+        draw.text((20, y0 + 5), _caption(w).replace("⏎", "/"), fill="black", font=small)
         values = _mean_weights(w)
-        vmax = max(max(values), 1e-9)
+        vmax = max(max(values), 1.05)  # room for the reference line at 1
         x0, x1, base, height = 70, width - 20, y0 + panel - 40, panel - 80
         draw.line((x0, base, x1, base), fill="black")
         draw.line((x0, base, x0, base - height), fill="black")
@@ -205,6 +210,9 @@ def _write_png(words: list[dict], title: str, path: str) -> str:
             yy = base - frac * height
             draw.text((20, yy - 7), f"{frac * vmax:.2f}", fill="black", font=small)
             draw.line((x0 - 4, yy, x0, yy), fill="black")
+        one = base - height / vmax  # the mean weight of all positions: 1
+        for xx in range(x0, x1, 12):
+            draw.line((xx, one, min(xx + 6, x1), one), fill=(214, 39, 40))
         step = (x1 - x0) / len(values)
         for s, v in zip(w["senses"], values):
             left = x0 + s["sense"] * step + step * 0.15
