@@ -264,6 +264,24 @@ def test_read_corpus_hash_and_errors(tiny_tokenizer, text_file, tmp_path, monkey
     eos = tiny_tokenizer.eos_token_id
     assert val.token_ids.tolist() == (tiny_tokenizer.encode("The bank.") + [eos]
                                       + tiny_tokenizer.encode("The river.") + [eos])
+    # token shards of the same tokenizer come first (what the trainer evaluated on); shards of
+    # another tokenizer are passed over
+    import numpy as np
+
+    for name, tok, first in (("a-other", None, 100), ("b-same", tiny_tokenizer, 5)):
+        shard = tmp_path / "data" / "shards" / name
+        shard.mkdir(parents=True)
+        if tok is None:
+            from backpack_core import train_bpe
+
+            tok = train_bpe(["something else entirely"] * 5, vocab_size=300)
+        tok.save(shard)
+        np.arange(first, first + 7, dtype=np.uint16).tofile(shard / "val.bin")
+        (shard / "manifest.json").write_text(json.dumps(
+            {"format": "backpack-token-shards", "dtype": "uint16",
+             "splits": {"val": {"file": "val.bin", "tokens": 7}}}))
+    val = read_corpus("validation", tiny_tokenizer, max_tokens=5)
+    assert val.token_ids.tolist() == [5, 6, 7, 8, 9] and "b-same" in val.name
 
 
 # -- the command -----------------------------------------------------------------------------------
