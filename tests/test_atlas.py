@@ -233,6 +233,14 @@ def test_read_corpus_hash_and_errors(tiny_tokenizer, text_file, tmp_path, monkey
     assert read_corpus(str(text_file), tiny_tokenizer).sha256 == a.sha256
     cut = read_corpus(str(text_file), tiny_tokenizer, max_tokens=10)
     assert len(cut) == 10 and cut.sha256 != a.sha256
+    assert cut.token_ids.tolist() == a.token_ids[:10].tolist()  # from a prefix of the text
+    assert cut.sha256 == read_corpus(str(text_file), tiny_tokenizer, max_tokens=10).sha256
+    from backpack_core.corpus import corpus_from_text
+
+    long_text = TEXT * 20  # tokenized from a prefix: the same first tokens as the whole text
+    for n in (50, 51, 333):
+        assert corpus_from_text(long_text, tiny_tokenizer, "x", n).token_ids.tolist() == \
+            tiny_tokenizer.encode(long_text)[:n]
     from backpack_core.tokenizer import gpt2_tokenizer
 
     try:
