@@ -28,7 +28,7 @@ windows of `seq_len` tokens (`Corpus.windows`; each window is an independent con
   by this measure even though no single alpha is large, which is why it sums over queries.
 
 Per sense index l (the model's table, `sense_usage_table`): total weight (the number of
-positions, by the identity above: a check, not information), the share of the output's
+queries, by the identity above: a check, not information), the share of the output's
 magnitude, sum alpha[l, i, j] ||C(x_j)_l|| over all i, j, the share of weight a position puts on
 itself (alpha[l, i, i]), the mean distance i - j the weight travels, and how many (word, l)
 pairs are dead.
@@ -166,6 +166,8 @@ def build_atlas(model: Backpack, tokenizer: Tokenizer, corpus: Corpus, top_n: in
     cfg = model.config
     if not cfg.is_backpack:
         raise ValueError("a Transformer twin has no senses: the atlas needs a Backpack")
+    if model.training and model.sense_dropout > 0:
+        raise ValueError("the model is in training mode (dropout on): call model.eval() first")
     seq_len = cfg.n_positions if seq_len is None else seq_len
     if not 1 <= seq_len <= cfg.n_positions:
         raise ValueError(f"seq_len must be in 1..{cfg.n_positions} (the model's context), got {seq_len}")
