@@ -166,7 +166,7 @@ def build_atlas(model: Backpack, tokenizer: Tokenizer, corpus: Corpus, top_n: in
     cfg = model.config
     if not cfg.is_backpack:
         raise ValueError("a Transformer twin has no senses: the atlas needs a Backpack")
-    if model.training and model.sense_dropout > 0:
+    if model.training and max(cfg.embd_pdrop, cfg.resid_pdrop, cfg.attn_pdrop) > 0:
         raise ValueError("the model is in training mode (dropout on): call model.eval() first")
     seq_len = cfg.n_positions if seq_len is None else seq_len
     if not 1 <= seq_len <= cfg.n_positions:
