@@ -263,8 +263,8 @@ def _score(logits: torch.Tensor, target_id: int, foil_id: int | None, n_real: in
 def score_prompts(model: Backpack, tokenizer: Tokenizer, compiled: CompiledEdits,
                   prompts: Sequence[TargetPrompt], strengths: Sequence[float]) -> list[PromptResult]:
     """Each prompt read once (a `ContextSession`), then re-evaluated under every strength."""
+    from .inspect import token_text
     from .session import ContextSession
-    from .tokenizer import readable_token
 
     vocab = model.config.vocab_size
     n_real = min(len(tokenizer), vocab) if tokenizer is not None else vocab
@@ -280,8 +280,9 @@ def score_prompts(model: Backpack, tokenizer: Tokenizer, compiled: CompiledEdits
         before = _score(session.logits(None, -1), target_id, foil_id, n_real)
         by_strength = [_score(session.logits(iv, -1), target_id, foil_id, n_real) for iv in scaled]
         results.append(PromptResult(
-            prompt=p.prompt, target=readable_token(tokenizer, target_id),
-            foil=readable_token(tokenizer, foil_id) if foil_id is not None else None,
+            prompt=p.prompt, target=token_text(tokenizer, target_id) if tokenizer else str(target_id),
+            foil=(None if foil_id is None else
+                  token_text(tokenizer, foil_id) if tokenizer else str(foil_id)),
             before=before, by_strength=by_strength))
     return results
 
