@@ -343,3 +343,15 @@ def test_shipped_example_files_read(tmp_path):
     assert [e.kind for e in edits] == ["knowledge_edit"]
     prompts = read_prompts(DATA / "prompts_last_week.jsonl")
     assert all(p.prompt.endswith("last") and p.target == " week" for p in prompts)
+
+
+def test_bench_smoke(tmp_path):
+    out = tmp_path / "sweep.json"
+    proc = subprocess.run([sys.executable, "bench/bench_edit_sweep.py", "--smoke", "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert data == json.loads(proc.stdout)
+    assert len(data["strengths"]) == 10 and data["blast_radius"] > 0
+    assert data["max_abs_loss_diff"] < 1e-5  # the cached sweep equals the naive full passes
+    assert data["cached_s"] > 0 and data["naive_s"] > 0
