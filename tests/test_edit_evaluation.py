@@ -355,3 +355,62 @@ def test_bench_smoke(tmp_path):
     assert len(data["strengths"]) == 10 and data["blast_radius"] > 0
     assert data["max_abs_loss_diff"] < 1e-5  # the cached sweep equals the naive full passes
     assert data["cached_s"] > 0 and data["naive_s"] > 0
+
+
+# --------------------------------------------------------------------------- the Steer page --
+
+APP = REPO / "app"
+PAGE_TEXT = "The MacBook is made by Apple. The bank by the river has money. The MacBook is good."
+
+
+def test_steer_page_evaluates_the_edit_set_on_a_dataset(tiny_model_dir, tiny_model, tiny_tokenizer,
+                                                       tmp_path, monkeypatch):
+    pytest.importorskip("streamlit")
+    from streamlit.testing.v1 import AppTest
+
+    if str(APP) not in sys.path:
+        sys.path.insert(0, str(APP))
+    import state
+
+    monkeypatch.setenv(state.MODEL_ENV, str(tiny_model_dir))
+    monkeypatch.setenv(state.DEVICE_ENV, "cpu")
+    monkeypatch.setenv(state.DTYPE_ENV, "float32")
+    monkeypatch.setenv("BACKPACK_CACHE", str(tmp_path / "cache"))
+    edits = edit_set("knowledge_edit")
+    at = AppTest.from_file(str(APP / "Home.py"), default_timeout=120)
+    at.query_params["text"] = PAGE_TEXT
+    at.switch_page("app_pages/steer.py")
+    at.session_state["edit_set"] = edits
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    at.radio(key="steer:eval-data").set_value("text")
+    at.text_input(key="steer:eval-strengths").set_value("0, 2")
+    prompts = b'{"prompt": "The MacBook is made by", "target": " HP", "foil": " Apple"}\n'
+    at.file_uploader(key="steer:eval-prompts").set_value(("p.jsonl", prompts, "application/json"))
+    at.run()
+    at.button(key="steer:evaluate").click().run()
+    assert not at.exception and not at.error, [e.value for e in [*at.exception, *at.error]]
+
+    path = tmp_path / "page.txt"
+    path.write_text(PAGE_TEXT)
+    expected = evaluate_edits(tiny_model, tiny_tokenizer, edits, read_corpus(str(path), tiny_tokenizer),
+                              prompts=read_prompts(prompts), strengths=[0, 2], progress=False)
+    shown = {m.label: m.value for m in at.metric}
+    assert shown["blast radius"] == f"{len(expected.blast_radius):,}" and expected.blast_radius
+    assert shown["Δ loss, all text"] == f"{expected.at(1.0).loss_change['all']:+.4f}"
+    assert shown["Δ loss, outside"] == "+0.0000"
+    (figure,) = [json.loads(c.proto.spec) for c in at.get("plotly_chart")
+                 if "Success vs loss" in c.proto.spec]
+    points = figure["data"][0]
+    assert points["y"] == [r.success_rate for r in expected.sweep]
+    assert points["x"] == pytest.approx([r.loss_change["inside"] or 0.0 for r in expected.sweep])
+    assert points["text"] == ["0", "1", "2"]
+    (sweep,) = [d.value for d in at.dataframe if "blast radius" in d.value.columns]
+    assert sweep["blast radius"].tolist() == [r.radius for r in expected.sweep]
+
+    # a malformed prompts file is one message naming its line, not a traceback
+    at.file_uploader(key="steer:eval-prompts").set_value(("bad.jsonl", b'{"prompt": 1}\n', "text/plain"))
+    at.run()
+    at.button(key="steer:evaluate").click().run()
+    assert not at.exception
+    assert any("bad.jsonl, line 1" in e.value for e in at.error)
