@@ -394,7 +394,7 @@ def evaluate_edits(model: Backpack, tokenizer: Tokenizer | None, edits: Any, cor
                    strengths: Sequence[float] | str | None = None, seq_len: int | None = None,
                    batch_size: int = 8, progress: bool | Callable[[int, int], None] = True
                    ) -> EditEvaluation:
-    """Evaluate `edits` (an EditSet, its JSON dict / text, a path...) over `corpus`
+    """Evaluate `edits` (an EditSet, its JSON dict or text, a pathlib.Path...) over `corpus`
     (`backpack_core.corpus.Corpus`) and on target `prompts`, at each of `strengths`
     (default 0, 0.5, 1, 2; strength 1 is always added). The model runs once per window of
     `seq_len` tokens (default: its context), `batch_size` windows at a time; every strength
