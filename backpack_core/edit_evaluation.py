@@ -260,6 +260,28 @@ def _score(logits: torch.Tensor, target_id: int, foil_id: int | None, n_real: in
     return PromptScore(float(logp[target_id]), foil_lp, rank, bool(success))
 
 
+def check_prompts(model: Backpack, tokenizer: Tokenizer | None, prompts: Sequence[TargetPrompt]
+                  ) -> list[tuple[list[int], int, int | None]]:
+    """(prompt token ids, target id, foil id) of each prompt, or PromptError naming the prompt
+    (a target or foil that is not one token, an empty prompt, one longer than the context).
+    Cheap: `evaluate_edits` calls it before its pass over the corpus."""
+    vocab, n_max = model.config.vocab_size, model.config.n_positions
+    out = []
+    for i, p in enumerate(prompts):
+        try:
+            target_id = single_token_id(tokenizer, p.target, vocab, role="target")
+            foil_id = single_token_id(tokenizer, p.foil, vocab, role="foil") if p.foil is not None else None
+            if tokenizer is None:
+                raise ValueError("a prompt needs a tokenizer")
+            ids = tokenizer.encode(p.prompt)
+            if not ids or len(ids) > n_max:
+                raise ValueError(f"the prompt is {len(ids)} tokens long; give 1 to {n_max}")
+        except (WordError, ValueError) as err:
+            raise PromptError(f"prompt {i + 1} ({p.prompt!r}): {err}") from None
+        out.append((ids, target_id, foil_id))
+    return out
+
+
 def score_prompts(model: Backpack, tokenizer: Tokenizer, compiled: CompiledEdits,
                   prompts: Sequence[TargetPrompt], strengths: Sequence[float]) -> list[PromptResult]:
     """Each prompt read once (a `ContextSession`), then re-evaluated under every strength."""
@@ -267,22 +289,16 @@ def score_prompts(model: Backpack, tokenizer: Tokenizer, compiled: CompiledEdits
     from .session import ContextSession
 
     vocab = model.config.vocab_size
-    n_real = min(len(tokenizer), vocab) if tokenizer is not None else vocab
+    n_real = min(len(tokenizer), vocab)
     scaled = [ScaledEdits(compiled, s) for s in strengths]
     results = []
-    for i, p in enumerate(prompts):
-        try:
-            target_id = single_token_id(tokenizer, p.target, vocab, role="target")
-            foil_id = single_token_id(tokenizer, p.foil, vocab, role="foil") if p.foil is not None else None
-            session = ContextSession(model, tokenizer, p.prompt)
-        except (WordError, ValueError) as err:
-            raise PromptError(f"prompt {i + 1} ({p.prompt!r}): {err}") from None
+    for p, (ids, target_id, foil_id) in zip(prompts, check_prompts(model, tokenizer, prompts)):
+        session = ContextSession(model, tokenizer, ids)
         before = _score(session.logits(None, -1), target_id, foil_id, n_real)
         by_strength = [_score(session.logits(iv, -1), target_id, foil_id, n_real) for iv in scaled]
         results.append(PromptResult(
-            prompt=p.prompt, target=token_text(tokenizer, target_id) if tokenizer else str(target_id),
-            foil=(None if foil_id is None else
-                  token_text(tokenizer, foil_id) if tokenizer else str(foil_id)),
+            prompt=p.prompt, target=token_text(tokenizer, target_id),
+            foil=token_text(tokenizer, foil_id) if foil_id is not None else None,
             before=before, by_strength=by_strength))
     return results
 
@@ -411,6 +427,8 @@ def evaluate_edits(model: Backpack, tokenizer: Tokenizer | None, edits: Any, cor
         raise ValueError(f"seq_len must be >= 2 and batch_size >= 1, got {seq_len} and {batch_size}")
     if len(corpus) < 2:
         raise ValueError(f"the corpus {corpus.name!r} has {len(corpus)} token(s); at least 2 are needed")
+    if prompts:
+        check_prompts(model, tokenizer, prompts)  # before the long pass, not after it
     device = model.wte.weight.device
     scaled = [ScaledEdits(compiled, s) for s in strengths]
     sums = [_Sums() for _ in strengths]
@@ -510,5 +528,5 @@ def naive_losses(model: Backpack, tokenizer: Tokenizer | None, edits: Any, corpu
 
 
 __all__ = ["DEFAULT_STRENGTHS", "EditEvaluation", "PromptError", "PromptResult", "PromptScore",
-           "ScaledEdits", "StrengthResult", "TargetPrompt", "at_strength", "evaluate_edits",
+           "ScaledEdits", "StrengthResult", "TargetPrompt", "at_strength", "check_prompts", "evaluate_edits",
            "naive_losses", "parse_strengths", "read_prompts", "score_prompts"]

@@ -253,11 +253,16 @@ def test_read_prompts_refuses_clearly(tmp_path):
         read_prompts(b"\xff\xfe", name="upload.jsonl")
 
 
-def test_multi_token_target_names_the_prompt(tiny_model, tiny_tokenizer, corpus):
+def test_multi_token_target_names_the_prompt_before_the_pass(tiny_model, tiny_tokenizer, corpus):
+    ticks = []
     with pytest.raises(PromptError, match=r"prompt 2 \('B'\): target ' riverbanks' is \d+ tokens"):
         evaluate_edits(tiny_model, tiny_tokenizer, edit_set("scale_sense"), corpus,
                        prompts=[TargetPrompt("A", " bank"), TargetPrompt("B", " riverbanks")],
-                       seq_len=SEQ, batch_size=BATCH, progress=False)
+                       seq_len=SEQ, batch_size=BATCH, progress=lambda done, total: ticks.append(done))
+    assert ticks == []  # refused before reading the corpus
+    with pytest.raises(PromptError, match=r"prompt 1 .*: the prompt is \d+ tokens long; give 1 to 64"):
+        evaluate_edits(tiny_model, tiny_tokenizer, edit_set("scale_sense"), corpus,
+                       prompts=[TargetPrompt("the " * 70, " bank")], progress=False)
 
 
 # ------------------------------------------------------------------------------- the command --
