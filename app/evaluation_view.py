@@ -3,13 +3,11 @@ the figure of an `EditEvaluation` (backpack_core.edit_evaluation). No Streamlit 
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import plotly.graph_objects as go
 
-from backpack_core.corpus import Corpus, read_corpus
+from backpack_core.corpus import Corpus, corpus_from_text, decode_text, read_corpus
 from backpack_core.edit_evaluation import EditEvaluation
 
 DATASETS = {"ptb": "Penn Treebank (test split)", "upload": "a text file (upload)",
@@ -19,26 +17,19 @@ DATASETS = {"ptb": "Penn Treebank (test split)", "upload": "a text file (upload)
 def read_dataset(choice: str, tokenizer, max_tokens: int, upload: tuple[str, bytes] | None = None,
                  text: str = "") -> Corpus:
     """The corpus of a choice of DATASETS: PTB, an uploaded file (name, bytes) or the page's
-    text; read through `read_corpus` (the one reader), cut to `max_tokens`. ValueError if the
-    choice lacks its input."""
+    text, cut to `max_tokens` (backpack_core.corpus). ValueError if the choice lacks its input."""
     if choice == "ptb":
         return read_corpus("ptb", tokenizer, max_tokens=max_tokens)
     if choice == "upload":
         if upload is None:
             raise ValueError("upload a text file to evaluate on (UTF-8 text)")
         name, data = upload
-    elif choice == "text":
+        return corpus_from_text(decode_text(data, name), tokenizer, name, max_tokens)
+    if choice == "text":
         if not text.strip():
             raise ValueError("the text is empty: enter a text to evaluate on")
-        name, data = "the text above", text.encode("utf-8")
-    else:
-        raise ValueError(f"unknown dataset {choice!r}; choose one of {', '.join(DATASETS)}")
-    with tempfile.TemporaryDirectory() as directory:
-        path = Path(directory) / (Path(name).name or "upload.txt")
-        path.write_bytes(data)
-        corpus = read_corpus(str(path), tokenizer, max_tokens=max_tokens)
-    corpus.name = name
-    return corpus
+        return corpus_from_text(text, tokenizer, "the text above", max_tokens)
+    raise ValueError(f"unknown dataset {choice!r}; choose one of {', '.join(DATASETS)}")
 
 
 def sweep_rows(result: EditEvaluation) -> list[dict[str, Any]]:

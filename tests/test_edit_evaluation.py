@@ -419,3 +419,17 @@ def test_steer_page_evaluates_the_edit_set_on_a_dataset(tiny_model_dir, tiny_mod
     at.button(key="steer:evaluate").click().run()
     assert not at.exception
     assert any("bad.jsonl, line 1" in e.value for e in at.error)
+
+    # an uploaded text file: the same corpus gives the same radius; a file that is not UTF-8 is a message
+    at.file_uploader(key="steer:eval-prompts").set_value(None)
+    at.radio(key="steer:eval-data").set_value("upload").run()
+    at.file_uploader(key="steer:eval-file").set_value(("latin.txt", b"caf\xe9 bank", "text/plain"))
+    at.run()
+    at.button(key="steer:evaluate").click().run()
+    assert not at.exception and any("latin.txt" in e.value and "not UTF-8" in e.value for e in at.error)
+    at.file_uploader(key="steer:eval-file").set_value(("page.txt", PAGE_TEXT.encode(), "text/plain"))
+    at.run()
+    at.button(key="steer:evaluate").click().run()
+    assert not at.exception and not at.error
+    shown = {m.label: m.value for m in at.metric}
+    assert shown["blast radius"] == f"{len(expected.blast_radius):,}"
