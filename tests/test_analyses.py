@@ -26,7 +26,8 @@ from backpack_core.inspect import token_text
 from tests.conftest import strict_json
 
 REPO = Path(__file__).resolve().parent.parent
-MODULES = ("sense_topk", "lexsim", "topic_control", "gender_bias", "knowledge_edit", "perplexity")
+MODULES = ("sense_topk", "lexsim", "topic_control", "gender_bias", "knowledge_edit", "perplexity",
+           "evaluate_edits")
 
 RUNNER = r"""
 import contextlib, io, json, runpy, sys, traceback
