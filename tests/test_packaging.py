@@ -123,7 +123,9 @@ def test_wheel_contents(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     for needed in ["backpack_core/model.py", "backpack_core/training/checkpoint.py",
                    "backpack_core/data/prepare.py", "analyses/sense_topk.py",
-                   "analyses/data/careers.json", "backpack_core/shipped_model/model.safetensors",
+                   "analyses/data/careers.json",
+                   "analyses/data/edits_last_week.json", "analyses/data/prompts_last_week.jsonl",
+                   "backpack_core/shipped_model/model.safetensors",
                    "backpack_core/shipped_model/config.json", "backpack_core/shipped_model/tokenizer.json",
                    "backpack_core/shipped_configs/backpack-small.toml"]:
         assert needed in names, f"{needed} missing from {wheel.name}"

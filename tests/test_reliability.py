@@ -225,9 +225,14 @@ def app_test(query: dict[str, str], page: str, monkeypatch, tiny_model_dir):
 
 
 def test_app_long_word_link_is_refused(monkeypatch, tiny_model_dir):
+    # under the link limit, the word limit speaks
+    at = app_test({"word": "a" * 2_000}, "senses", monkeypatch, tiny_model_dir)
+    assert not at.exception
+    assert "the word is too long: 2,000 characters" in " ".join(str(e.value) for e in at.error)
+    # past the link limit, the whole link is refused before any of it is read
     at = app_test({"word": "a" * 20_000}, "senses", monkeypatch, tiny_model_dir)
     assert not at.exception
-    assert "the word is too long: 20,000 characters" in " ".join(str(e.value) for e in at.error)
+    assert "the link is too long" in " ".join(str(e.value) for e in [*at.error, *at.warning])
 
 
 def test_app_edit_set_link_is_bounded(monkeypatch, tiny_model_dir):
@@ -238,6 +243,12 @@ def test_app_edit_set_link_is_bounded(monkeypatch, tiny_model_dir):
     link = state.encode_edits({"version": 1, "edits": [one] * (limits.MAX_EDITS + 1)})
     with pytest.raises(EditError, match="1,001 edits; the limit is 1,000"):
         state.decode_edits(link)
+    # a link that long is refused whole by the link limit ...
+    at = app_test({"edits": link, "text": "The bank"}, "steer", monkeypatch, tiny_model_dir)
+    assert not at.exception and at.session_state["edit_set"]["edits"] == []
+    assert "the link is too long" in " ".join(str(e.value) for e in [*at.error, *at.warning])
+    # ... and where an operator raises that limit, the edit-count limit still holds
+    monkeypatch.setattr(limits, "MAX_LINK_CHARS", 10 * len(link))
     at = app_test({"edits": link, "text": "The bank"}, "steer", monkeypatch, tiny_model_dir)
     assert not at.exception and at.session_state["edit_set"]["edits"] == []
     assert "the limit is 1,000 edits per set" in " ".join(str(e.value) for e in [*at.error, *at.warning])

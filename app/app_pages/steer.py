@@ -3,10 +3,12 @@
 import json
 
 import components as ui
+import evaluation_view as ev
 import state
 import streamlit as st
 import views
 
+from backpack_core.edit_evaluation import evaluate_edits, parse_strengths, read_prompts
 from backpack_core.edits import EditError
 from backpack_core.generation import generate_side_by_side
 
@@ -279,6 +281,66 @@ if generation and generation["request"] == request:
     right.code(generation["result"]["after"], language=None, wrap_lines=True)
 elif generation:
     st.caption("The text, edits or settings changed since the last generation: generate again.")
+
+# ------------------------------------------------------------------ evaluate on a dataset --
+st.subheader("Evaluate this edit set on a dataset")
+with st.expander("Blast radius, loss change and target-prompt success over a corpus, by strength",
+                 expanded=bool(st.session_state.get(f"{PAGE}:evaluation"))):
+    st.caption("The model reads the corpus once (windows of its context) and every strength is "
+               "re-evaluated from the cached contextualization and senses. Strength s moves what "
+               "each edit changes by s times its change (0: no edit, 1: the edit set as given). "
+               "The blast radius is the positions whose prediction the edits change; outside it "
+               "the loss change is exactly 0. A target prompt succeeds when its target beats the "
+               "foil (or, without a foil, is the most probable next token). See docs/ANALYSES.md.")
+    e = st.columns([3, 1, 2])
+    dataset = e[0].radio("Dataset", list(ev.DATASETS), format_func=ev.DATASETS.get, horizontal=True,
+                         key=f"{PAGE}:eval-data")
+    max_tokens = e[1].number_input("Max tokens", 16, 200_000, 5_000, step=1_000, key=f"{PAGE}:eval-max")
+    strengths_text = e[2].text_input("Strengths", "0, 0.5, 1, 2", key=f"{PAGE}:eval-strengths",
+                                     help="comma-separated; 1 is always added")
+    corpus_file = (st.file_uploader("Text file (UTF-8)", type=["txt", "md"], key=f"{PAGE}:eval-file")
+                   if dataset == "upload" else None)
+    prompts_file = st.file_uploader(
+        "Target prompts (optional, JSONL: one {\"prompt\", \"target\", \"foil\"} a line)",
+        type=["jsonl", "json", "txt"], key=f"{PAGE}:eval-prompts")
+    if st.button("Evaluate", key=f"{PAGE}:evaluate", type="primary", disabled=not edits.get("edits"),
+                 help=None if edits.get("edits") else "add an edit first"):
+        try:
+            strengths = parse_strengths(strengths_text)
+            prompts = (read_prompts(prompts_file.getvalue(), name=prompts_file.name)
+                       if prompts_file is not None else None)
+            corpus = ev.read_dataset(dataset, tokenizer, int(max_tokens), text=text, upload=(
+                (corpus_file.name, corpus_file.getvalue()) if corpus_file is not None else None))
+            bar = st.progress(0.0, text="Reading the corpus…")
+            result = evaluate_edits(model, tokenizer, edits, corpus, prompts=prompts,
+                                    strengths=strengths, progress=lambda done, total: bar.progress(
+                                        done / total, text=f"window batch {done} of {total}"))
+            bar.empty()
+            st.session_state[f"{PAGE}:evaluation"] = {"edits": edits, "result": result}
+        except (ValueError, OSError) as err:  # EditError, PromptError, CorpusError are ValueErrors
+            state.show_error(err, "The evaluation")
+    evaluation = st.session_state.get(f"{PAGE}:evaluation")
+    if evaluation and evaluation["edits"] == edits:
+        result = evaluation["result"]
+        one = result.at(1.0)
+        m = st.columns(4)
+        m[0].metric("blast radius", f"{len(result.blast_radius):,}",
+                    help=f"positions whose prediction the edits change, of {result.corpus['tokens']:,} "
+                         f"tokens of {result.corpus['name']}")
+        m[1].metric("Δ loss, all text", f"{one.loss_change['all']:+.4f}")
+        m[2].metric("Δ loss, inside the radius",
+                    "n/a" if one.loss_change["inside"] is None else f"{one.loss_change['inside']:+.4f}")
+        m[3].metric("Δ loss, outside", "n/a" if one.loss_change["outside"] is None
+                    else f"{one.loss_change['outside']:+.4f}")
+        if result.prompts:
+            st.markdown(f"Target prompts: success **{result.success_before:.0%}** before, "
+                        f"**{one.success_rate:.0%}** after (strength 1).")
+        st.plotly_chart(ev.sweep_figure(result), key=f"{PAGE}:eval-figure")
+        st.dataframe(ev.sweep_rows(result), hide_index=True, key=f"{PAGE}:eval-sweep")
+        if result.prompts:
+            st.dataframe(ev.prompt_rows(result), hide_index=True, key=f"{PAGE}:eval-prompts-table")
+    elif evaluation:
+        st.caption("The edit set changed since the last evaluation: evaluate again.")
 
 state.write_url(text=text, edits=state.encode_edits(edits) if edits.get("edits") else None,
                 pos=position)

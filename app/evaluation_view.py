@@ -1,0 +1,79 @@
+"""The Steer page's "Evaluate on a dataset": the corpus from the page's choice, and the tables and
+the figure of an `EditEvaluation` (backpack_core.edit_evaluation). No Streamlit here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import plotly.graph_objects as go
+
+from backpack_core.corpus import Corpus, corpus_from_text, decode_text, read_corpus
+from backpack_core.edit_evaluation import EditEvaluation
+
+DATASETS = {"ptb": "Penn Treebank (test split)", "upload": "a text file (upload)",
+            "text": "the text above"}
+
+
+def read_dataset(choice: str, tokenizer, max_tokens: int, upload: tuple[str, bytes] | None = None,
+                 text: str = "") -> Corpus:
+    """The corpus of a choice of DATASETS: PTB, an uploaded file (name, bytes) or the page's
+    text, cut to `max_tokens` (backpack_core.corpus). ValueError if the choice lacks its input."""
+    if choice == "ptb":
+        return read_corpus("ptb", tokenizer, max_tokens=max_tokens)
+    if choice == "upload":
+        if upload is None:
+            raise ValueError("upload a text file to evaluate on (UTF-8 text)")
+        name, data = upload
+        return corpus_from_text(decode_text(data, name), tokenizer, name, max_tokens)
+    if choice == "text":
+        if not text.strip():
+            raise ValueError("the text is empty: enter a text to evaluate on")
+        return corpus_from_text(text, tokenizer, "the text above", max_tokens)
+    raise ValueError(f"unknown dataset {choice!r}; choose one of {', '.join(DATASETS)}")
+
+
+def sweep_rows(result: EditEvaluation) -> list[dict[str, Any]]:
+    """One row per strength: radius, loss change (all / inside / outside), success rate."""
+    return [{"strength": r.strength, "blast radius": r.radius,
+             "Δloss all": r.loss_change["all"], "Δloss inside": r.loss_change["inside"],
+             "Δloss outside": r.loss_change["outside"], "loss after": r.loss_after["all"],
+             "success": r.success_rate} for r in result.sweep]
+
+
+def prompt_rows(result: EditEvaluation) -> list[dict[str, Any]]:
+    """One row per target prompt: log-probabilities and success before and at strength 1."""
+    one = result.strengths.index(1.0)
+    rows = []
+    for p in result.prompts:
+        after = p.by_strength[one]
+        rows.append({"prompt": p.prompt, "target": p.target, "foil": p.foil or "",
+                     "logp before": p.before.target_logprob, "logp after": after.target_logprob,
+                     "rank before": p.before.target_rank, "rank after": after.target_rank,
+                     "success before": p.before.success, "success after": after.success})
+    return rows
+
+
+def sweep_figure(result: EditEvaluation) -> go.Figure:
+    """Success rate against the loss change inside the blast radius, one point per strength
+    (labelled); without prompts, the loss changes against the strength."""
+    labels = [f"{r.strength:g}" for r in result.sweep]
+    inside = [r.loss_change["inside"] or 0.0 for r in result.sweep]
+    if result.prompts:
+        fig = go.Figure(go.Scatter(
+            x=inside, y=[r.success_rate for r in result.sweep], mode="lines+markers+text",
+            text=labels, textposition="top center", name="strength",
+            hovertemplate="strength %{text}: Δloss inside %{x:.4f}, success %{y:.0%}<extra></extra>"))
+        x_title, y_title = "Δ loss inside the blast radius (nats/token)", "target-prompt success"
+        title = "Success vs loss change, by strength (labels)"
+        yaxis = {"title": y_title, "tickformat": ".0%", "range": [-0.05, 1.1]}
+    else:
+        strengths = [r.strength for r in result.sweep]
+        fig = go.Figure([go.Scatter(x=strengths, y=inside, mode="lines+markers", name="inside"),
+                         go.Scatter(x=strengths, y=[r.loss_change["all"] for r in result.sweep],
+                                    mode="lines+markers", name="all text")])
+        x_title, title = "strength", "Loss change by strength (no target prompts)"
+        yaxis = {"title": "Δ loss (nats/token)"}
+    fig.update_layout(title={"text": title, "font": {"size": 14}}, height=340,
+                      margin={"l": 10, "r": 10, "t": 40, "b": 10}, xaxis={"title": x_title},
+                      yaxis=yaxis, legend={"orientation": "h", "y": 1.12, "x": 1, "xanchor": "right"})
+    return fig
