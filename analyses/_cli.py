@@ -55,6 +55,14 @@ def emit(args: argparse.Namespace, data: Any, render: Callable[[Any], str]) -> i
     return 0
 
 
+def check_windows(args: argparse.Namespace) -> None:
+    """--max-tokens, --batch-size and --seq-len of the commands that read a corpus in windows."""
+    if args.max_tokens is not None and args.max_tokens < 2:
+        raise ValueError(f"--max-tokens must be >= 2, got {args.max_tokens}")
+    if args.batch_size < 1 or (args.seq_len is not None and args.seq_len < 2):
+        raise ValueError("--batch-size must be >= 1 and --seq-len >= 2")
+
+
 def load(args: argparse.Namespace):
     """(Backpack, Tokenizer) from --model/--device/--dtype, without importing transformers."""
     from backpack_core.loading import load_backpack

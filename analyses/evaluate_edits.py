@@ -104,10 +104,7 @@ def render(data: dict) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.max_tokens is not None and args.max_tokens < 2:
-        raise ValueError(f"--max-tokens must be >= 2, got {args.max_tokens}")
-    if args.batch_size < 1 or (args.seq_len is not None and args.seq_len < 2):
-        raise ValueError("--batch-size must be >= 1 and --seq-len >= 2")
+    _cli.check_windows(args)
     # every input file is checked before the model loads
     from backpack_core.edit_evaluation import parse_strengths, read_prompts
     from backpack_core.edits import EditSet

@@ -60,12 +60,9 @@ def build_parser():
 
 def check_args(args) -> list[str]:
     """Argument checks that need no model; returns the words in the form to look up."""
-    if args.max_tokens is not None and args.max_tokens < 2:
-        raise ValueError(f"--max-tokens must be >= 2, got {args.max_tokens}")
-    if args.batch_size < 1 or args.top < 0 or args.top_n < 1:
-        raise ValueError("--batch-size and --top-n must be >= 1 and --top >= 0")
-    if args.seq_len is not None and args.seq_len < 2:
-        raise ValueError(f"--seq-len must be >= 2, got {args.seq_len}")
+    _cli.check_windows(args)
+    if args.top < 0 or args.top_n < 1:
+        raise ValueError("--top-n must be >= 1 and --top >= 0")
     if args.top > args.top_n:
         raise ValueError(f"--top {args.top} is more than the --top-n {args.top_n} contexts the "
                          "atlas keeps; raise --top-n")

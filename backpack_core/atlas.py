@@ -53,7 +53,6 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -355,17 +354,13 @@ class SenseAtlas:
         """safetensors, written atomically; the metadata as JSON under the key "atlas"."""
         from safetensors.torch import save_file
 
+        from .files import atomic_write
+
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file({n: self.tensors[n].contiguous() for n in TENSORS}, tmp,
-                      metadata={"atlas": json.dumps(self.meta, sort_keys=True)})
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        tensors = {n: self.tensors[n].contiguous() for n in TENSORS}
+        metadata = {"atlas": json.dumps(self.meta, sort_keys=True)}
+        atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
         return path
 
     @classmethod
