@@ -164,8 +164,15 @@ class SenseBank:
                 bar.update(len(ids))
         return cls(senses, model_fingerprint(model))
 
+    def checksum(self) -> str:
+        """crc32 of the bank's bytes (hex): stored in the cache file, checked on load."""
+        import zlib
+
+        return f"{zlib.crc32(_cpu_bytes(self.senses)):08x}"
+
     def save(self, path: str | os.PathLike) -> Path:
-        """safetensors, written atomically (temporary file, then rename)."""
+        """safetensors, written atomically (temporary file, then rename), with the model key and
+        a checksum of the contents in the metadata."""
         from safetensors.torch import save_file
 
         path = Path(path)
@@ -174,7 +181,8 @@ class SenseBank:
         os.close(fd)
         try:
             save_file({"senses": self.senses.contiguous()}, tmp,
-                      metadata={"key": self.key, "format": str(BANK_FORMAT)})
+                      metadata={"key": self.key, "format": str(BANK_FORMAT),
+                                "crc32": self.checksum()})
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
@@ -182,15 +190,49 @@ class SenseBank:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike, expected_key: str | None = None) -> SenseBank:
+    def load(cls, path: str | os.PathLike, expected_key: str | None = None,
+             expected_shape: tuple[int, int, int] | None = None) -> SenseBank:
+        """Read a cache file; ValueError (saying why) unless it holds a bank with this key, this
+        (vocab, k, d) shape, the checksum written beside it, and finite numbers only."""
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             if expected_key is not None and meta.get("key") != expected_key:
                 raise ValueError(f"{path} holds the sense bank of another model")
+            if "senses" not in f.keys():
+                raise ValueError(f"{path} holds no 'senses' tensor")
             senses = f.get_tensor("senses")
-        return cls(senses, meta.get("key", ""))
+        bank = cls(senses, meta.get("key", ""))
+        if expected_shape is not None and tuple(senses.shape) != tuple(expected_shape):
+            raise ValueError(f"{path} has shape {tuple(senses.shape)}, the model needs "
+                             f"{tuple(expected_shape)} (vocab, k, d)")
+        if not senses.is_floating_point():
+            raise ValueError(f"{path} holds {senses.dtype} numbers, not floating point")
+        if "crc32" not in meta:
+            raise ValueError(f"{path} has no checksum (written by an older version)")
+        if meta["crc32"] != bank.checksum():
+            raise ValueError(f"{path} does not match its checksum (altered or corrupt)")
+        flat = bank.flat
+        step = 1 << 20
+        if not all(bool(flat[i:i + step].isfinite().all()) for i in range(0, flat.shape[0], step)):
+            raise ValueError(f"{path} holds NaN or infinite numbers")
+        return bank
+
+    @torch.inference_mode()
+    def spot_check(self, model: Backpack, n: int = 16) -> None:
+        """ValueError unless the rows of a few token ids (the first, the last and `n` drawn with
+        a fixed seed) match the model's sense vectors: catches permuted or foreign rows that
+        came with a matching checksum."""
+        vocab = self.vocab_size
+        drawn = torch.randint(0, vocab, (n,), generator=torch.Generator().manual_seed(0))
+        ids = torch.cat([torch.tensor([0, vocab - 1]), drawn]).unique()
+        want = model.sense_vectors(ids.to(model.wte.weight.device)).float().cpu()  # (n, k, d)
+        got = self.senses[ids].float()
+        tol = 1e-2 * want.abs().amax().clamp_min(1e-6)  # float16 storage rounds to ~1e-3
+        if not ((got - want).abs() <= tol).all():
+            bad = int(ids[((got - want).abs() > tol).flatten(1).any(1)][0])
+            raise ValueError(f"its senses of token {bad} do not match the model's")
 
     @staticmethod
     def path_for(key: str, directory: str | os.PathLike | None = None) -> Path:
@@ -203,8 +245,9 @@ class SenseBank:
                   progress: bool = True, rebuild: bool = False) -> SenseBank:
         """The bank of `model`: from memory, else from the disk cache, else built and cached.
 
-        A cache file that cannot be read is rebuilt; one that cannot be written only costs the
-        rebuild next time (a warning on stderr)."""
+        A cache file that cannot be read, or whose shape, checksum or numbers are wrong, is
+        rebuilt (one line on stderr says why); one that cannot be written only costs the rebuild
+        next time (a warning on stderr)."""
         key = model_fingerprint(model)
         with _MEMORY_LOCK:
             if not rebuild and key in _MEMORY:
@@ -214,9 +257,13 @@ class SenseBank:
         bank = None
         if not rebuild and path.is_file():
             try:
-                bank = cls.load(path, expected_key=key)
-            except Exception as err:  # corrupt or foreign file: rebuild it
-                print(f"sense bank: ignoring unreadable cache {path} ({err})", file=sys.stderr)
+                cfg = model.config
+                loaded = cls.load(path, expected_key=key,
+                                  expected_shape=(cfg.vocab_size, cfg.num_senses, cfg.n_embd))
+                loaded.spot_check(model)
+                bank = loaded
+            except Exception as err:  # corrupt, altered or foreign file: rebuild it
+                print(f"sense bank: rebuilding the cached bank ({err})", file=sys.stderr)
         if bank is None:
             bank = cls.build(model, progress=progress)
             try:

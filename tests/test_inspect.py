@@ -208,3 +208,72 @@ def test_fingerprint_sees_data_edits_and_the_bank_is_rebuilt(tiny_model, tiny_to
     want = sense_search(model, tiny_tokenizer, " money", top=10, bank=fresh)
     assert [(h.token_id, h.sense, h.score) for h in got.hits] == \
         [(h.token_id, h.sense, h.score) for h in want.hits]
+
+
+def _tamper(path, change, checksum="recompute"):
+    """Rewrite a cached bank file: `change(senses) -> senses`; the checksum kept, recomputed,
+    altered or dropped."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        meta, senses = f.metadata(), f.get_tensor("senses")
+    senses = change(senses.clone()).contiguous()
+    if checksum == "recompute":
+        meta["crc32"] = SenseBank(senses).checksum()
+    elif checksum == "alter":
+        meta["crc32"] = "%08x" % (int(meta["crc32"], 16) ^ 1)
+    elif checksum == "drop":
+        del meta["crc32"]
+    save_file({"senses": senses}, str(path), metadata=meta)
+
+
+def _nan(s):
+    s[5, 1, 2] = float("nan")
+    return s
+
+
+@pytest.mark.parametrize("change, checksum, reason", [
+    (lambda s: s.flip(0), "keep", "checksum"),  # permuted rows, old checksum
+    (lambda s: s.flip(0), "recompute", "do not match the model"),  # permuted, checksum redone
+    (_nan, "recompute", "NaN"),
+    (lambda s: s[:-1], "recompute", "shape"),
+    (lambda s: s[:, :, :-1], "recompute", "shape"),
+    (lambda s: s, "drop", "no checksum"),
+    (lambda s: s, "alter", "checksum"),
+], ids=["permuted", "permuted-rechecksummed", "nan", "wrong-vocab", "wrong-d",
+        "checksum-missing", "checksum-altered"])
+def test_sense_bank_cache_is_checked_on_load(tiny_model, tmp_path, monkeypatch, capsys,
+                                             change, checksum, reason):
+    """Issue 13: a cache file with the right key but wrong contents is rebuilt, not served."""
+    from backpack_core import sense_bank
+
+    monkeypatch.setattr(sense_bank, "_MEMORY", type(sense_bank._MEMORY)())
+    good = SenseBank.for_model(tiny_model, directory=tmp_path, progress=False)
+    path = SenseBank.path_for(good.key, tmp_path)
+    _tamper(path, change, checksum)
+    sense_bank._MEMORY.clear()
+    capsys.readouterr()
+    served = SenseBank.for_model(tiny_model, directory=tmp_path, progress=False)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "sense bank: rebuilding" in err and reason in err, err
+    torch.testing.assert_close(served.senses, good.senses, rtol=0, atol=0)
+    sense_bank._MEMORY.clear()  # the rebuilt file is good again: loaded without a word
+    again = SenseBank.for_model(tiny_model, directory=tmp_path, progress=False)
+    assert capsys.readouterr().err == ""
+    torch.testing.assert_close(again.senses, good.senses, rtol=0, atol=0)
+
+
+def test_float16_bank_passes_its_own_checks(tiny_model, tmp_path, monkeypatch, capsys):
+    """A bank stored in float16 (the published size) loads back without a rebuild."""
+    from backpack_core import sense_bank
+
+    monkeypatch.setattr(sense_bank, "_MEMORY", type(sense_bank._MEMORY)())
+    monkeypatch.setattr(sense_bank, "FLOAT32_LIMIT", 0)
+    bank = SenseBank.for_model(tiny_model, directory=tmp_path, progress=False)
+    assert bank.senses.dtype == torch.float16
+    sense_bank._MEMORY.clear()
+    capsys.readouterr()
+    loaded = SenseBank.for_model(tiny_model, directory=tmp_path, progress=False)
+    assert capsys.readouterr().err == "" and loaded is not bank
+    torch.testing.assert_close(loaded.senses, bank.senses, rtol=0, atol=0)
