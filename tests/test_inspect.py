@@ -277,3 +277,24 @@ def test_float16_bank_passes_its_own_checks(tiny_model, tmp_path, monkeypatch, c
     loaded = SenseBank.for_model(tiny_model, directory=tmp_path, progress=False)
     assert capsys.readouterr().err == "" and loaded is not bank
     torch.testing.assert_close(loaded.senses, bank.senses, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+@pytest.mark.parametrize("largest", [True, False])
+@pytest.mark.parametrize("pool", [None, 30])
+def test_half_bank_two_pass_query_equals_the_exact_pass(tiny_model, normalize, largest, pool):
+    """Issue 14: a float16 bank is searched in float16, then the candidates re-scored in float32:
+    the same hits and scores as the exact float32 pass over the whole bank."""
+    bank = SenseBank.build(tiny_model, progress=False, dtype=torch.float16)
+    direction = tiny_model.wte.weight[[7, 40]].detach().sum(0)
+    exclude, limit, top = [7, 40, 3], 500, 10
+    got = bank.query(direction, top=top, exclude=exclude, vocab_limit=limit, largest=largest,
+                     normalize=normalize, pool=pool)
+    exact = bank.scores(direction, normalize)[:limit].clone()  # float32 over the whole bank
+    exact[exclude] = float("-inf") if largest else float("inf")
+    values, index = exact.flatten().topk(top, largest=largest)
+    k = bank.num_senses
+    assert [(t, s) for t, s, _ in got] == [(int(i) // k, int(i) % k) for i in index]
+    torch.testing.assert_close(torch.tensor([v for _, _, v in got]), values, rtol=1e-6, atol=1e-6)
+    assert bank.norms().dtype == torch.float32
+    torch.testing.assert_close(bank.norms(), bank.senses.float().norm(dim=-1))
