@@ -49,6 +49,7 @@ from .training.config import (
     load_run_config,
     plan_batches,
     resolve_model_config,
+    should_compile,
 )
 from .training.metrics import MetricsLog, eval_line, memory_gib, mfu, peak_flops, train_line
 from .training.optim import build_optimizer, set_lr
@@ -232,7 +233,7 @@ def setup(cfg: RunConfig, d: distributed.Dist, resume: bool, overwrite: bool) ->
     torch.manual_seed(t.seed)
     model = Backpack(model_config).to(d.device)
     model.dedup_senses = t.dedup_senses
-    train_model = distributed.wrap_model(model, d, t.fsdp, t.compile, bf16)
+    train_model = distributed.wrap_model(model, d, t.fsdp, should_compile(t.compile, plan.max_steps), bf16)
     optimizer = build_optimizer(model, t, d.device)
     if resume:
         load_checkpoint(prior[0], model, optimizer, state)
