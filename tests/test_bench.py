@@ -26,3 +26,22 @@ def test_bench_sense_search_smoke():
         assert {"old_ms", "new_ms", "old_extra_MB", "new_extra_MB", "speedup"} <= set(row)
         assert row["agree_top20"] is True
     assert (REPO / "bench/results/sense_search_smoke.json").is_file()
+
+
+def test_bench_train_smoke():
+    out = run_smoke("bench_train.py")
+    assert out["bench"] == "train" and out["smoke"]
+    assert set(out["results"]) == {"backpack", "backpack_old", "backpack_dedup", "twin", "hf_gpt2"}
+    for row in out["results"].values():
+        assert {"step_ms", "tokens_per_s", "vs_hf_gpt2", "first_loss"} <= set(row)
+    # the old and new step compute the same loss
+    assert out["results"]["backpack"]["first_loss"] == out["results"]["backpack_old"]["first_loss"]
+    assert out["flops_ratio_backpack_vs_twin"] > 1
+
+
+def test_bench_long_smoke():
+    out = run_smoke("bench_long.py")
+    assert out["bench"] == "long" and out["smoke"]
+    for row in out["results"].values():
+        assert set(row["ms"]) == {"backpack_old", "backpack", "backpack_weights", "hf_gpt2"}
+        assert row["fast_equals_explicit"] is True and "backpack_vs_hf" in row
