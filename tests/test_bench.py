@@ -45,3 +45,10 @@ def test_bench_long_smoke():
     for row in out["results"].values():
         assert set(row["ms"]) == {"backpack_old", "backpack", "backpack_weights", "hf_gpt2"}
         assert row["fast_equals_explicit"] is True and "backpack_vs_hf" in row
+
+
+def test_bench_steer_rerun_smoke():
+    out = run_smoke("bench_steer_rerun.py")
+    assert out["bench"] == "steer_rerun" and out["smoke"]
+    assert set(out["cpu_s_per_rerun"]) == {"baseline", "memo"}
+    assert {"speedup", "compile_ms", "goal_cpu_s"} <= set(out)
