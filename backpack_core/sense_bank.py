@@ -117,6 +117,19 @@ _MEMORY_SIZE = 2
 _MEMORY_LOCK = threading.Lock()  # app sessions may ask from several threads
 
 
+_POOLS: dict[int, Any] = {}
+
+
+def _pool(workers: int):
+    """A thread pool of `workers` threads, made once per size."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with _MEMORY_LOCK:
+        if workers not in _POOLS:
+            _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="sense-bank")
+        return _POOLS[workers]
+
+
 class SenseBank:
     """All sense vectors of a model's vocabulary: `senses` (vocab, k, d) on CPU."""
 
@@ -314,7 +327,8 @@ class SenseBank:
 
     def approximate_scores(self, direction: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """Like `scores`, but for a half-precision bank computed in its own dtype (one
-        matrix-vector product per chunk, no float32 copy; 17x faster on the published size),
+        matrix-vector product per chunk, chunks spread over torch.get_num_threads() threads,
+        no float32 copy; 5x faster than the float32 pass on the published size),
         so within ~1e-3 relative: good for choosing candidates, not for display."""
         direction = self._direction(direction)
         flat, step = self.flat, self._ROWS
@@ -323,8 +337,18 @@ class SenseBank:
         scale = direction.abs().max().clamp_min(1e-30)  # unit max entry: no half overflow
         half = (direction / scale).to(flat.dtype)
         scores = torch.empty(flat.shape[0], dtype=torch.float32)
-        for i in range(0, flat.shape[0], step):
+
+        def chunk(i: int) -> None:
             scores[i:i + step] = flat[i:i + step] @ half
+
+        # torch's half-precision matrix-vector product runs on one core: chunks go to a pool
+        # of torch.get_num_threads() workers (1.8x on 2 cores; torch releases the GIL)
+        starts = range(0, flat.shape[0], step)
+        if torch.get_num_threads() > 1 and len(starts) > 1:
+            list(_pool(torch.get_num_threads()).map(chunk, starts))
+        else:
+            for i in starts:
+                chunk(i)
         scores = scores.view(self.vocab_size, self.num_senses)
         if normalize:
             return scores / (self.norms() * (direction / scale).norm()).clamp_min(1e-12)

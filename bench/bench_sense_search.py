@@ -8,12 +8,13 @@ a bank of this size: float16 above 2^28 numbers (the published 170M model: 804k 
 
 - old: the path before issue 14: upcast the bank to float32 in chunks of 2^20 rows (more than
   the whole bank, so a full float32 copy per query) and the float32 norms of the whole bank;
-- new: `SenseBank.query`: a float16 matrix-vector product in chunks of 65k rows, the top
-  max(512, 4 * top) candidates re-scored exactly in float32.
+- new: `SenseBank.query`: a float16 matrix-vector product in chunks of 65k rows spread over
+  --threads threads, the top max(512, 4 * top) candidates re-scored exactly in float32.
 
 Each query runs a fresh direction (a sum of two random rows), old and new interleaved; times
 are medians in ms, extra memory is the peak resident set above the one before the call (a
-sampling thread, 1 ms), in MB. `agree_top20` says whether both paths return the same top 20
+second call with a sampling thread, 1 ms, not timed), in MB. `agree_top20` says whether both
+paths return the same top 20
 (token, sense) pairs in the same order, and `max_score_diff` how far their scores differ.
 The first normalised query (computing the norms, once per bank) is timed apart.
 
@@ -45,7 +46,11 @@ def rss_mb() -> float:
 
 
 def measure(fn):
-    """(result, seconds, peak extra resident MB) of fn()."""
+    """(result, seconds, peak extra resident MB) of fn(): timed alone, then run again with a
+    thread sampling the resident set (the sampling would disturb the timing)."""
+    start = time.perf_counter()
+    result = fn()
+    seconds = time.perf_counter() - start
     base, peak, done = rss_mb(), [0.0], threading.Event()
 
     def sample():
@@ -55,9 +60,7 @@ def measure(fn):
 
     thread = threading.Thread(target=sample)
     thread.start()
-    start = time.perf_counter()
-    result = fn()
-    seconds = time.perf_counter() - start
+    fn()
     done.set()
     thread.join()
     return result, seconds, max(0.0, max(peak[0], rss_mb()) - base)

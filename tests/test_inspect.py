@@ -298,3 +298,22 @@ def test_half_bank_two_pass_query_equals_the_exact_pass(tiny_model, normalize, l
     torch.testing.assert_close(torch.tensor([v for _, _, v in got]), values, rtol=1e-6, atol=1e-6)
     assert bank.norms().dtype == torch.float32
     torch.testing.assert_close(bank.norms(), bank.senses.float().norm(dim=-1))
+
+
+def test_half_bank_chunks_on_threads_give_the_same_scores(tiny_model, monkeypatch):
+    """The half-precision pass split over a thread pool (several chunks, 2 threads) gives the
+    same approximate scores as one product over the whole bank."""
+    bank = SenseBank.build(tiny_model, progress=False, dtype=torch.float16)
+    direction = tiny_model.wte.weight[5].detach()
+    whole = bank.approximate_scores(direction)
+    monkeypatch.setattr(SenseBank, "_ROWS", 100)  # 21 chunks
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        chunked = bank.approximate_scores(direction)
+        normalized = bank.approximate_scores(direction, normalize=True)
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=0)
+    exact = bank.scores(direction, normalize=True)
+    torch.testing.assert_close(normalized, exact, rtol=2e-2, atol=2e-3)
