@@ -333,3 +333,16 @@ def test_fused_mix_equals_the_explicit_weights(n_embd, num_senses):
     for a, e in zip(torch.autograd.grad(fast, (queries, keys, senses), grad),
                     torch.autograd.grad(explicit, (queries, keys, senses), grad), strict=True):
         torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-5)
+
+
+def test_fast_mixing_in_the_model_equals_the_weights_path_at_the_shipped_width():
+    """Inference without weights (fast path; an all-ones attention mask too) equals the explicit
+    path that inspection uses, at k = 16 senses of d/k = 8 (values 16x wider than queries)."""
+    model = tiny(n_embd=128, num_senses=16, n_head=4)
+    ids = torch.randint(0, 512, (2, 64))
+    with torch.no_grad():
+        explicit = model(ids, output_contextualization=True).logits
+        fast = model(ids).logits
+        ones = model(ids, attention_mask=torch.ones_like(ids)).logits
+    torch.testing.assert_close(fast, explicit, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ones, explicit, rtol=1e-5, atol=1e-5)
