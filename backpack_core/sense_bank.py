@@ -292,16 +292,31 @@ class SenseBank:
     # -- queries --
 
     _ROWS = 1 << 16  # rows per chunk of a half-precision pass: 65k x d, never the whole bank
+    _NORM_ROWS = 2048  # rows per chunk of the norms: 2048 x d in float32 stays in cache
 
     def norms(self) -> torch.Tensor:
         """(vocab, k) sense-vector norms (float32), computed once, without a float32 copy of a
         half-precision bank."""
         if self._norms is None:
-            flat, step = self.flat, self._ROWS
-            self._norms = torch.cat([
-                torch.linalg.vector_norm(flat[i:i + step], dim=-1, dtype=torch.float32)
-                for i in range(0, flat.shape[0], step)]).view(self.vocab_size, self.num_senses)
+            flat, step = self.flat, self._NORM_ROWS
+            norms = torch.empty(flat.shape[0], dtype=torch.float32)
+
+            def chunk(i: int) -> None:  # upcast then norm: ~7x faster than a half-input norm
+                norms[i:i + step] = torch.linalg.vector_norm(flat[i:i + step].float(), dim=-1)
+
+            self._map(chunk, range(0, flat.shape[0], step))
+            self._norms = norms.view(self.vocab_size, self.num_senses)
         return self._norms
+
+    @staticmethod
+    def _map(fn, starts: range) -> None:
+        """fn(i) for every chunk start: on a pool of torch.get_num_threads() threads when there
+        are several (torch's half-precision kernels here use one core; torch releases the GIL)."""
+        if torch.get_num_threads() > 1 and len(starts) > 1:
+            list(_pool(torch.get_num_threads()).map(fn, starts))
+        else:
+            for i in starts:
+                fn(i)
 
     def _direction(self, direction: torch.Tensor) -> torch.Tensor:
         direction = direction.detach().to("cpu", torch.float32).reshape(-1)
@@ -341,14 +356,7 @@ class SenseBank:
         def chunk(i: int) -> None:
             scores[i:i + step] = flat[i:i + step] @ half
 
-        # torch's half-precision matrix-vector product runs on one core: chunks go to a pool
-        # of torch.get_num_threads() workers (1.8x on 2 cores; torch releases the GIL)
-        starts = range(0, flat.shape[0], step)
-        if torch.get_num_threads() > 1 and len(starts) > 1:
-            list(_pool(torch.get_num_threads()).map(chunk, starts))
-        else:
-            for i in starts:
-                chunk(i)
+        self._map(chunk, range(0, flat.shape[0], step))  # 1.8x on 2 cores
         scores = scores.view(self.vocab_size, self.num_senses)
         if normalize:
             return scores / (self.norms() * (direction / scale).norm()).clamp_min(1e-12)

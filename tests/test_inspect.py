@@ -307,6 +307,7 @@ def test_half_bank_chunks_on_threads_give_the_same_scores(tiny_model, monkeypatc
     direction = tiny_model.wte.weight[5].detach()
     whole = bank.approximate_scores(direction)
     monkeypatch.setattr(SenseBank, "_ROWS", 100)  # 21 chunks
+    monkeypatch.setattr(SenseBank, "_NORM_ROWS", 300)  # 7 chunks, a ragged last one
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -317,3 +318,4 @@ def test_half_bank_chunks_on_threads_give_the_same_scores(tiny_model, monkeypatc
     torch.testing.assert_close(chunked, whole, rtol=0, atol=0)
     exact = bank.scores(direction, normalize=True)
     torch.testing.assert_close(normalized, exact, rtol=2e-2, atol=2e-3)
+    torch.testing.assert_close(bank.norms(), bank.senses.float().norm(dim=-1), rtol=1e-6, atol=0)
