@@ -346,3 +346,26 @@ def test_fast_mixing_in_the_model_equals_the_weights_path_at_the_shipped_width()
         ones = model(ids, attention_mask=torch.ones_like(ids)).logits
     torch.testing.assert_close(fast, explicit, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(ones, explicit, rtol=1e-5, atol=1e-5)
+
+
+def test_half_precision_loss_in_pieces_trains_under_autocast(monkeypatch):
+    """GPU-style bf16 autocast (here on CPU): the loss goes in checkpointed float32 pieces and
+    its gradients match the whole-logits loss."""
+    from backpack_core import model as model_module
+
+    model = tiny().train()
+    ids = torch.randint(0, 512, (2, 24))
+    params = list(model.parameters())
+
+    def grads():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(ids, labels=ids)
+        assert out.logits.dtype == torch.bfloat16
+        return out.loss.float(), torch.autograd.grad(out.loss, params)
+
+    whole_loss, whole = grads()
+    monkeypatch.setattr(model_module, "LOSS_CHUNK", 5)  # 10 pieces
+    loss, pieces = grads()
+    torch.testing.assert_close(loss, whole_loss, rtol=1e-5, atol=1e-5)
+    for a, b in zip(pieces, whole, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)
