@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -259,6 +260,21 @@ def edit_set() -> dict[str, Any]:
 
 def set_edit_set(data: dict[str, Any]) -> None:
     st.session_state["edit_set"] = data
+
+
+def memo(name: str, session: ContextSession, key: Any, compute: Callable[[], Any]) -> Any:
+    """compute(), or its value from this browser session's last rerun with the same text
+    session and `key` (JSON-able: edits, position, ...). One value per name: a rerun that
+    changes neither (a click elsewhere, a generation) reuses the derived view instead of
+    recomputing it (issue 14: the Steer page's per-rerun cost)."""
+    store = st.session_state.setdefault("_memo", {})
+    stamp = json.dumps(key, sort_keys=True, ensure_ascii=False, default=str)
+    hit = store.get(name)
+    if hit is not None and hit[0] is session and hit[1] == stamp:
+        return hit[2]
+    value = compute()
+    store[name] = (session, stamp, value)  # holds the session: its id is never reused meanwhile
+    return value
 
 
 # ----------------------------------------------------------------------------------------------

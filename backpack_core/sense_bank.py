@@ -63,13 +63,25 @@ def _sense_parameters(model: Backpack) -> list[tuple[str, torch.Tensor]]:
     return params
 
 
+def _cpu_bytes(p: torch.Tensor) -> memoryview:
+    t = p.detach().to("cpu").contiguous()
+    return t.view(torch.uint8).numpy().data if t.numel() else memoryview(b"")
+
+
 def model_fingerprint(model: Backpack) -> str:
     """sha256 over the config and the bytes of E and the sense network (their dtype included).
 
-    Memoised per model object while none of those tensors changes (their storage and in-place
-    version counters are part of the memo key), so repeated lookups cost nothing."""
+    Memoised per model object on a crc32 of every byte of those tensors (plus their storage and
+    version counter): an edit through `.data` does not move the version counter, so only the
+    bytes tell. crc32 (on two threads: E and the sense network's largest matrix are about the
+    same size) costs a fraction of sha256: for the published-size model's 83M sense parameters
+    about 0.1-0.2 s against 0.30 s, 4 ms for the shipped model, on the shared 2-core CPU."""
+    import zlib
+
     params = _sense_parameters(model)
-    memo_key = tuple((p.data_ptr(), p._version) for _, p in params)
+    crcs = _pool(2).map(lambda item: zlib.crc32(_cpu_bytes(item[1])), params)  # GIL released
+    memo_key = tuple((name, p.dtype, tuple(p.shape), p.data_ptr(), p._version, crc)
+                     for (name, p), crc in zip(params, crcs))
     hit = _FINGERPRINTS.get(model)
     if hit is not None and hit[0] == memo_key:
         return hit[1]
@@ -77,9 +89,8 @@ def model_fingerprint(model: Backpack) -> str:
     digest.update(f"sense-bank-{BANK_FORMAT}\n".encode())
     digest.update(json.dumps(model.config.to_dict(), sort_keys=True).encode())
     for name, p in params:
-        t = p.detach().to("cpu").contiguous()
-        digest.update(f"\n{name} {t.dtype} {tuple(t.shape)}\n".encode())
-        digest.update(t.view(torch.uint8).numpy().data if t.numel() else b"")
+        digest.update(f"\n{name} {p.dtype} {tuple(p.shape)}\n".encode())
+        digest.update(_cpu_bytes(p))
     key = digest.hexdigest()
     _FINGERPRINTS[model] = (memo_key, key)
     return key
@@ -106,6 +117,19 @@ class SenseHit:
 _MEMORY: OrderedDict[str, SenseBank] = OrderedDict()  # the last few banks, by key
 _MEMORY_SIZE = 2
 _MEMORY_LOCK = threading.Lock()  # app sessions may ask from several threads
+
+
+_POOLS: dict[int, Any] = {}
+
+
+def _pool(workers: int):
+    """A thread pool of `workers` threads, made once per size."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with _MEMORY_LOCK:
+        if workers not in _POOLS:
+            _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="sense-bank")
+        return _POOLS[workers]
 
 
 class SenseBank:
@@ -155,8 +179,15 @@ class SenseBank:
                 bar.update(len(ids))
         return cls(senses, model_fingerprint(model))
 
+    def checksum(self) -> str:
+        """crc32 of the bank's bytes (hex): stored in the cache file, checked on load."""
+        import zlib
+
+        return f"{zlib.crc32(_cpu_bytes(self.senses)):08x}"
+
     def save(self, path: str | os.PathLike) -> Path:
-        """safetensors, written atomically (temporary file, then rename)."""
+        """safetensors, written atomically (temporary file, then rename), with the model key and
+        a checksum of the contents in the metadata."""
         from safetensors.torch import save_file
 
         path = Path(path)
@@ -165,7 +196,8 @@ class SenseBank:
         os.close(fd)
         try:
             save_file({"senses": self.senses.contiguous()}, tmp,
-                      metadata={"key": self.key, "format": str(BANK_FORMAT)})
+                      metadata={"key": self.key, "format": str(BANK_FORMAT),
+                                "crc32": self.checksum()})
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
@@ -173,15 +205,49 @@ class SenseBank:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike, expected_key: str | None = None) -> SenseBank:
+    def load(cls, path: str | os.PathLike, expected_key: str | None = None,
+             expected_shape: tuple[int, int, int] | None = None) -> SenseBank:
+        """Read a cache file; ValueError (saying why) unless it holds a bank with this key, this
+        (vocab, k, d) shape, the checksum written beside it, and finite numbers only."""
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             if expected_key is not None and meta.get("key") != expected_key:
                 raise ValueError(f"{path} holds the sense bank of another model")
+            if "senses" not in f.keys():
+                raise ValueError(f"{path} holds no 'senses' tensor")
             senses = f.get_tensor("senses")
-        return cls(senses, meta.get("key", ""))
+        bank = cls(senses, meta.get("key", ""))
+        if expected_shape is not None and tuple(senses.shape) != tuple(expected_shape):
+            raise ValueError(f"{path} has shape {tuple(senses.shape)}, the model needs "
+                             f"{tuple(expected_shape)} (vocab, k, d)")
+        if not senses.is_floating_point():
+            raise ValueError(f"{path} holds {senses.dtype} numbers, not floating point")
+        if "crc32" not in meta:
+            raise ValueError(f"{path} has no checksum (written by an older version)")
+        if meta["crc32"] != bank.checksum():
+            raise ValueError(f"{path} does not match its checksum (altered or corrupt)")
+        flat = bank.flat
+        step = 1 << 20
+        if not all(bool(flat[i:i + step].isfinite().all()) for i in range(0, flat.shape[0], step)):
+            raise ValueError(f"{path} holds NaN or infinite numbers")
+        return bank
+
+    @torch.inference_mode()
+    def spot_check(self, model: Backpack, n: int = 16) -> None:
+        """ValueError unless the rows of a few token ids (the first, the last and `n` drawn with
+        a fixed seed) match the model's sense vectors: catches permuted or foreign rows that
+        came with a matching checksum."""
+        vocab = self.vocab_size
+        drawn = torch.randint(0, vocab, (n,), generator=torch.Generator().manual_seed(0))
+        ids = torch.cat([torch.tensor([0, vocab - 1]), drawn]).unique()
+        want = model.sense_vectors(ids.to(model.wte.weight.device)).float().cpu()  # (n, k, d)
+        got = self.senses[ids].float()
+        tol = 1e-2 * want.abs().amax().clamp_min(1e-6)  # float16 storage rounds to ~1e-3
+        if not ((got - want).abs() <= tol).all():
+            bad = int(ids[((got - want).abs() > tol).flatten(1).any(1)][0])
+            raise ValueError(f"its senses of token {bad} do not match the model's")
 
     @staticmethod
     def path_for(key: str, directory: str | os.PathLike | None = None) -> Path:
@@ -194,8 +260,9 @@ class SenseBank:
                   progress: bool = True, rebuild: bool = False) -> SenseBank:
         """The bank of `model`: from memory, else from the disk cache, else built and cached.
 
-        A cache file that cannot be read is rebuilt; one that cannot be written only costs the
-        rebuild next time (a warning on stderr)."""
+        A cache file that cannot be read, or whose shape, checksum or numbers are wrong, is
+        rebuilt (one line on stderr says why); one that cannot be written only costs the rebuild
+        next time (a warning on stderr)."""
         key = model_fingerprint(model)
         with _MEMORY_LOCK:
             if not rebuild and key in _MEMORY:
@@ -205,9 +272,13 @@ class SenseBank:
         bank = None
         if not rebuild and path.is_file():
             try:
-                bank = cls.load(path, expected_key=key)
-            except Exception as err:  # corrupt or foreign file: rebuild it
-                print(f"sense bank: ignoring unreadable cache {path} ({err})", file=sys.stderr)
+                cfg = model.config
+                loaded = cls.load(path, expected_key=key,
+                                  expected_shape=(cfg.vocab_size, cfg.num_senses, cfg.n_embd))
+                loaded.spot_check(model)
+                bank = loaded
+            except Exception as err:  # corrupt, altered or foreign file: rebuild it
+                print(f"sense bank: rebuilding the cached bank ({err})", file=sys.stderr)
         if bank is None:
             bank = cls.build(model, progress=progress)
             try:
@@ -222,23 +293,48 @@ class SenseBank:
 
     # -- queries --
 
+    _ROWS = 1 << 16  # rows per chunk of a half-precision pass: 65k x d, never the whole bank
+    _NORM_ROWS = 2048  # rows per chunk of the norms: 2048 x d in float32 stays in cache
+
     def norms(self) -> torch.Tensor:
-        """(vocab, k) sense-vector norms, computed once."""
+        """(vocab, k) sense-vector norms (float32), computed once, without a float32 copy of a
+        half-precision bank."""
         if self._norms is None:
-            self._norms = self.senses.float().norm(dim=-1)
+            flat, step = self.flat, self._NORM_ROWS
+            norms = torch.empty(flat.shape[0], dtype=torch.float32)
+
+            def chunk(i: int) -> None:  # upcast then norm: ~7x faster than a half-input norm
+                norms[i:i + step] = torch.linalg.vector_norm(flat[i:i + step].float(), dim=-1)
+
+            self._map(chunk, range(0, flat.shape[0], step))
+            self._norms = norms.view(self.vocab_size, self.num_senses)
         return self._norms
 
-    def scores(self, direction: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        """direction (d,) -> (vocab, k): C(x)_l . direction (or the cosine, with normalize)."""
+    @staticmethod
+    def _map(fn, starts: range) -> None:
+        """fn(i) for every chunk start: on a pool of torch.get_num_threads() threads when there
+        are several (torch's half-precision kernels here use one core; torch releases the GIL)."""
+        if torch.get_num_threads() > 1 and len(starts) > 1:
+            list(_pool(torch.get_num_threads()).map(fn, starts))
+        else:
+            for i in starts:
+                fn(i)
+
+    def _direction(self, direction: torch.Tensor) -> torch.Tensor:
         direction = direction.detach().to("cpu", torch.float32).reshape(-1)
         if direction.shape[0] != self.senses.shape[-1]:
             raise ValueError(f"direction has {direction.shape[0]} numbers; the bank's senses have "
                              f"d = {self.senses.shape[-1]}")
-        flat = self.flat
+        return direction
+
+    def scores(self, direction: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """direction (d,) -> (vocab, k): C(x)_l . direction (or the cosine, with normalize),
+        exactly in float32 (a half-precision bank is upcast chunk by chunk)."""
+        direction = self._direction(direction)
+        flat, step = self.flat, self._ROWS
         if flat.dtype == torch.float32:
             scores = flat @ direction
-        else:  # upcast in chunks: no full float32 copy of a half-precision bank
-            step = 1 << 20
+        else:
             scores = torch.cat([flat[i:i + step].float() @ direction
                                 for i in range(0, flat.shape[0], step)])
         scores = scores.view(self.vocab_size, self.num_senses)
@@ -246,22 +342,63 @@ class SenseBank:
             scores = scores / (self.norms() * direction.norm()).clamp_min(1e-12)
         return scores
 
+    def approximate_scores(self, direction: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """Like `scores`, but for a half-precision bank computed in its own dtype (one
+        matrix-vector product per chunk, chunks spread over torch.get_num_threads() threads,
+        no float32 copy; 5x faster than the float32 pass on the published size),
+        so within ~1e-3 relative: good for choosing candidates, not for display."""
+        direction = self._direction(direction)
+        flat, step = self.flat, self._ROWS
+        if flat.dtype == torch.float32:
+            return self.scores(direction, normalize)
+        scale = direction.abs().max().clamp_min(1e-30)  # unit max entry: no half overflow
+        half = (direction / scale).to(flat.dtype)
+        scores = torch.empty(flat.shape[0], dtype=torch.float32)
+
+        def chunk(i: int) -> None:
+            scores[i:i + step] = flat[i:i + step] @ half
+
+        self._map(chunk, range(0, flat.shape[0], step))  # 1.8x on 2 cores
+        scores = scores.view(self.vocab_size, self.num_senses)
+        if normalize:
+            return scores / (self.norms() * (direction / scale).norm()).clamp_min(1e-12)
+        return scores * scale
+
     def query(self, direction: torch.Tensor, top: int = 20, exclude: list[int] | tuple = (),
-              vocab_limit: int | None = None, largest: bool = True, normalize: bool = False
-              ) -> list[tuple[int, int, float]]:
+              vocab_limit: int | None = None, largest: bool = True, normalize: bool = False,
+              pool: int | None = None) -> list[tuple[int, int, float]]:
         """The `top` (token_id, sense, score) triples along `direction` (largest first, or
-        smallest first with largest=False), skipping `exclude` ids and ids >= vocab_limit."""
-        scores = self.scores(direction, normalize)
+        smallest first with largest=False), skipping `exclude` ids and ids >= vocab_limit.
+
+        Scores are exact float32. A half-precision bank is searched in two passes: its own
+        precision picks `pool` candidates (default max(512, 4 * top)), then they are re-scored
+        exactly and ranked: the same hits as an exact pass over the whole bank (the half
+        pass errs by ~1e-3 of the largest score, far less than the gap to the 512th)."""
+        direction = self._direction(direction)
+        exact = self.flat.dtype == torch.float32
+        scores = self.scores(direction, normalize) if exact else \
+            self.approximate_scores(direction, normalize)
         if vocab_limit is not None and vocab_limit < self.vocab_size:
             scores = scores[:vocab_limit]
         fill = float("-inf") if largest else float("inf")
         if exclude:
-            scores = scores.clone()
+            scores = scores.clone() if exact else scores
             scores[[i for i in exclude if i < scores.shape[0]]] = fill
         flat = scores.reshape(-1)
+        k = self.num_senses
+        if not exact:  # re-score the candidates exactly, in float32
+            n = min(pool or max(512, 4 * top), flat.shape[0])
+            index = flat.topk(n, largest=largest).indices
+            keep = flat[index] != fill
+            index = index[keep]
+            flat = self.flat[index].float() @ direction
+            if normalize:
+                norms = torch.linalg.vector_norm(self.flat[index], dim=-1, dtype=torch.float32)
+                flat = flat / (norms * direction.norm()).clamp_min(1e-12)
+            values, order = flat.topk(min(top, flat.shape[0]), largest=largest)
+            return [(i // k, i % k, v) for v, i in zip(values.tolist(), index[order].tolist())]
         n = min(top, flat.shape[0])
         values, index = flat.topk(n, largest=largest)
-        k = self.num_senses
         return [(i // k, i % k, v) for v, i in zip(values.tolist(), index.tolist())
                 if v != fill]
 

@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from . import cli
@@ -33,7 +32,7 @@ from .data.loader import ShardSet, TrainBatches, eval_windows, gather
 from .files import write_text_atomic
 from .limits import check_model_fits
 from .loading import CheckpointError
-from .model import Backpack, count_parameters, flops_per_token
+from .model import Backpack, count_parameters, flops_per_token, next_token_loss
 from .training import distributed
 from .training.checkpoint import (
     find_checkpoint,
@@ -50,6 +49,7 @@ from .training.config import (
     load_run_config,
     plan_batches,
     resolve_model_config,
+    should_compile,
 )
 from .training.metrics import MetricsLog, eval_line, memory_gib, mfu, peak_flops, train_line
 from .training.optim import build_optimizer, set_lr
@@ -116,8 +116,7 @@ def evaluate(model: nn.Module, tokens: np.ndarray, starts: np.ndarray, seq_len: 
         batch = gather(tokens, mine[i:i + batch_size], seq_len).to(d.device)
         with autocast():
             logits = model(batch).logits
-        losses = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch[:, 1:].flatten(),
-                                 reduction="none").view(len(batch), -1).mean(1)
+        losses = next_token_loss(logits, batch, reduction="none")[:, :-1].mean(1)
         total += (losses.double() * weights[i:i + batch_size].to(d.device)).sum()
     model.train()
     return float(distributed.all_sum(d, total)) / len(starts)
@@ -234,7 +233,7 @@ def setup(cfg: RunConfig, d: distributed.Dist, resume: bool, overwrite: bool) ->
     torch.manual_seed(t.seed)
     model = Backpack(model_config).to(d.device)
     model.dedup_senses = t.dedup_senses
-    train_model = distributed.wrap_model(model, d, t.fsdp, t.compile, bf16)
+    train_model = distributed.wrap_model(model, d, t.fsdp, should_compile(t.compile, plan.max_steps), bf16)
     optimizer = build_optimizer(model, t, d.device)
     if resume:
         load_checkpoint(prior[0], model, optimizer, state)

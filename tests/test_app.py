@@ -602,3 +602,23 @@ def test_an_oversized_link_is_refused_whole_and_the_text_box_is_bounded(app_mode
     assert "The link was not used" in warning and "MAX_LINK_CHARS" in warning
     assert at.text_area(key="context:text").value != long_text  # the default text, not the link's
     assert at.text_area(key="context:text").proto.max_chars == limits.MAX_TEXT_CHARS
+
+
+def test_steer_rerun_reuses_its_views_until_the_inputs_change(app_model, monkeypatch):
+    """Issue 14: a rerun that changes neither text, edits nor position recomputes no view."""
+    calls = []
+    real = views.steer_view
+    monkeypatch.setattr(views, "steer_view", lambda *a, **k: calls.append(k) or real(*a, **k))
+    edits = {"version": 1, "edits": [{"kind": "scale_sense", "word": " bank", "sense": [0, 1],
+                                      "factor": 3.0}]}
+    at = ok(page("steer", text=TEXT, edits=state.encode_edits(edits), pos="5"))
+    assert len(calls) == 1
+    ok(at.run())
+    ok(at.run())
+    assert len(calls) == 1  # reused
+    at.selectbox(key="steer:pos").select(6).run()
+    assert len(calls) == 2 and calls[-1]["position"] == 6
+    before = ok(at).dataframe[0].value.copy() if at.dataframe else None
+    at.button(key="steer:clear").click().run()
+    assert len(calls) == 3  # the edits changed
+    assert before is not None and not ok(at).session_state["edit_set"]["edits"]

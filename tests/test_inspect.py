@@ -181,3 +181,141 @@ def test_fingerprint_follows_the_weights(tiny_model):
     with torch.no_grad():
         other.sense_network.final_mlp.c_proj.bias.add_(1.0)  # in-place: version counter moves
     assert model_fingerprint(other) != key
+
+
+def test_fingerprint_sees_data_edits_and_the_bank_is_rebuilt(tiny_model, tiny_tokenizer, tmp_path,
+                                                             monkeypatch):
+    """Issue 12 item 5: `.data` edits do not move the version counter; the key must still change."""
+    import copy
+
+    from backpack_core import sense_bank
+
+    monkeypatch.setattr(sense_bank, "_MEMORY", type(sense_bank._MEMORY)())
+    model = copy.deepcopy(tiny_model)
+    before = SenseBank.for_model(model, directory=tmp_path, progress=False)
+    version = model.wte.weight._version
+    model.wte.weight.data[0] += 1  # no version bump
+    model.sense_network.final_mlp.c_proj.bias.data[3] -= 0.5
+    assert model.wte.weight._version == version
+    key = model_fingerprint(model)
+    assert key != before.key
+    after = SenseBank.for_model(model, directory=tmp_path, progress=False)
+    assert after.key == key and after is not before
+    fresh = SenseBank.build(model, progress=False)
+    torch.testing.assert_close(after.senses, fresh.senses, rtol=0, atol=0)
+    assert not torch.equal(after.senses[0], before.senses[0])
+    got = sense_search(model, tiny_tokenizer, " money", top=10, bank=after)
+    want = sense_search(model, tiny_tokenizer, " money", top=10, bank=fresh)
+    assert [(h.token_id, h.sense, h.score) for h in got.hits] == \
+        [(h.token_id, h.sense, h.score) for h in want.hits]
+
+
+def _tamper(path, change, checksum="recompute"):
+    """Rewrite a cached bank file: `change(senses) -> senses`; the checksum kept, recomputed,
+    altered or dropped."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        meta, senses = f.metadata(), f.get_tensor("senses")
+    senses = change(senses.clone()).contiguous()
+    if checksum == "recompute":
+        meta["crc32"] = SenseBank(senses).checksum()
+    elif checksum == "alter":
+        meta["crc32"] = "%08x" % (int(meta["crc32"], 16) ^ 1)
+    elif checksum == "drop":
+        del meta["crc32"]
+    save_file({"senses": senses}, str(path), metadata=meta)
+
+
+def _nan(s):
+    s[5, 1, 2] = float("nan")
+    return s
+
+
+@pytest.mark.parametrize("change, checksum, reason", [
+    (lambda s: s.flip(0), "keep", "checksum"),  # permuted rows, old checksum
+    (lambda s: s.flip(0), "recompute", "do not match the model"),  # permuted, checksum redone
+    (_nan, "recompute", "NaN"),
+    (lambda s: s[:-1], "recompute", "shape"),
+    (lambda s: s[:, :, :-1], "recompute", "shape"),
+    (lambda s: s, "drop", "no checksum"),
+    (lambda s: s, "alter", "checksum"),
+], ids=["permuted", "permuted-rechecksummed", "nan", "wrong-vocab", "wrong-d",
+        "checksum-missing", "checksum-altered"])
+def test_sense_bank_cache_is_checked_on_load(tiny_model, tmp_path, monkeypatch, capsys,
+                                             change, checksum, reason):
+    """Issue 13: a cache file with the right key but wrong contents is rebuilt, not served."""
+    from backpack_core import sense_bank
+
+    monkeypatch.setattr(sense_bank, "_MEMORY", type(sense_bank._MEMORY)())
+    good = SenseBank.for_model(tiny_model, directory=tmp_path, progress=False)
+    path = SenseBank.path_for(good.key, tmp_path)
+    _tamper(path, change, checksum)
+    sense_bank._MEMORY.clear()
+    capsys.readouterr()
+    served = SenseBank.for_model(tiny_model, directory=tmp_path, progress=False)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "sense bank: rebuilding" in err and reason in err, err
+    torch.testing.assert_close(served.senses, good.senses, rtol=0, atol=0)
+    sense_bank._MEMORY.clear()  # the rebuilt file is good again: loaded without a word
+    again = SenseBank.for_model(tiny_model, directory=tmp_path, progress=False)
+    assert capsys.readouterr().err == ""
+    torch.testing.assert_close(again.senses, good.senses, rtol=0, atol=0)
+
+
+def test_float16_bank_passes_its_own_checks(tiny_model, tmp_path, monkeypatch, capsys):
+    """A bank stored in float16 (the published size) loads back without a rebuild."""
+    from backpack_core import sense_bank
+
+    monkeypatch.setattr(sense_bank, "_MEMORY", type(sense_bank._MEMORY)())
+    monkeypatch.setattr(sense_bank, "FLOAT32_LIMIT", 0)
+    bank = SenseBank.for_model(tiny_model, directory=tmp_path, progress=False)
+    assert bank.senses.dtype == torch.float16
+    sense_bank._MEMORY.clear()
+    capsys.readouterr()
+    loaded = SenseBank.for_model(tiny_model, directory=tmp_path, progress=False)
+    assert capsys.readouterr().err == "" and loaded is not bank
+    torch.testing.assert_close(loaded.senses, bank.senses, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+@pytest.mark.parametrize("largest", [True, False])
+@pytest.mark.parametrize("pool", [None, 30])
+def test_half_bank_two_pass_query_equals_the_exact_pass(tiny_model, normalize, largest, pool):
+    """Issue 14: a float16 bank is searched in float16, then the candidates re-scored in float32:
+    the same hits and scores as the exact float32 pass over the whole bank."""
+    bank = SenseBank.build(tiny_model, progress=False, dtype=torch.float16)
+    direction = tiny_model.wte.weight[[7, 40]].detach().sum(0)
+    exclude, limit, top = [7, 40, 3], 500, 10
+    got = bank.query(direction, top=top, exclude=exclude, vocab_limit=limit, largest=largest,
+                     normalize=normalize, pool=pool)
+    exact = bank.scores(direction, normalize)[:limit].clone()  # float32 over the whole bank
+    exact[exclude] = float("-inf") if largest else float("inf")
+    values, index = exact.flatten().topk(top, largest=largest)
+    k = bank.num_senses
+    assert [(t, s) for t, s, _ in got] == [(int(i) // k, int(i) % k) for i in index]
+    torch.testing.assert_close(torch.tensor([v for _, _, v in got]), values, rtol=1e-6, atol=1e-6)
+    assert bank.norms().dtype == torch.float32
+    torch.testing.assert_close(bank.norms(), bank.senses.float().norm(dim=-1))
+
+
+def test_half_bank_chunks_on_threads_give_the_same_scores(tiny_model, monkeypatch):
+    """The half-precision pass split over a thread pool (several chunks, 2 threads) gives the
+    same approximate scores as one product over the whole bank."""
+    bank = SenseBank.build(tiny_model, progress=False, dtype=torch.float16)
+    direction = tiny_model.wte.weight[5].detach()
+    whole = bank.approximate_scores(direction)
+    monkeypatch.setattr(SenseBank, "_ROWS", 100)  # 21 chunks
+    monkeypatch.setattr(SenseBank, "_NORM_ROWS", 300)  # 7 chunks, a ragged last one
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        chunked = bank.approximate_scores(direction)
+        normalized = bank.approximate_scores(direction, normalize=True)
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=0)
+    exact = bank.scores(direction, normalize=True)
+    torch.testing.assert_close(normalized, exact, rtol=2e-2, atol=2e-3)
+    torch.testing.assert_close(bank.norms(), bank.senses.float().norm(dim=-1), rtol=1e-6, atol=0)

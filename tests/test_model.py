@@ -267,3 +267,105 @@ def test_inspection_loads_in_float32_by_default_on_every_device(tiny_model_dir):
     assert resolve_dtype("bf16", torch.device("cuda")) == torch.bfloat16
     model, _ = load_backpack(tiny_model_dir)
     assert model.wte.weight.dtype == torch.float32
+
+
+def _old_loss(logits, labels):  # the loss before issue 14: sliced logits, upcast
+    return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(),
+                                             labels[:, 1:].flatten(), ignore_index=-100)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_shifted_label_loss_equals_the_sliced_loss_with_gradients(dtype, monkeypatch):
+    """Issue 14: labels shifted with -100 instead of slicing the logits: the same loss and the
+    same gradient; half-precision logits go in checkpointed float32 pieces."""
+    from backpack_core import model as model_module
+    from backpack_core.model import next_token_loss
+
+    monkeypatch.setattr(model_module, "LOSS_CHUNK", 7)  # several pieces, a ragged last one
+    torch.manual_seed(0)
+    logits = torch.randn(3, 10, 50).to(dtype)
+    labels = torch.randint(0, 50, (3, 10))
+    labels[0, 4] = labels[2, 9] = -100
+    a = logits.clone().requires_grad_()
+    b = logits.clone().requires_grad_()
+    old, new = _old_loss(a, labels), next_token_loss(b, labels)
+    torch.testing.assert_close(new, old, rtol=1e-6, atol=1e-6)
+    old.backward()
+    new.backward()
+    torch.testing.assert_close(b.grad, a.grad, rtol=0, atol=1e-6 if dtype == torch.float32 else 1e-2)
+    rows = next_token_loss(logits, labels, reduction="none")
+    assert rows.shape == (3, 10) and (rows[:, -1] == 0).all() and rows[0, 3] == 0
+    manual = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(),
+                                               labels[:, 1:].flatten(), reduction="none")
+    torch.testing.assert_close(rows[:, :-1].flatten(), manual, rtol=1e-6, atol=1e-6)
+
+
+def test_model_loss_and_gradients_equal_the_sliced_loss():
+    model = tiny().train()
+    ids = torch.randint(0, 512, (2, 16))
+    out = model(ids, labels=ids)
+    old = _old_loss(out.logits, ids)
+    torch.testing.assert_close(out.loss, old, rtol=0, atol=1e-6)
+    params = list(model.parameters())
+    for a, b in zip(torch.autograd.grad(out.loss, params, retain_graph=True),
+                    torch.autograd.grad(old, params), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("n_embd, num_senses", [(32, 4), (128, 16)])
+def test_fused_mix_equals_the_explicit_weights(n_embd, num_senses):
+    """The fast mixing (queries and keys zero-padded to the value width on CPU) is the explicit
+    softmax-then-weighted-sum, forward and backward, and runs SDPA's fused CPU kernel."""
+    from backpack_core.model import fused_mix
+
+    model = tiny(n_embd=n_embd, num_senses=num_senses, n_head=4)
+    b, s, k, d = 2, 33, num_senses, n_embd
+    queries = torch.randn(b, k, s, d // k, requires_grad=True)
+    keys = torch.randn(b, k, s, d // k, requires_grad=True)
+    senses = torch.randn(b, k, s, d, requires_grad=True)
+    allowed = torch.ones(s, s, dtype=torch.bool).tril()[None, None]
+    explicit = model.mix(model.sense_weight_network(queries, keys, allowed), senses)
+    with torch.profiler.profile() as prof:
+        fast = fused_mix(queries, keys, senses)
+    assert any("flash_attention" in e.key for e in prof.key_averages()), "the fused kernel ran"
+    torch.testing.assert_close(fast, explicit, rtol=1e-5, atol=1e-5)
+    grad = torch.randn_like(fast)
+    for a, e in zip(torch.autograd.grad(fast, (queries, keys, senses), grad),
+                    torch.autograd.grad(explicit, (queries, keys, senses), grad), strict=True):
+        torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-5)
+
+
+def test_fast_mixing_in_the_model_equals_the_weights_path_at_the_shipped_width():
+    """Inference without weights (fast path; an all-ones attention mask too) equals the explicit
+    path that inspection uses, at k = 16 senses of d/k = 8 (values 16x wider than queries)."""
+    model = tiny(n_embd=128, num_senses=16, n_head=4)
+    ids = torch.randint(0, 512, (2, 64))
+    with torch.no_grad():
+        explicit = model(ids, output_contextualization=True).logits
+        fast = model(ids).logits
+        ones = model(ids, attention_mask=torch.ones_like(ids)).logits
+    torch.testing.assert_close(fast, explicit, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ones, explicit, rtol=1e-5, atol=1e-5)
+
+
+def test_half_precision_loss_in_pieces_trains_under_autocast(monkeypatch):
+    """GPU-style bf16 autocast (here on CPU): the loss goes in checkpointed float32 pieces and
+    its gradients match the whole-logits loss."""
+    from backpack_core import model as model_module
+
+    model = tiny().train()
+    ids = torch.randint(0, 512, (2, 24))
+    params = list(model.parameters())
+
+    def grads():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(ids, labels=ids)
+        assert out.logits.dtype == torch.bfloat16
+        return out.loss.float(), torch.autograd.grad(out.loss, params)
+
+    whole_loss, whole = grads()
+    monkeypatch.setattr(model_module, "LOSS_CHUNK", 5)  # 10 pieces
+    loss, pieces = grads()
+    torch.testing.assert_close(loss, whole_loss, rtol=1e-5, atol=1e-5)
+    for a, b in zip(pieces, whole, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)

@@ -198,3 +198,15 @@ def main_error(argv: list[str], capsys) -> str:
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "Traceback" not in err
     return err
+
+
+def test_compile_auto_compiles_long_runs_only():
+    """Issue 14: train.compile defaults to auto: on for runs long enough to repay compiling."""
+    from backpack_core.training.config import COMPILE_MIN_STEPS, ConfigError, load_run_config, should_compile
+
+    assert load_run_config("tiny").train.compile == "auto"
+    assert should_compile("auto", COMPILE_MIN_STEPS) and not should_compile("auto", 40)
+    assert should_compile(True, 1) and not should_compile(False, 10**6)
+    assert load_run_config("tiny", ["train.compile=false"]).train.compile is False
+    with pytest.raises(ConfigError, match="true, false or auto"):
+        load_run_config("tiny", ["train.compile=maybe"])

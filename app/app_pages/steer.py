@@ -204,7 +204,8 @@ with builder:
     if edits.get("name") or edits.get("description"):
         st.caption(" · ".join(str(edits[k]) for k in ("name", "description") if edits.get(k)))
     if rows:
-        effects = views.edit_effects(session, edits)
+        effects = state.memo(f"{PAGE}:effects", session, edits,
+                             lambda: views.edit_effects(session, edits))
         for effect in effects:
             edit_row(effect)
         st.button("Clear all edits", on_click=on_clear, key=f"{PAGE}:clear")
@@ -226,7 +227,8 @@ with builder:
 with results:
     st.subheader("Predictions before and after")
     try:
-        view = views.steer_view(session, edits, position=position, top=10)
+        view = state.memo(f"{PAGE}:view", session, [edits, position],
+                          lambda: views.steer_view(session, edits, position=position, top=10))
     except (EditError, ValueError) as err:
         state.show_error(err, "The edit set does not fit this model or text")
         st.stop()
@@ -241,12 +243,16 @@ with results:
     st.table(ui.detail_table(view.detail))
 
 charts = st.columns(2)
-charts[0].plotly_chart(ui.before_after_bars(view.detail, f"top 10 after position {position}"),
-                       key=f"{PAGE}:bars")
+# figures and views are memoised per (text, edits, position): a rerun that changes none of them
+# (a click elsewhere, a generation) reuses them
+bars = state.memo(f"{PAGE}:bars", session, [edits, position], lambda: ui.before_after_bars(
+    view.detail, f"top 10 after position {position}"))
+charts[0].plotly_chart(bars, key=f"{PAGE}:bars")
 if view.edits:
-    charts[1].plotly_chart(ui.bars([f"{r['position']} {r['token']}" for r in view.rows], view.kl,
-                                   "KL(before ‖ after) per position", y_title="nats",
-                                   diverging=False, height=320), key=f"{PAGE}:kl")
+    kl_bars = state.memo(f"{PAGE}:kl", session, edits, lambda: ui.bars(
+        [f"{r['position']} {r['token']}" for r in view.rows], view.kl,
+        "KL(before ‖ after) per position", y_title="nats", diverging=False, height=320))
+    charts[1].plotly_chart(kl_bars, key=f"{PAGE}:kl")
 else:
     charts[1].caption("KL(before ‖ after) per position appears here once there are edits.")
 st.markdown("**Every position** (rows whose most probable next token changed are highlighted)")

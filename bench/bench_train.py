@@ -1,0 +1,164 @@
+"""Benchmark: training-step throughput, our Backpack and Transformer twin vs transformers' GPT-2.
+
+    python bench/bench_train.py [--batch 16] [--seq 256] [--repeats 7] [--threads 2] [--smoke]
+
+One training step = forward + backward + AdamW step (fp32, no dropout, no compile), on a batch
+of random token ids, at the shipped model's shape (data/backpack-mini/config.json: width 128,
+4 layers, 4 heads, 16 senses, vocabulary 8192). Models:
+
+- backpack: our Backpack as it trains now (shifted-label loss, padded fused mixing);
+- backpack_old: the same model with the step as it was before issue 14 (sliced, upcast logits
+  for the loss; the unpadded fused mixing, which runs SDPA's math kernel on CPU);
+- backpack_dedup: backpack with `dedup_senses` (what configs/backpack-mini-cpu.toml trains);
+- twin: our Transformer twin (model_kind="transformer", GPT-2's head);
+- hf_gpt2: transformers' GPT2LMHeadModel with the same n_embd, n_layer, n_head, vocab and
+  n_positions (its own loss from labels).
+
+The models take turns step by step (interleaved repeats after 2 warm-up steps each); the
+median step time gives tokens/s, the fastest step `best_tokens_per_s` (on a shared machine
+the least disturbed figure). Ratios are against hf_gpt2; `flops_per_token` counts each
+model's training FLOPs (backpack_core.model.flops_per_token), so `flops_ratio` says how much
+more work a Backpack token is than a twin token.
+
+Prints one JSON object and writes bench/results/train.json (smoke: train_smoke.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from backpack_core import Backpack, ModelConfig  # noqa: E402
+from backpack_core import model as model_module  # noqa: E402
+from backpack_core.model import flops_per_token  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+
+
+def shipped_config(smoke: bool) -> dict:
+    raw = json.loads((ROOT / "data" / "backpack-mini" / "config.json").read_text())
+    fields = {k: raw[k] for k in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head",
+                                  "num_senses", "sense_intermediate_scale")}
+    if smoke:
+        fields.update(vocab_size=512, n_embd=32, n_layer=2, n_head=2, num_senses=4)
+    return fields
+
+
+def old_fused_mix(queries, keys, senses):  # before issue 14: q, k d/k wide, values d
+    return F.scaled_dot_product_attention(queries, keys, senses, is_causal=True).sum(1)
+
+
+def old_loss(logits, labels, reduction="mean"):  # before issue 14: sliced and upcast logits
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
+                           ignore_index=-100)
+
+
+@contextlib.contextmanager
+def old_step():
+    saved = model_module.fused_mix, model_module.next_token_loss
+    model_module.fused_mix, model_module.next_token_loss = old_fused_mix, old_loss
+    try:
+        yield
+    finally:
+        model_module.fused_mix, model_module.next_token_loss = saved
+
+
+def build(name: str, fields: dict):
+    torch.manual_seed(0)
+    if name == "hf_gpt2":
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        cfg = GPT2Config(vocab_size=fields["vocab_size"], n_positions=fields["n_positions"],
+                         n_embd=fields["n_embd"], n_layer=fields["n_layer"], n_head=fields["n_head"],
+                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                         bos_token_id=0, eos_token_id=0)
+        return GPT2LMHeadModel(cfg).train(), None
+    kind = "transformer" if name == "twin" else "backpack"
+    config = ModelConfig(**fields, model_kind=kind)
+    model = Backpack(config).train()  # bos/eos ids do not enter a training step
+    model.dedup_senses = name == "backpack_dedup"
+    return model, config
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--seq", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--smoke", action="store_true", help="tiny shapes, 2 repeats (tests)")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.batch, args.seq, args.repeats = 2, 32, 2
+    torch.set_num_threads(args.threads)
+    fields = shipped_config(args.smoke)
+    names = ["backpack", "backpack_old", "backpack_dedup", "twin", "hf_gpt2"]
+    models = {n: build(n, fields) for n in names}
+    optimizers = {n: torch.optim.AdamW(m.parameters(), lr=1e-4) for n, (m, _) in models.items()}
+    ids = torch.randint(0, fields["vocab_size"], (args.batch, args.seq),
+                        generator=torch.Generator().manual_seed(0))
+
+    def step(name):
+        model, opt = models[name][0], optimizers[name]
+        with old_step() if name == "backpack_old" else contextlib.nullcontext():
+            loss = model(ids, labels=ids).loss
+            loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+    losses = {n: [step(n) for _ in range(2)][0] for n in names}  # warm-up; the first loss
+    times = {n: [] for n in names}
+    for _ in range(args.repeats):
+        for n in names:
+            start = time.perf_counter()
+            step(n)
+            times[n].append(time.perf_counter() - start)
+    tokens = args.batch * args.seq
+    results = {}
+    for n in names:
+        median, best = statistics.median(times[n]), min(times[n])
+        results[n] = {"step_ms": round(median * 1000, 1), "tokens_per_s": round(tokens / median),
+                      "min_step_ms": round(best * 1000, 1), "best_tokens_per_s": round(tokens / best),
+                      "first_loss": round(losses[n], 4)}
+    hf, hf_best = results["hf_gpt2"]["tokens_per_s"], results["hf_gpt2"]["best_tokens_per_s"]
+    for n in names:
+        results[n]["vs_hf_gpt2"] = round(results[n]["tokens_per_s"] / hf, 3)
+        results[n]["best_vs_hf_gpt2"] = round(results[n]["best_tokens_per_s"] / hf_best, 3)
+    bp = ModelConfig(**fields)
+    twin = ModelConfig(**fields, model_kind="transformer")
+    out = {"bench": "train", "smoke": args.smoke, "machine": platform.processor() or platform.machine(),
+           "threads": args.threads, "batch": args.batch, "seq": args.seq, "repeats": args.repeats,
+           "shape": fields, "results": results,
+           "speedup_backpack_vs_old": round(results["backpack"]["tokens_per_s"]
+                                            / results["backpack_old"]["tokens_per_s"], 3),
+           "best_speedup_backpack_vs_old": round(results["backpack"]["best_tokens_per_s"]
+                                                 / results["backpack_old"]["best_tokens_per_s"], 3),
+           "flops_per_token": {"backpack": flops_per_token(bp, args.seq),
+                               "twin": flops_per_token(twin, args.seq)},
+           "goals": {"backpack_vs_hf": 0.85, "twin_vs_hf": 1.1}}
+    out["flops_ratio_backpack_vs_twin"] = round(out["flops_per_token"]["backpack"]
+                                                / out["flops_per_token"]["twin"], 3)
+    assert all(math.isfinite(v["first_loss"]) for v in results.values())
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / ("train_smoke.json" if args.smoke else "train.json")).write_text(
+        json.dumps(out, indent=2) + "\n")
+    print(json.dumps(out))
+    return out
+
+
+if __name__ == "__main__":
+    main()
