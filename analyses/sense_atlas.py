@@ -63,6 +63,9 @@ def check_args(args) -> list[str]:
     _cli.check_windows(args)
     if args.top < 0 or args.top_n < 1:
         raise ValueError("--top-n must be >= 1 and --top >= 0")
+    from backpack_core.limits import check_atlas_top_n
+
+    check_atlas_top_n(args.top_n)
     if args.top > args.top_n:
         raise ValueError(f"--top {args.top} is more than the --top-n {args.top_n} contexts the "
                          "atlas keeps; raise --top-n")

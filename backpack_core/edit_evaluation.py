@@ -72,6 +72,7 @@ import torch
 
 from .edits import CompiledEdits, EditSet, as_edit_set
 from .inspect import WordError, single_token_id
+from .limits import check_batch_windows
 from .model import Backpack, Intervention
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -422,9 +423,13 @@ def evaluate_edits(model: Backpack, tokenizer: Tokenizer | None, edits: Any, cor
     edit_set: EditSet = as_edit_set(edits)
     compiled = edit_set.compile(model, tokenizer)
     strengths = parse_strengths(strengths)
-    seq_len = min(seq_len or model.config.n_positions, model.config.n_positions)
-    if seq_len < 2 or batch_size < 1:
-        raise ValueError(f"seq_len must be >= 2 and batch_size >= 1, got {seq_len} and {batch_size}")
+    n_positions = model.config.n_positions
+    seq_len = n_positions if seq_len is None else seq_len
+    if not 2 <= seq_len <= n_positions:
+        raise ValueError(f"seq_len must be in 2..{n_positions} (the model's context), got {seq_len}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_batch_windows(batch_size)
     if len(corpus) < 2:
         raise ValueError(f"the corpus {corpus.name!r} has {len(corpus)} token(s); at least 2 are needed")
     if prompts:

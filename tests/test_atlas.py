@@ -427,3 +427,27 @@ def test_bench_atlas_smoke(tiny_model_dir, tmp_path):
     for r in data["results"]:
         assert r["forward_cpu_s"] > 0 and r["weights_cpu_s"] > 0 and r["atlas_cpu_s"] > 0
         assert r["atlas_peak_mib"] >= 0
+
+
+# -- bounds on what one request may allocate (review of issue 17) ---------------------------------
+
+def test_top_n_and_batch_size_are_bounded(tiny_model, tiny_tokenizer, corpus, text_file, capsys):
+    """--top-n 1000000 tried to allocate 524 GB (an internal error), a huge --batch-size read the
+    whole corpus in one forward pass: both are refused with the limit's name, by the core and
+    by the command before it loads the model."""
+    from analyses import _cli, sense_atlas
+    from backpack_core import limits
+
+    with pytest.raises(limits.LimitError, match="BACKPACK_MAX_ATLAS_TOP_N"):
+        build_atlas(tiny_model, tiny_tokenizer, corpus, top_n=limits.MAX_ATLAS_TOP_N + 1,
+                    progress=False)
+    with pytest.raises(limits.LimitError, match="BACKPACK_MAX_BATCH_WINDOWS"):
+        build_atlas(tiny_model, tiny_tokenizer, corpus, batch_size=limits.MAX_BATCH_WINDOWS + 1,
+                    progress=False)
+    for extra, message in ((["--top-n", "1000000"], "BACKPACK_MAX_ATLAS_TOP_N"),
+                           (["--batch-size", "100000000"], "BACKPACK_MAX_BATCH_WINDOWS")):
+        code = _cli.run(sense_atlas.main, ["--model", "/nonexistent/model", "--data", str(text_file),
+                                           *extra, "--json"], prog="sense_atlas")
+        out = capsys.readouterr()
+        assert code == 2 and out.err.count("\n") == 1 and message in out.err, out.err
+        assert strict_json(out.out) == {"error": out.err.split("error: ", 1)[1].strip(), "kind": "limit"}

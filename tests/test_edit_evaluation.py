@@ -433,3 +433,29 @@ def test_steer_page_evaluates_the_edit_set_on_a_dataset(tiny_model_dir, tiny_mod
     assert not at.exception and not at.error
     shown = {m.label: m.value for m in at.metric}
     assert shown["blast radius"] == f"{len(expected.blast_radius):,}"
+
+
+# -- review of issue 17 ------------------------------------------------------------------------------
+
+def test_window_arguments_are_checked_as_in_the_atlas(tiny_model, tiny_tokenizer, corpus, tmp_path,
+                                                      capsys):
+    """--seq-len past the context was silently cut to it (the atlas refuses it) and --batch-size
+    was unbounded (a whole corpus in one forward pass)."""
+    from backpack_core import limits
+
+    n = tiny_model.config.n_positions
+    for seq_len in (n + 1, 1, 0):
+        with pytest.raises(ValueError, match=f"seq_len must be in 2..{n}"):
+            evaluate_edits(tiny_model, tiny_tokenizer, edit_set("scale_sense"), corpus,
+                           seq_len=seq_len, progress=False)
+    with pytest.raises(limits.LimitError, match="BACKPACK_MAX_BATCH_WINDOWS"):
+        evaluate_edits(tiny_model, tiny_tokenizer, edit_set("scale_sense"), corpus,
+                       batch_size=limits.MAX_BATCH_WINDOWS + 1, progress=False)
+    edits, text = tmp_path / "e.json", tmp_path / "t.txt"
+    edits.write_text(json.dumps(edit_set("scale_sense")))
+    text.write_text("The bank by the river. " * 5)
+    code, out, err = run_cli(["--model", "/nonexistent/model", "--edits", str(edits), "--data",
+                              str(text), "--batch-size", "100000000", "--json"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "BACKPACK_MAX_BATCH_WINDOWS" in err
+    assert strict_json(out)["kind"] == "limit"
+
