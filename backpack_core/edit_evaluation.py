@@ -162,7 +162,7 @@ def parse_strengths(text: str | Sequence[float] | None) -> list[float]:
     for v in values:
         if not math.isfinite(v):
             raise ValueError(f"a strength must be a finite number, got {v}")
-    values = sorted(set(values) | {1.0})
+    values = sorted({v + 0.0 for v in values} | {1.0})  # + 0.0: -0.0 is 0.0
     if len(values) > MAX_STRENGTHS:
         raise ValueError(f"{len(values)} strengths is more than the {MAX_STRENGTHS} accepted")
     return values

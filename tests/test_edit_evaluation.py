@@ -459,3 +459,9 @@ def test_window_arguments_are_checked_as_in_the_atlas(tiny_model, tiny_tokenizer
     assert code == 2 and err.count("\n") == 1 and "BACKPACK_MAX_BATCH_WINDOWS" in err
     assert strict_json(out)["kind"] == "limit"
 
+
+def test_negative_zero_strength_is_zero():
+    import math
+
+    assert [math.copysign(1.0, s) for s in parse_strengths("-0, 1")] == [1.0, 1.0]
+    assert parse_strengths([-0.0, 2]) == [0.0, 1.0, 2.0]
