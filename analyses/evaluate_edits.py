@@ -115,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.data is not None:
         from backpack_core.corpus import read_text_file
 
-        read_text_file(args.data)
+        read_text_file(args.data, prefix_bytes=1 << 16)  # exists, is UTF-8 text: a cheap look
     from backpack_core.experiments import set_threads
 
     set_threads(args.threads)

@@ -451,3 +451,34 @@ def test_top_n_and_batch_size_are_bounded(tiny_model, tiny_tokenizer, corpus, te
         out = capsys.readouterr()
         assert code == 2 and out.err.count("\n") == 1 and message in out.err, out.err
         assert strict_json(out.out) == {"error": out.err.split("error: ", 1)[1].strip(), "kind": "limit"}
+
+
+def test_corpus_size_is_bounded_and_max_tokens_reads_a_prefix(tiny_tokenizer, tmp_path, monkeypatch):
+    """A 60 MB text file took 78 s and 9.5 GB of memory to tokenize (about 160 bytes a
+    character), with no limit: a corpus tokenized at once is bounded (MAX_CORPUS_CHARS), and
+    with max_tokens only a prefix of a file is read, so a few tokens of a huge file stay cheap."""
+    from backpack_core import limits
+    from backpack_core.corpus import corpus_from_text
+
+    monkeypatch.setattr(limits, "MAX_CORPUS_CHARS", 5000)
+    text = TEXT * 40
+    big = tmp_path / "big.txt"
+    big.write_text(text, encoding="utf-8")
+    for max_tokens in (None, 10**9):
+        with pytest.raises(limits.LimitError, match="BACKPACK_MAX_CORPUS_CHARS") as err:
+            read_corpus(str(big), tiny_tokenizer, max_tokens=max_tokens)
+        assert "\n" not in str(err.value)
+        with pytest.raises(limits.LimitError, match="BACKPACK_MAX_CORPUS_CHARS"):
+            corpus_from_text(text, tiny_tokenizer, "upload", max_tokens)
+    # a few tokens of it: read from a prefix of the file, the same tokens as the whole text
+    whole = tiny_tokenizer.encode(text)
+    assert read_corpus(str(big), tiny_tokenizer, max_tokens=100).token_ids.tolist() == whole[:100]
+    # a prefix that cuts a multi-byte character, and a file whose first bytes are not UTF-8
+    wide = "日本語のテキスト。" * 300
+    (tmp_path / "wide.txt").write_text(wide, encoding="utf-8")
+    for n in (7, 10, 11):
+        assert read_corpus(str(tmp_path / "wide.txt"), tiny_tokenizer, max_tokens=n).token_ids.tolist() \
+            == tiny_tokenizer.encode(wide[:400])[:n]
+    (tmp_path / "latin.txt").write_bytes(("caf\xe9 " * 2000).encode("latin-1"))
+    with pytest.raises(CorpusError, match="not UTF-8"):
+        read_corpus(str(tmp_path / "latin.txt"), tiny_tokenizer, max_tokens=5)
