@@ -82,6 +82,7 @@ if TYPE_CHECKING:  # pragma: no cover
 DEFAULT_STRENGTHS = (0.0, 0.5, 1.0, 2.0)
 MAX_STRENGTHS = 50
 MAX_PROMPTS = 10_000
+MAX_PROMPTS_BYTES = 10_000_000  # a prompts file (JSONL), checked before reading it
 
 
 class PromptError(ValueError):
@@ -185,12 +186,17 @@ def read_prompts(source: str | os.PathLike | bytes, name: str | None = None) -> 
     PromptError names the file, the line and what is wrong."""
     if isinstance(source, bytes):
         raw, name = source, name or "the prompts file"
+        size = len(raw)
     else:
         name = name or str(source)
         try:
-            raw = Path(source).read_bytes()
+            size = Path(source).stat().st_size
+            raw = Path(source).read_bytes() if size <= MAX_PROMPTS_BYTES else b""
         except OSError as err:
             raise PromptError(f"cannot read the prompts file {name!r}: {err.strerror or err}") from None
+    if size > MAX_PROMPTS_BYTES:
+        raise PromptError(f"{name} has {size:,} bytes, more than the limit of {MAX_PROMPTS_BYTES:,} "
+                          f"bytes for a prompts file")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -278,7 +284,8 @@ def check_prompts(model: Backpack, tokenizer: Tokenizer | None, prompts: Sequenc
             if not ids or len(ids) > n_max:
                 raise ValueError(f"the prompt is {len(ids)} tokens long; give 1 to {n_max}")
         except (WordError, ValueError) as err:
-            raise PromptError(f"prompt {i + 1} ({p.prompt!r}): {err}") from None
+            shown = p.prompt if len(p.prompt) <= 40 else p.prompt[:39] + "…"
+            raise PromptError(f"prompt {i + 1} ({shown!r}): {err}") from None
         out.append((ids, target_id, foil_id))
     return out
 

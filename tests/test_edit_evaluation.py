@@ -465,3 +465,21 @@ def test_negative_zero_strength_is_zero():
 
     assert [math.copysign(1.0, s) for s in parse_strengths("-0, 1")] == [1.0, 1.0]
     assert parse_strengths([-0.0, 2]) == [0.0, 1.0, 2.0]
+
+
+def test_prompt_errors_stay_short_and_the_prompts_file_is_bounded(tiny_model, tiny_tokenizer, tmp_path,
+                                                                 monkeypatch):
+    """A 5,000-word prompt made a 25 kB error message (the prompt echoed whole); a prompts file
+    was read whole whatever its size."""
+    from backpack_core import edit_evaluation
+
+    long = TargetPrompt("word " * 5000, " bank")
+    with pytest.raises(PromptError, match="tokens long") as err:
+        edit_evaluation.check_prompts(tiny_model, tiny_tokenizer, [long])
+    assert len(str(err.value)) < 300 and "…" in str(err.value)
+    monkeypatch.setattr(edit_evaluation, "MAX_PROMPTS_BYTES", 100)
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"prompt": "The bank", "target": " river"}\n' * 5)
+    for source in (path, path.read_bytes()):
+        with pytest.raises(PromptError, match="more than the limit of 100 bytes"):
+            read_prompts(source)
