@@ -434,6 +434,15 @@ def test_steer_page_evaluates_the_edit_set_on_a_dataset(tiny_model_dir, tiny_mod
     shown = {m.label: m.value for m in at.metric}
     assert shown["blast radius"] == f"{len(expected.blast_radius):,}"
 
+    # an error found during the evaluation (a target of several tokens): one message, and the
+    # progress bar is gone (it stayed, at "Reading the corpus…", under the message)
+    at.file_uploader(key="steer:eval-prompts").set_value(
+        ("multi.jsonl", b'{"prompt": "The bank", "target": " Macintosh"}\n', "text/plain"))
+    at.run()
+    at.button(key="steer:evaluate").click().run()
+    assert not at.exception and any("one token is needed" in e.value for e in at.error)
+    assert not at.get("progress")
+
 
 # -- review of issue 17 ------------------------------------------------------------------------------
 
