@@ -34,7 +34,8 @@ against full forward passes). Per kind this is:
   alpha[l, i, j]; an edit that leaves the vector as it is (factor 1) has no radius;
 - scale_contextualization: the same positions (its word's occurrences at j <= i), for the listed
   senses; with `renormalize` every row of those senses is divided by its sum, which changes
-  the low bits of every row: the radius is then every position;
+  the low bits of most rows (also those without the word): the radius is then nearly every
+  position;
 - replace_contextualization: query positions with a causal entry whose weight it changes.
 Windows are independent contexts (`Corpus.windows`), so a word never reaches past its window.
 
