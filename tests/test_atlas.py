@@ -482,3 +482,14 @@ def test_corpus_size_is_bounded_and_max_tokens_reads_a_prefix(tiny_tokenizer, tm
     (tmp_path / "latin.txt").write_bytes(("caf\xe9 " * 2000).encode("latin-1"))
     with pytest.raises(CorpusError, match="not UTF-8"):
         read_corpus(str(tmp_path / "latin.txt"), tiny_tokenizer, max_tokens=5)
+
+
+def test_plot_into_a_missing_directory_is_refused_before_the_pass(text_file, tmp_path, capsys):
+    """--plot missing/x.png failed with 'No such file or directory' only after the whole pass."""
+    from analyses import _cli, sense_atlas
+
+    code = _cli.run(sense_atlas.main, ["--model", "/nonexistent/model", "--data", str(text_file),
+                                       "--word", "bank", "--plot", str(tmp_path / "no" / "x.png")],
+                    prog="sense_atlas")
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "--plot" in err and "no such directory" in err, err
