@@ -12,10 +12,10 @@ window (see backpack_core/atlas.py); the mean over all positions is about 1 for 
 For each --word (read as " word", in-text form, unless --exact): per sense the total and mean
 weight per occurrence, the largest weight at one occurrence (dead below 0.05), and the --top
 contexts where it carried the most weight, as snippets with [[the word]] and <<the position it
-supported most>>, and the predictions there that the sense raised most (logit contribution
-alpha E_w . C(x)_l). Without --word: the per-sense-index usage table and the dead senses of
-frequent words. --plot writes a figure of the words' sense usage (.html with Plotly, .png with
-Pillow).
+supported most>> ([[<<word>>]]: the word's own position), and the predictions there that the
+sense raised most (logit contribution alpha E_w . C(x)_l). Without --word: the per-sense-index
+usage table and the dead senses of frequent words. --plot writes a figure of the words' sense
+usage (.html with Plotly, .png with Pillow).
 JSON output: {"atlas": {corpus, tokens, seq_len, ...}, "words": [{"word", "token", "token_id",
 "occurrences", "senses": [{"sense", "total_weight", "mean_weight", "share", "max_weight",
 "peak_weight", "dead", "contexts": [{"offset", "weight", "query", "query_weight", "snippet":
@@ -89,7 +89,11 @@ def check_args(args) -> list[str]:
 
 
 def render_snippet(snippet: list[dict]) -> str:
+    """[[the word]] and <<the position it supported most>>; [[<<word>>]] when that is the word
+    itself (its own next-token prediction: the snippet then has no "query" part)."""
     marks = {"word": ("[[", "]]"), "query": ("<<", ">>"), "gap": ("", ""), "text": ("", "")}
+    if not any(s["role"] == "query" for s in snippet):
+        marks["word"] = ("[[<<", ">>]]")
     text = "".join(marks[s["role"]][0] + s["text"] + marks[s["role"]][1] for s in snippet)
     return " ".join(text.replace("\n", " ⏎ ").split())
 

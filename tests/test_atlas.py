@@ -338,7 +338,8 @@ def test_cli_json_matches_the_core(cli, tiny_model, tiny_tokenizer, text_file):
     assert [w["token"] for w in data["words"]] == [" bank", " river"]
     assert data["atlas"]["tokens"] == len(tiny_tokenizer.encode(TEXT)) and data["atlas"]["seq_len"] == 16
     assert (tmp / "atlas.html").stat().st_size > 1000 and (tmp / "atlas.png").read_bytes()[:4] == b"\x89PNG"
-    assert results["png"]["code"] == 0 and "[[ bank]]" in results["png"]["stdout"]
+    assert results["png"]["code"] == 0
+    assert "[[ bank]]" in results["png"]["stdout"] or "[[<< bank>>]]" in results["png"]["stdout"]
     table = strict_json(results["table"]["stdout"])
     assert len(table["usage"]) == tiny_model.config.num_senses and "dead" in table
     assert results["table_text"]["code"] == 0 and "per sense index" in results["table_text"]["stdout"]
@@ -493,3 +494,25 @@ def test_plot_into_a_missing_directory_is_refused_before_the_pass(text_file, tmp
                     prog="sense_atlas")
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "--plot" in err and "no such directory" in err, err
+
+
+def test_a_context_that_supported_its_own_prediction_is_marked_so():
+    """When the word's sense supported most the prediction at the word itself (query == offset,
+    the rule for self senses), the snippet has no "query" part and the output showed no <<...>>
+    although it says the predictions are those 'supported at <<...>>'."""
+    pytest.importorskip("streamlit")
+    import importlib
+
+    import tests.test_app  # noqa: F401  (puts app/ on sys.path)
+    from analyses.sense_atlas import render_snippet
+    from backpack_core.atlas import Context
+
+    atlas_views = importlib.import_module("atlas_views")
+
+    own = [{"text": "repay its", "role": "text"}, {"text": " bank", "role": "word"},
+           {"text": " debt", "role": "text"}]
+    assert render_snippet(own) == "repay its[[<< bank>>]] debt"
+    later = [*own[:2], {"text": " debt", "role": "query"}]
+    assert render_snippet(later) == "repay its[[ bank]]<< debt>>"
+    html = atlas_views.snippet_html(Context(0, 1.0, 0, 1.0, [(d["text"], d["role"]) for d in own]))
+    assert "font-weight:600" in html and "border-bottom" in html
