@@ -73,6 +73,8 @@ def check_args(args) -> list[str]:
         raise ValueError(f"--plot {args.plot!r}: write a .html (Plotly) or .png (Pillow) file")
     if args.plot and not args.word:
         raise ValueError("--plot draws the words' senses: give --word too")
+    if args.sense is not None and not args.word:
+        raise ValueError("--sense shows one sense of the --word words: give --word too")
     if args.plot and not Path(args.plot).absolute().parent.is_dir():
         raise ValueError(f"--plot {args.plot!r}: no such directory {str(Path(args.plot).parent)!r}")
     if args.data is not None and not Path(args.data).is_file():

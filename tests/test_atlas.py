@@ -516,3 +516,13 @@ def test_a_context_that_supported_its_own_prediction_is_marked_so():
     assert render_snippet(later) == "repay its[[ bank]]<< debt>>"
     html = atlas_views.snippet_html(Context(0, 1.0, 0, 1.0, [(d["text"], d["role"]) for d in own]))
     assert "font-weight:600" in html and "border-bottom" in html
+
+
+def test_sense_without_word_is_refused(text_file, capsys):
+    """--sense 3 without --word printed the usage table and ignored --sense silently."""
+    from analyses import _cli, sense_atlas
+
+    code = _cli.run(sense_atlas.main, ["--model", "/nonexistent/model", "--data", str(text_file),
+                                       "--sense", "3"], prog="sense_atlas")
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "--sense" in err and "--word" in err, err
