@@ -82,6 +82,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 DEFAULT_STRENGTHS = (0.0, 0.5, 1.0, 2.0)
 MAX_STRENGTHS = 50
+MAX_ABS_STRENGTH = 1e6  # past it float32 logits overflow (NaN losses) for some edits
 MAX_PROMPTS = 10_000
 MAX_PROMPTS_BYTES = 10_000_000  # a prompts file (JSONL), checked before reading it
 
@@ -100,8 +101,7 @@ class ScaledEdits(Intervention):
     clamped at 0. Strength 0 returns its inputs, strength 1 is the edit set itself."""
 
     def __init__(self, compiled: CompiledEdits, strength: float):
-        if not math.isfinite(strength):
-            raise ValueError(f"a strength must be a finite number, got {strength}")
+        check_strength(strength)
         self.compiled, self.strength = compiled, float(strength)
         active = self.strength != 0.0
         self.sense_ops = compiled.sense_ops if active else []
@@ -135,6 +135,16 @@ class ScaledEdits(Intervention):
         return f"ScaledEdits({self.compiled!r}, strength={self.strength:g})"
 
 
+def check_strength(strength: float) -> None:
+    """ValueError unless strength is a finite number in [-MAX_ABS_STRENGTH, MAX_ABS_STRENGTH]."""
+    if not math.isfinite(strength):
+        raise ValueError(f"a strength must be a finite number, got {strength}")
+    if abs(strength) > MAX_ABS_STRENGTH:
+        raise ValueError(f"strength {strength:g} is too large: give strengths between "
+                         f"{-MAX_ABS_STRENGTH:g} and {MAX_ABS_STRENGTH:g} (past that the logits "
+                         "overflow)")
+
+
 def at_strength(edits: Any, strength: float, model: Backpack, tokenizer: Tokenizer | None
                 ) -> ScaledEdits:
     """An edit set (anything `as_edit_set` reads, or CompiledEdits) at `strength`."""
@@ -162,8 +172,7 @@ def parse_strengths(text: str | Sequence[float] | None) -> list[float]:
     else:
         values = [float(v) for v in text]
     for v in values:
-        if not math.isfinite(v):
-            raise ValueError(f"a strength must be a finite number, got {v}")
+        check_strength(v)
     values = sorted({v + 0.0 for v in values} | {1.0})  # + 0.0: -0.0 is 0.0
     if len(values) > MAX_STRENGTHS:
         raise ValueError(f"{len(values)} strengths is more than the {MAX_STRENGTHS} accepted")

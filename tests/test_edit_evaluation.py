@@ -492,3 +492,18 @@ def test_prompt_errors_stay_short_and_the_prompts_file_is_bounded(tiny_model, ti
     for source in (path, path.read_bytes()):
         with pytest.raises(PromptError, match="more than the limit of 100 bytes"):
             read_prompts(source)
+
+
+def test_strengths_that_overflow_are_refused(tiny_model, tiny_tokenizer, corpus):
+    """--strengths 3e38 overflowed float32: losses NaN (null in the JSON), every prompt scored
+    'rank 0, failed'. Strengths are bounded by MAX_ABS_STRENGTH; the bound itself works."""
+    from backpack_core.edit_evaluation import MAX_ABS_STRENGTH
+
+    for text in ("3e38", "-3e38", f"{MAX_ABS_STRENGTH * 10:g}"):
+        with pytest.raises(ValueError, match="strength .* is too large"):
+            parse_strengths(text)
+    with pytest.raises(ValueError, match="too large"):
+        ScaledEdits(EditSet.from_dict(edit_set("scale_sense")).compile(tiny_model, tiny_tokenizer), 1e30)
+    result = evaluate_edits(tiny_model, tiny_tokenizer, edit_set("knowledge_edit"), corpus,
+                            strengths=[-MAX_ABS_STRENGTH, MAX_ABS_STRENGTH], progress=False)
+    assert all(v is not None and v == v for r in result.sweep for v in r.loss_change.values())
