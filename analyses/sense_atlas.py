@@ -30,6 +30,8 @@ from pathlib import Path
 
 from analyses import _cli
 
+MAX_WORDS = 50  # each word's top contexts re-run up to 16 x --top windows
+
 
 def build_parser():
     p = _cli.parser("python -m analyses.sense_atlas", __doc__.strip().splitlines()[0])
@@ -87,6 +89,8 @@ def check_args(args) -> list[str]:
     words = [w for w in args.word.split(",") if w.strip()]
     if not words:
         raise ValueError("--word is empty: give a word such as science (read as ' science')")
+    if len(words) > MAX_WORDS:
+        raise ValueError(f"--word lists {len(words):,} words; give at most {MAX_WORDS}")
     return [in_text_form(w.strip() if not args.exact else w, args.exact) for w in words]
 
 

@@ -526,3 +526,15 @@ def test_sense_without_word_is_refused(text_file, capsys):
                                        "--sense", "3"], prog="sense_atlas")
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "--sense" in err and "--word" in err, err
+
+
+def test_the_number_of_words_is_bounded(text_file, capsys):
+    """--word with thousands of comma-separated words re-ran up to 16 x --top windows per word
+    (hours on a CPU); the command takes at most MAX_WORDS words."""
+    from analyses import _cli, sense_atlas
+
+    words = ",".join(["bank"] * (sense_atlas.MAX_WORDS + 1))
+    code = _cli.run(sense_atlas.main, ["--model", "/nonexistent/model", "--data", str(text_file),
+                                       "--word", words], prog="sense_atlas")
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and f"at most {sense_atlas.MAX_WORDS}" in err, err
