@@ -250,6 +250,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.sense is not None and not 0 <= args.sense < model.config.num_senses:
         raise ValueError(f"--sense {args.sense}: the model has {model.config.num_senses} senses, "
                          f"indices 0..{model.config.num_senses - 1}")
+    from backpack_core.inspect import single_token_id
+
+    for word in words:  # a word of several tokens is refused before the pass, not after it
+        single_token_id(tokenizer, word, model.config.vocab_size)
     corpus = read_corpus(args.data or args.dataset, tokenizer, max_tokens=args.max_tokens)
     atlas = SenseAtlas.for_corpus(model, tokenizer, corpus, top_n=args.top_n, seq_len=args.seq_len,
                                   batch_size=args.batch_size, progress=None, rebuild=args.rebuild)

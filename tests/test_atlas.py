@@ -538,3 +538,18 @@ def test_the_number_of_words_is_bounded(text_file, capsys):
                                        "--word", words], prog="sense_atlas")
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and f"at most {sense_atlas.MAX_WORDS}" in err, err
+
+
+def test_a_word_of_several_tokens_is_refused_before_the_pass(tiny_model_dir, text_file, capsys,
+                                                             monkeypatch):
+    """--word ' Macintosh' (3 tokens) was refused only after the whole pass over the corpus."""
+    from analyses import _cli, sense_atlas
+
+    def no_pass(*args, **kwargs):
+        raise AssertionError("the corpus was read before the words were checked")
+
+    monkeypatch.setattr(SenseAtlas, "for_corpus", no_pass)
+    code = _cli.run(sense_atlas.main, ["--model", str(tiny_model_dir), "--data", str(text_file),
+                                       "--word", "bank, Macintosh", "--exact"], prog="sense_atlas")
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "one token is needed" in err, err
