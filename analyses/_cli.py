@@ -61,6 +61,9 @@ def check_windows(args: argparse.Namespace) -> None:
         raise ValueError(f"--max-tokens must be >= 2, got {args.max_tokens}")
     if args.batch_size < 1 or (args.seq_len is not None and args.seq_len < 2):
         raise ValueError("--batch-size must be >= 1 and --seq-len >= 2")
+    from backpack_core.limits import check_batch_windows
+
+    check_batch_windows(args.batch_size)
 
 
 def load(args: argparse.Namespace):

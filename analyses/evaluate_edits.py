@@ -16,7 +16,7 @@ then evaluated from that cache (backpack_core.edit_evaluation). Reported:
   (success: the target's log-probability beats the foil's; without a foil, the target is the
   most probable next token) and each prompt's numbers;
 - all of it for each strength s (each edit moves what it edits by s times its change: 0 is a
-  no-op, 1 the edit set as given, always included).
+  no-op, 1 the edit set as given, always included; at most 1e6 in absolute value).
 An example for the shipped model: --edits analyses/data/edits_last_week.json --prompts
 analyses/data/prompts_last_week.jsonl --dataset ptb.
 JSON output: {"edits", "descriptions", "corpus": {"name", "tokens", "sha256", "seq_len",
@@ -115,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.data is not None:
         from backpack_core.corpus import read_text_file
 
-        read_text_file(args.data)
+        read_text_file(args.data, prefix_bytes=1 << 16)  # exists, is UTF-8 text: a cheap look
     from backpack_core.experiments import set_threads
 
     set_threads(args.threads)

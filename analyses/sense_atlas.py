@@ -12,10 +12,10 @@ window (see backpack_core/atlas.py); the mean over all positions is about 1 for 
 For each --word (read as " word", in-text form, unless --exact): per sense the total and mean
 weight per occurrence, the largest weight at one occurrence (dead below 0.05), and the --top
 contexts where it carried the most weight, as snippets with [[the word]] and <<the position it
-supported most>>, and the predictions there that the sense raised most (logit contribution
-alpha E_w . C(x)_l). Without --word: the per-sense-index usage table and the dead senses of
-frequent words. --plot writes a figure of the words' sense usage (.html with Plotly, .png with
-Pillow).
+supported most>> ([[<<word>>]]: the word's own position), and the predictions there that the
+sense raised most (logit contribution alpha E_w . C(x)_l). Without --word: the per-sense-index
+usage table and the dead senses of frequent words. --plot writes a figure of the words' sense
+usage (.html with Plotly, .png with Pillow).
 JSON output: {"atlas": {corpus, tokens, seq_len, ...}, "words": [{"word", "token", "token_id",
 "occurrences", "senses": [{"sense", "total_weight", "mean_weight", "share", "max_weight",
 "peak_weight", "dead", "contexts": [{"offset", "weight", "query", "query_weight", "snippet":
@@ -29,6 +29,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from analyses import _cli
+
+MAX_WORDS = 50  # each word's top contexts re-run up to 16 x --top windows
 
 
 def build_parser():
@@ -63,6 +65,9 @@ def check_args(args) -> list[str]:
     _cli.check_windows(args)
     if args.top < 0 or args.top_n < 1:
         raise ValueError("--top-n must be >= 1 and --top >= 0")
+    from backpack_core.limits import check_atlas_top_n
+
+    check_atlas_top_n(args.top_n)
     if args.top > args.top_n:
         raise ValueError(f"--top {args.top} is more than the --top-n {args.top_n} contexts the "
                          "atlas keeps; raise --top-n")
@@ -70,6 +75,10 @@ def check_args(args) -> list[str]:
         raise ValueError(f"--plot {args.plot!r}: write a .html (Plotly) or .png (Pillow) file")
     if args.plot and not args.word:
         raise ValueError("--plot draws the words' senses: give --word too")
+    if args.sense is not None and not args.word:
+        raise ValueError("--sense shows one sense of the --word words: give --word too")
+    if args.plot and not Path(args.plot).absolute().parent.is_dir():
+        raise ValueError(f"--plot {args.plot!r}: no such directory {str(Path(args.plot).parent)!r}")
     if args.data is not None and not Path(args.data).is_file():
         what = "is a directory" if Path(args.data).is_dir() else "does not exist"
         raise ValueError(f"--data {args.data!r} {what}; give a UTF-8 text file, or --dataset ptb")
@@ -80,11 +89,17 @@ def check_args(args) -> list[str]:
     words = [w for w in args.word.split(",") if w.strip()]
     if not words:
         raise ValueError("--word is empty: give a word such as science (read as ' science')")
+    if len(words) > MAX_WORDS:
+        raise ValueError(f"--word lists {len(words):,} words; give at most {MAX_WORDS}")
     return [in_text_form(w.strip() if not args.exact else w, args.exact) for w in words]
 
 
 def render_snippet(snippet: list[dict]) -> str:
+    """[[the word]] and <<the position it supported most>>; [[<<word>>]] when that is the word
+    itself (its own next-token prediction: the snippet then has no "query" part)."""
     marks = {"word": ("[[", "]]"), "query": ("<<", ">>"), "gap": ("", ""), "text": ("", "")}
+    if not any(s["role"] == "query" for s in snippet):
+        marks["word"] = ("[[<<", ">>]]")
     text = "".join(marks[s["role"]][0] + s["text"] + marks[s["role"]][1] for s in snippet)
     return " ".join(text.replace("\n", " ⏎ ").split())
 
@@ -235,6 +250,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.sense is not None and not 0 <= args.sense < model.config.num_senses:
         raise ValueError(f"--sense {args.sense}: the model has {model.config.num_senses} senses, "
                          f"indices 0..{model.config.num_senses - 1}")
+    from backpack_core.inspect import single_token_id
+
+    for word in words:  # a word of several tokens is refused before the pass, not after it
+        single_token_id(tokenizer, word, model.config.vocab_size)
     corpus = read_corpus(args.data or args.dataset, tokenizer, max_tokens=args.max_tokens)
     atlas = SenseAtlas.for_corpus(model, tokenizer, corpus, top_n=args.top_n, seq_len=args.seq_len,
                                   batch_size=args.batch_size, progress=None, rebuild=args.rebuild)

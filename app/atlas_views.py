@@ -74,6 +74,8 @@ def snippet_html(context) -> str:
     styles = {"word": "background:rgba(255,196,0,.55);font-weight:600",
               "query": "background:rgba(31,119,180,.30);border-bottom:2px solid #1f77b4",
               "gap": "color:#888", "text": ""}
+    if not any(role == "query" for _, role in context.snippet):  # it supported its own prediction
+        styles["word"] += ";" + styles["query"]
     parts = []
     for text, role in context.snippet:
         text = _escape(text)

@@ -1,14 +1,15 @@
-"""The Steer page's "Evaluate on a dataset": the corpus from the page's choice, and the tables and
+"""The Steer page's "Evaluate on a dataset": its form read and evaluated (`evaluate`), and the tables and
 the figure of an `EditEvaluation` (backpack_core.edit_evaluation). No Streamlit here."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import plotly.graph_objects as go
 
 from backpack_core.corpus import Corpus, corpus_from_text, decode_text, read_corpus
-from backpack_core.edit_evaluation import EditEvaluation
+from backpack_core.edit_evaluation import EditEvaluation, evaluate_edits, parse_strengths, read_prompts
 
 DATASETS = {"ptb": "Penn Treebank (test split)", "upload": "a text file (upload)",
             "text": "the text above"}
@@ -30,6 +31,19 @@ def read_dataset(choice: str, tokenizer, max_tokens: int, upload: tuple[str, byt
             raise ValueError("the text is empty: enter a text to evaluate on")
         return corpus_from_text(text, tokenizer, "the text above", max_tokens)
     raise ValueError(f"unknown dataset {choice!r}; choose one of {', '.join(DATASETS)}")
+
+
+def evaluate(model, tokenizer, edits: dict, choice: str, max_tokens: int, strengths: str,
+             prompts: tuple[str, bytes] | None = None, upload: tuple[str, bytes] | None = None,
+             text: str = "", progress: Callable[[int, int], None] | None = None) -> EditEvaluation:
+    """The page's form -> `evaluate_edits`: strengths as typed, prompts and corpus uploads as
+    (name, bytes). Every input is checked before the pass over the corpus; ValueError (EditError,
+    PromptError, CorpusError, LimitError) says what is wrong."""
+    strength_list = parse_strengths(strengths)
+    prompt_list = read_prompts(prompts[1], name=prompts[0]) if prompts is not None else None
+    corpus = read_dataset(choice, tokenizer, max_tokens, upload=upload, text=text)
+    return evaluate_edits(model, tokenizer, edits, corpus, prompts=prompt_list,
+                          strengths=strength_list, progress=progress or False)
 
 
 def sweep_rows(result: EditEvaluation) -> list[dict[str, Any]]:

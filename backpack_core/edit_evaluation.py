@@ -34,7 +34,8 @@ against full forward passes). Per kind this is:
   alpha[l, i, j]; an edit that leaves the vector as it is (factor 1) has no radius;
 - scale_contextualization: the same positions (its word's occurrences at j <= i), for the listed
   senses; with `renormalize` every row of those senses is divided by its sum, which changes
-  the low bits of every row: the radius is then every position;
+  the low bits of most rows (also those without the word): the radius is then nearly every
+  position;
 - replace_contextualization: query positions with a causal entry whose weight it changes.
 Windows are independent contexts (`Corpus.windows`), so a word never reaches past its window.
 
@@ -72,6 +73,7 @@ import torch
 
 from .edits import CompiledEdits, EditSet, as_edit_set
 from .inspect import WordError, single_token_id
+from .limits import check_batch_windows
 from .model import Backpack, Intervention
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -80,7 +82,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 DEFAULT_STRENGTHS = (0.0, 0.5, 1.0, 2.0)
 MAX_STRENGTHS = 50
+MAX_ABS_STRENGTH = 1e6  # past it float32 logits overflow (NaN losses) for some edits
 MAX_PROMPTS = 10_000
+MAX_PROMPTS_BYTES = 10_000_000  # a prompts file (JSONL), checked before reading it
 
 
 class PromptError(ValueError):
@@ -97,8 +101,7 @@ class ScaledEdits(Intervention):
     clamped at 0. Strength 0 returns its inputs, strength 1 is the edit set itself."""
 
     def __init__(self, compiled: CompiledEdits, strength: float):
-        if not math.isfinite(strength):
-            raise ValueError(f"a strength must be a finite number, got {strength}")
+        check_strength(strength)
         self.compiled, self.strength = compiled, float(strength)
         active = self.strength != 0.0
         self.sense_ops = compiled.sense_ops if active else []
@@ -132,6 +135,16 @@ class ScaledEdits(Intervention):
         return f"ScaledEdits({self.compiled!r}, strength={self.strength:g})"
 
 
+def check_strength(strength: float) -> None:
+    """ValueError unless strength is a finite number in [-MAX_ABS_STRENGTH, MAX_ABS_STRENGTH]."""
+    if not math.isfinite(strength):
+        raise ValueError(f"a strength must be a finite number, got {strength}")
+    if abs(strength) > MAX_ABS_STRENGTH:
+        raise ValueError(f"strength {strength:g} is too large: give strengths between "
+                         f"{-MAX_ABS_STRENGTH:g} and {MAX_ABS_STRENGTH:g} (past that the logits "
+                         "overflow)")
+
+
 def at_strength(edits: Any, strength: float, model: Backpack, tokenizer: Tokenizer | None
                 ) -> ScaledEdits:
     """An edit set (anything `as_edit_set` reads, or CompiledEdits) at `strength`."""
@@ -159,9 +172,8 @@ def parse_strengths(text: str | Sequence[float] | None) -> list[float]:
     else:
         values = [float(v) for v in text]
     for v in values:
-        if not math.isfinite(v):
-            raise ValueError(f"a strength must be a finite number, got {v}")
-    values = sorted(set(values) | {1.0})
+        check_strength(v)
+    values = sorted({v + 0.0 for v in values} | {1.0})  # + 0.0: -0.0 is 0.0
     if len(values) > MAX_STRENGTHS:
         raise ValueError(f"{len(values)} strengths is more than the {MAX_STRENGTHS} accepted")
     return values
@@ -184,12 +196,17 @@ def read_prompts(source: str | os.PathLike | bytes, name: str | None = None) -> 
     PromptError names the file, the line and what is wrong."""
     if isinstance(source, bytes):
         raw, name = source, name or "the prompts file"
+        size = len(raw)
     else:
         name = name or str(source)
         try:
-            raw = Path(source).read_bytes()
+            size = Path(source).stat().st_size
+            raw = Path(source).read_bytes() if size <= MAX_PROMPTS_BYTES else b""
         except OSError as err:
             raise PromptError(f"cannot read the prompts file {name!r}: {err.strerror or err}") from None
+    if size > MAX_PROMPTS_BYTES:
+        raise PromptError(f"{name} has {size:,} bytes, more than the limit of {MAX_PROMPTS_BYTES:,} "
+                          f"bytes for a prompts file")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -277,7 +294,8 @@ def check_prompts(model: Backpack, tokenizer: Tokenizer | None, prompts: Sequenc
             if not ids or len(ids) > n_max:
                 raise ValueError(f"the prompt is {len(ids)} tokens long; give 1 to {n_max}")
         except (WordError, ValueError) as err:
-            raise PromptError(f"prompt {i + 1} ({p.prompt!r}): {err}") from None
+            shown = p.prompt if len(p.prompt) <= 40 else p.prompt[:39] + "…"
+            raise PromptError(f"prompt {i + 1} ({shown!r}): {err}") from None
         out.append((ids, target_id, foil_id))
     return out
 
@@ -422,9 +440,13 @@ def evaluate_edits(model: Backpack, tokenizer: Tokenizer | None, edits: Any, cor
     edit_set: EditSet = as_edit_set(edits)
     compiled = edit_set.compile(model, tokenizer)
     strengths = parse_strengths(strengths)
-    seq_len = min(seq_len or model.config.n_positions, model.config.n_positions)
-    if seq_len < 2 or batch_size < 1:
-        raise ValueError(f"seq_len must be >= 2 and batch_size >= 1, got {seq_len} and {batch_size}")
+    n_positions = model.config.n_positions
+    seq_len = n_positions if seq_len is None else seq_len
+    if not 2 <= seq_len <= n_positions:
+        raise ValueError(f"seq_len must be in 2..{n_positions} (the model's context), got {seq_len}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_batch_windows(batch_size)
     if len(corpus) < 2:
         raise ValueError(f"the corpus {corpus.name!r} has {len(corpus)} token(s); at least 2 are needed")
     if prompts:

@@ -7,6 +7,13 @@ the core all refuse past them with a message naming the limit (`LimitError`).
     MAX_EDITS             edits in one edit set
     MAX_EDIT_SET_BYTES    an edit set as JSON: uploads, the JSON box, files
     MAX_LINK_CHARS        a shared link's query string (the app's view in the URL)
+    MAX_CORPUS_CHARS      a corpus tokenized at once (sense atlas, evaluating edits): tokenizing
+                          takes about 160 bytes of memory per character; a file's --max-tokens
+                          prefix is read and tokenized on its own
+    MAX_ATLAS_TOP_N       top contexts kept per (word, sense) in a sense atlas: its tables take
+                          24 bytes x vocab x senses x N
+    MAX_BATCH_WINDOWS     windows read in one forward pass by the corpus commands (--batch-size):
+                          each holds its (senses, seq, seq) weights and (seq, vocab) logits
     model size            a config's parameters must fit the memory available (checked before
                           anything is allocated): `check_model_fits`
 
@@ -41,6 +48,9 @@ MAX_TEXT_CHARS = _limit("MAX_TEXT_CHARS", 200_000)
 MAX_EDITS = _limit("MAX_EDITS", 1_000)
 MAX_EDIT_SET_BYTES = _limit("MAX_EDIT_SET_BYTES", 1_000_000)
 MAX_LINK_CHARS = _limit("MAX_LINK_CHARS", 16_000)
+MAX_CORPUS_CHARS = _limit("MAX_CORPUS_CHARS", 20_000_000)
+MAX_ATLAS_TOP_N = _limit("MAX_ATLAS_TOP_N", 100)
+MAX_BATCH_WINDOWS = _limit("MAX_BATCH_WINDOWS", 64)
 
 
 def check_size(size: int, limit: int, what: str, unit: str, setting: str,
@@ -71,6 +81,25 @@ def check_edit_set_bytes(n: int, error: type[Exception] = LimitError) -> None:
 
 def check_link(query: str, error: type[Exception] = LimitError) -> None:
     check_size(len(query), MAX_LINK_CHARS, "the link", "characters", "MAX_LINK_CHARS", error)
+
+
+def check_corpus_chars(n: int, what: str = "the corpus", error: type[Exception] = LimitError) -> None:
+    """A text of n characters about to be tokenized as one corpus."""
+    if n > MAX_CORPUS_CHARS:
+        raise error(f"{what} is too long: {n:,} characters; the limit is {MAX_CORPUS_CHARS:,} "
+                    "characters (BACKPACK_MAX_CORPUS_CHARS); read a part with --max-tokens")
+
+
+def check_atlas_top_n(n: int, error: type[Exception] = LimitError) -> None:
+    if n > MAX_ATLAS_TOP_N:
+        raise error(f"{n:,} top contexts per (word, sense) is more than the limit of "
+                    f"{MAX_ATLAS_TOP_N:,} (BACKPACK_MAX_ATLAS_TOP_N)")
+
+
+def check_batch_windows(n: int, error: type[Exception] = LimitError) -> None:
+    if n > MAX_BATCH_WINDOWS:
+        raise error(f"a batch of {n:,} windows is more than the limit of {MAX_BATCH_WINDOWS:,} "
+                    "windows per forward pass (BACKPACK_MAX_BATCH_WINDOWS)")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -338,7 +338,8 @@ def test_cli_json_matches_the_core(cli, tiny_model, tiny_tokenizer, text_file):
     assert [w["token"] for w in data["words"]] == [" bank", " river"]
     assert data["atlas"]["tokens"] == len(tiny_tokenizer.encode(TEXT)) and data["atlas"]["seq_len"] == 16
     assert (tmp / "atlas.html").stat().st_size > 1000 and (tmp / "atlas.png").read_bytes()[:4] == b"\x89PNG"
-    assert results["png"]["code"] == 0 and "[[ bank]]" in results["png"]["stdout"]
+    assert results["png"]["code"] == 0
+    assert "[[ bank]]" in results["png"]["stdout"] or "[[<< bank>>]]" in results["png"]["stdout"]
     table = strict_json(results["table"]["stdout"])
     assert len(table["usage"]) == tiny_model.config.num_senses and "dead" in table
     assert results["table_text"]["code"] == 0 and "per sense index" in results["table_text"]["stdout"]
@@ -427,3 +428,128 @@ def test_bench_atlas_smoke(tiny_model_dir, tmp_path):
     for r in data["results"]:
         assert r["forward_cpu_s"] > 0 and r["weights_cpu_s"] > 0 and r["atlas_cpu_s"] > 0
         assert r["atlas_peak_mib"] >= 0
+
+
+# -- bounds on what one request may allocate (review of issue 17) ---------------------------------
+
+def test_top_n_and_batch_size_are_bounded(tiny_model, tiny_tokenizer, corpus, text_file, capsys):
+    """--top-n 1000000 tried to allocate 524 GB (an internal error), a huge --batch-size read the
+    whole corpus in one forward pass: both are refused with the limit's name, by the core and
+    by the command before it loads the model."""
+    from analyses import _cli, sense_atlas
+    from backpack_core import limits
+
+    with pytest.raises(limits.LimitError, match="BACKPACK_MAX_ATLAS_TOP_N"):
+        build_atlas(tiny_model, tiny_tokenizer, corpus, top_n=limits.MAX_ATLAS_TOP_N + 1,
+                    progress=False)
+    with pytest.raises(limits.LimitError, match="BACKPACK_MAX_BATCH_WINDOWS"):
+        build_atlas(tiny_model, tiny_tokenizer, corpus, batch_size=limits.MAX_BATCH_WINDOWS + 1,
+                    progress=False)
+    for extra, message in ((["--top-n", "1000000"], "BACKPACK_MAX_ATLAS_TOP_N"),
+                           (["--batch-size", "100000000"], "BACKPACK_MAX_BATCH_WINDOWS")):
+        code = _cli.run(sense_atlas.main, ["--model", "/nonexistent/model", "--data", str(text_file),
+                                           *extra, "--json"], prog="sense_atlas")
+        out = capsys.readouterr()
+        assert code == 2 and out.err.count("\n") == 1 and message in out.err, out.err
+        assert strict_json(out.out) == {"error": out.err.split("error: ", 1)[1].strip(), "kind": "limit"}
+
+
+def test_corpus_size_is_bounded_and_max_tokens_reads_a_prefix(tiny_tokenizer, tmp_path, monkeypatch):
+    """A 60 MB text file took 78 s and 9.5 GB of memory to tokenize (about 160 bytes a
+    character), with no limit: a corpus tokenized at once is bounded (MAX_CORPUS_CHARS), and
+    with max_tokens only a prefix of a file is read, so a few tokens of a huge file stay cheap."""
+    from backpack_core import limits
+    from backpack_core.corpus import corpus_from_text
+
+    monkeypatch.setattr(limits, "MAX_CORPUS_CHARS", 5000)
+    text = TEXT * 40
+    big = tmp_path / "big.txt"
+    big.write_text(text, encoding="utf-8")
+    for max_tokens in (None, 10**9):
+        with pytest.raises(limits.LimitError, match="BACKPACK_MAX_CORPUS_CHARS") as err:
+            read_corpus(str(big), tiny_tokenizer, max_tokens=max_tokens)
+        assert "\n" not in str(err.value)
+        with pytest.raises(limits.LimitError, match="BACKPACK_MAX_CORPUS_CHARS"):
+            corpus_from_text(text, tiny_tokenizer, "upload", max_tokens)
+    # a few tokens of it: read from a prefix of the file, the same tokens as the whole text
+    whole = tiny_tokenizer.encode(text)
+    assert read_corpus(str(big), tiny_tokenizer, max_tokens=100).token_ids.tolist() == whole[:100]
+    # a prefix that cuts a multi-byte character, and a file whose first bytes are not UTF-8
+    wide = "日本語のテキスト。" * 300
+    (tmp_path / "wide.txt").write_text(wide, encoding="utf-8")
+    for n in (7, 10, 11):
+        assert read_corpus(str(tmp_path / "wide.txt"), tiny_tokenizer, max_tokens=n).token_ids.tolist() \
+            == tiny_tokenizer.encode(wide[:400])[:n]
+    (tmp_path / "latin.txt").write_bytes(("caf\xe9 " * 2000).encode("latin-1"))
+    with pytest.raises(CorpusError, match="not UTF-8"):
+        read_corpus(str(tmp_path / "latin.txt"), tiny_tokenizer, max_tokens=5)
+
+
+def test_plot_into_a_missing_directory_is_refused_before_the_pass(text_file, tmp_path, capsys):
+    """--plot missing/x.png failed with 'No such file or directory' only after the whole pass."""
+    from analyses import _cli, sense_atlas
+
+    code = _cli.run(sense_atlas.main, ["--model", "/nonexistent/model", "--data", str(text_file),
+                                       "--word", "bank", "--plot", str(tmp_path / "no" / "x.png")],
+                    prog="sense_atlas")
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "--plot" in err and "no such directory" in err, err
+
+
+def test_a_context_that_supported_its_own_prediction_is_marked_so():
+    """When the word's sense supported most the prediction at the word itself (query == offset,
+    the rule for self senses), the snippet has no "query" part and the output showed no <<...>>
+    although it says the predictions are those 'supported at <<...>>'."""
+    pytest.importorskip("streamlit")
+    import importlib
+
+    import tests.test_app  # noqa: F401  (puts app/ on sys.path)
+    from analyses.sense_atlas import render_snippet
+    from backpack_core.atlas import Context
+
+    atlas_views = importlib.import_module("atlas_views")
+
+    own = [{"text": "repay its", "role": "text"}, {"text": " bank", "role": "word"},
+           {"text": " debt", "role": "text"}]
+    assert render_snippet(own) == "repay its[[<< bank>>]] debt"
+    later = [*own[:2], {"text": " debt", "role": "query"}]
+    assert render_snippet(later) == "repay its[[ bank]]<< debt>>"
+    html = atlas_views.snippet_html(Context(0, 1.0, 0, 1.0, [(d["text"], d["role"]) for d in own]))
+    assert "font-weight:600" in html and "border-bottom" in html
+
+
+def test_sense_without_word_is_refused(text_file, capsys):
+    """--sense 3 without --word printed the usage table and ignored --sense silently."""
+    from analyses import _cli, sense_atlas
+
+    code = _cli.run(sense_atlas.main, ["--model", "/nonexistent/model", "--data", str(text_file),
+                                       "--sense", "3"], prog="sense_atlas")
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "--sense" in err and "--word" in err, err
+
+
+def test_the_number_of_words_is_bounded(text_file, capsys):
+    """--word with thousands of comma-separated words re-ran up to 16 x --top windows per word
+    (hours on a CPU); the command takes at most MAX_WORDS words."""
+    from analyses import _cli, sense_atlas
+
+    words = ",".join(["bank"] * (sense_atlas.MAX_WORDS + 1))
+    code = _cli.run(sense_atlas.main, ["--model", "/nonexistent/model", "--data", str(text_file),
+                                       "--word", words], prog="sense_atlas")
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and f"at most {sense_atlas.MAX_WORDS}" in err, err
+
+
+def test_a_word_of_several_tokens_is_refused_before_the_pass(tiny_model_dir, text_file, capsys,
+                                                             monkeypatch):
+    """--word ' Macintosh' (3 tokens) was refused only after the whole pass over the corpus."""
+    from analyses import _cli, sense_atlas
+
+    def no_pass(*args, **kwargs):
+        raise AssertionError("the corpus was read before the words were checked")
+
+    monkeypatch.setattr(SenseAtlas, "for_corpus", no_pass)
+    code = _cli.run(sense_atlas.main, ["--model", str(tiny_model_dir), "--data", str(text_file),
+                                       "--word", "bank, Macintosh", "--exact"], prog="sense_atlas")
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "one token is needed" in err, err

@@ -433,3 +433,77 @@ def test_steer_page_evaluates_the_edit_set_on_a_dataset(tiny_model_dir, tiny_mod
     assert not at.exception and not at.error
     shown = {m.label: m.value for m in at.metric}
     assert shown["blast radius"] == f"{len(expected.blast_radius):,}"
+
+    # an error found during the evaluation (a target of several tokens): one message, and the
+    # progress bar is gone (it stayed, at "Reading the corpus…", under the message)
+    at.file_uploader(key="steer:eval-prompts").set_value(
+        ("multi.jsonl", b'{"prompt": "The bank", "target": " Macintosh"}\n', "text/plain"))
+    at.run()
+    at.button(key="steer:evaluate").click().run()
+    assert not at.exception and any("one token is needed" in e.value for e in at.error)
+    assert not at.get("progress")
+
+
+# -- review of issue 17 ------------------------------------------------------------------------------
+
+def test_window_arguments_are_checked_as_in_the_atlas(tiny_model, tiny_tokenizer, corpus, tmp_path,
+                                                      capsys):
+    """--seq-len past the context was silently cut to it (the atlas refuses it) and --batch-size
+    was unbounded (a whole corpus in one forward pass)."""
+    from backpack_core import limits
+
+    n = tiny_model.config.n_positions
+    for seq_len in (n + 1, 1, 0):
+        with pytest.raises(ValueError, match=f"seq_len must be in 2..{n}"):
+            evaluate_edits(tiny_model, tiny_tokenizer, edit_set("scale_sense"), corpus,
+                           seq_len=seq_len, progress=False)
+    with pytest.raises(limits.LimitError, match="BACKPACK_MAX_BATCH_WINDOWS"):
+        evaluate_edits(tiny_model, tiny_tokenizer, edit_set("scale_sense"), corpus,
+                       batch_size=limits.MAX_BATCH_WINDOWS + 1, progress=False)
+    edits, text = tmp_path / "e.json", tmp_path / "t.txt"
+    edits.write_text(json.dumps(edit_set("scale_sense")))
+    text.write_text("The bank by the river. " * 5)
+    code, out, err = run_cli(["--model", "/nonexistent/model", "--edits", str(edits), "--data",
+                              str(text), "--batch-size", "100000000", "--json"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "BACKPACK_MAX_BATCH_WINDOWS" in err
+    assert strict_json(out)["kind"] == "limit"
+
+
+def test_negative_zero_strength_is_zero():
+    import math
+
+    assert [math.copysign(1.0, s) for s in parse_strengths("-0, 1")] == [1.0, 1.0]
+    assert parse_strengths([-0.0, 2]) == [0.0, 1.0, 2.0]
+
+
+def test_prompt_errors_stay_short_and_the_prompts_file_is_bounded(tiny_model, tiny_tokenizer, tmp_path,
+                                                                 monkeypatch):
+    """A 5,000-word prompt made a 25 kB error message (the prompt echoed whole); a prompts file
+    was read whole whatever its size."""
+    from backpack_core import edit_evaluation
+
+    long = TargetPrompt("word " * 5000, " bank")
+    with pytest.raises(PromptError, match="tokens long") as err:
+        edit_evaluation.check_prompts(tiny_model, tiny_tokenizer, [long])
+    assert len(str(err.value)) < 300 and "…" in str(err.value)
+    monkeypatch.setattr(edit_evaluation, "MAX_PROMPTS_BYTES", 100)
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"prompt": "The bank", "target": " river"}\n' * 5)
+    for source in (path, path.read_bytes()):
+        with pytest.raises(PromptError, match="more than the limit of 100 bytes"):
+            read_prompts(source)
+
+
+def test_strengths_that_overflow_are_refused(tiny_model, tiny_tokenizer, corpus):
+    """--strengths 3e38 overflowed float32: losses NaN (null in the JSON), every prompt scored
+    'rank 0, failed'. Strengths are bounded by MAX_ABS_STRENGTH; the bound itself works."""
+    from backpack_core.edit_evaluation import MAX_ABS_STRENGTH
+
+    for text in ("3e38", "-3e38", f"{MAX_ABS_STRENGTH * 10:g}"):
+        with pytest.raises(ValueError, match="strength .* is too large"):
+            parse_strengths(text)
+    with pytest.raises(ValueError, match="too large"):
+        ScaledEdits(EditSet.from_dict(edit_set("scale_sense")).compile(tiny_model, tiny_tokenizer), 1e30)
+    result = evaluate_edits(tiny_model, tiny_tokenizer, edit_set("knowledge_edit"), corpus,
+                            strengths=[-MAX_ABS_STRENGTH, MAX_ABS_STRENGTH], progress=False)
+    assert all(v is not None and v == v for r in result.sweep for v in r.loss_change.values())

@@ -8,7 +8,6 @@ import state
 import streamlit as st
 import views
 
-from backpack_core.edit_evaluation import evaluate_edits, parse_strengths, read_prompts
 from backpack_core.edits import EditError
 from backpack_core.generation import generate_side_by_side
 
@@ -311,20 +310,19 @@ with st.expander("Blast radius, loss change and target-prompt success over a cor
         type=["jsonl", "json", "txt"], key=f"{PAGE}:eval-prompts")
     if st.button("Evaluate", key=f"{PAGE}:evaluate", type="primary", disabled=not edits.get("edits"),
                  help=None if edits.get("edits") else "add an edit first"):
+        bar = st.progress(0.0, text="Reading the corpus…")
         try:
-            strengths = parse_strengths(strengths_text)
-            prompts = (read_prompts(prompts_file.getvalue(), name=prompts_file.name)
-                       if prompts_file is not None else None)
-            corpus = ev.read_dataset(dataset, tokenizer, int(max_tokens), text=text, upload=(
-                (corpus_file.name, corpus_file.getvalue()) if corpus_file is not None else None))
-            bar = st.progress(0.0, text="Reading the corpus…")
-            result = evaluate_edits(model, tokenizer, edits, corpus, prompts=prompts,
-                                    strengths=strengths, progress=lambda done, total: bar.progress(
-                                        done / total, text=f"window batch {done} of {total}"))
-            bar.empty()
+            result = ev.evaluate(
+                model, tokenizer, edits, dataset, int(max_tokens), strengths_text, text=text,
+                prompts=(prompts_file.name, prompts_file.getvalue()) if prompts_file else None,
+                upload=(corpus_file.name, corpus_file.getvalue()) if corpus_file else None,
+                progress=lambda done, total: bar.progress(done / total,
+                                                          text=f"window batch {done} of {total}"))
             st.session_state[f"{PAGE}:evaluation"] = {"edits": edits, "result": result}
         except (ValueError, OSError) as err:  # EditError, PromptError, CorpusError are ValueErrors
             state.show_error(err, "The evaluation")
+        finally:
+            bar.empty()
     evaluation = st.session_state.get(f"{PAGE}:evaluation")
     if evaluation and evaluation["edits"] == edits:
         result = evaluation["result"]
