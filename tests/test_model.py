@@ -369,3 +369,25 @@ def test_half_precision_loss_in_pieces_trains_under_autocast(monkeypatch):
     torch.testing.assert_close(loss, whole_loss, rtol=1e-5, atol=1e-5)
     for a, b in zip(pieces, whole, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_sense_weight_scores_and_softmax_run_in_float32(autocast):
+    """bf16 queries/keys of a trained model's magnitude (unscaled scores ~2000, where bf16 steps
+    are 16 apart): the weights equal the float32 computation from the same inputs, with or
+    without bf16 autocast (training). With the einsum in bf16 they differ by ~0.5."""
+    from backpack_core.config import ModelConfig
+    from backpack_core.model import SenseWeightNetwork, causal_allowed
+
+    torch.manual_seed(0)
+    net = SenseWeightNetwork(ModelConfig(vocab_size=64, n_positions=32, n_embd=64, n_layer=1,
+                                         n_head=2, num_senses=8))
+    queries = (torch.randn(2, 8, 12, 8) * 16).bfloat16()  # (b, k, s, d/k)
+    keys = (torch.randn(2, 8, 12, 8) * 16).bfloat16()
+    allowed = causal_allowed(0, 12, None, torch.device("cpu"))
+    scores = torch.einsum("bkih,bkjh->bkij", queries.float(), keys.float()) / 8 ** 0.5
+    expected = scores.masked_fill(~allowed, float("-inf")).softmax(-1)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        weights = net(queries, keys, allowed)
+    assert weights.dtype == torch.bfloat16
+    assert (weights.float() - expected).abs().max() < 8e-3  # bf16 rounding of the weights only

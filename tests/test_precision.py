@@ -99,13 +99,15 @@ def test_fp32_cached_generation_equals_full_recomputation(numbers):
 
 
 def test_bf16_stays_near_fp32(numbers):
-    """Stated tolerances of bf16 against fp32 on the shipped model (CPU). Loose: bf16 is an
-    option for speed, not the inspection default; see the numbers with `python <this file>`."""
+    """Stated tolerances of bf16 against fp32 on the shipped model (CPU); the numbers with
+    `python <this file>`. Measured with float32 sense-weight scores: contextualization 0.121,
+    logits 0.262, bf16 cached vs full 0.156. With the scores in bf16 (upcast after the einsum,
+    the bug this guards against) they were 0.495, 1.27 and 0.758: each bound below fails."""
     close = numbers["bf16_vs_fp32"]
-    assert close["contextualization_max_abs"] < 0.6, numbers
-    assert close["logits_max_abs"] < 2.0, numbers
+    assert close["contextualization_max_abs"] < 0.25, numbers
+    assert close["logits_max_abs"] < 0.6, numbers
     assert close["next_token_agreement"] > 0.9, numbers
-    assert numbers["bfloat16_cached_vs_full"]["logits_max_abs_while_equal"] < 2.0, numbers
+    assert numbers["bfloat16_cached_vs_full"]["logits_max_abs_while_equal"] < 0.4, numbers
 
 
 if __name__ == "__main__":
