@@ -45,7 +45,9 @@ def test_bench_long_smoke():
     out = run_smoke("bench_long.py")
     assert out["bench"] == "long" and out["smoke"]
     for row in out["results"].values():
-        assert set(row["ms"]) == {"backpack_old", "backpack", "backpack_weights", "hf_gpt2"}
+        assert set(row["ms"]) == {"backpack_old", "backpack_flash", "backpack", "backpack_weights",
+                                  "hf_gpt2"}
+        assert "speedup_vs_flash" in row
         assert row["fast_equals_explicit"] is True and "backpack_vs_hf" in row
 
 
