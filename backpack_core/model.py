@@ -524,7 +524,7 @@ class Backpack(nn.Module):
                 senses, keys, source_ids, source_positions = senses_new, keys_new, input_ids, positions
             fused = (allowed is None and cache is None and intervention is None
                      and not output_contextualization and cfg.sense_mask_value is None)
-            if fused:  # nobody needs the weights: 2 + 3 in one attention call
+            if fused:  # nobody needs the weights: 2 + 3 without keeping them
                 logits = self.output_logits(fused_mix(queries, keys, senses))
             else:
                 # 2. contextualization weights
