@@ -102,17 +102,50 @@ def fused_mix(queries: torch.Tensor, keys: torch.Tensor, senses: torch.Tensor) -
 
     queries, keys (b, k, s, d/k), senses (b, k, s, d) -> (b, s, d). The same function as
     `SenseWeightNetwork` (mask_value None, no padding, no cache) followed by `Backpack.mix`.
-    Queries are d/k wide but values d: on CPU, SDPA then falls back to its math kernel, which
-    materialises the (b, k, s, s) weights (and more). Zero-padding queries and keys to width d
-    leaves every q . k unchanged (the scale stays 1/sqrt(d/k)) and lets the fused CPU kernel run:
-    2-3x faster at 1024 tokens. On CUDA the kernels take the widths as they are.
-    """
+    On CPU without gradients: `blocked_mix`; otherwise `flash_mix`."""
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (queries, keys, senses))
+    if queries.device.type == "cpu" and not needs_grad:
+        return blocked_mix(queries, keys, senses)
+    return flash_mix(queries, keys, senses)
+
+
+def flash_mix(queries: torch.Tensor, keys: torch.Tensor, senses: torch.Tensor) -> torch.Tensor:
+    """`fused_mix` as one SDPA call. Queries are d/k wide but values d: on CPU, SDPA then falls
+    back to its math kernel, which materialises the (b, k, s, s) weights (and more).
+    Zero-padding queries and keys to width d leaves every q . k unchanged (the scale stays
+    1/sqrt(d/k)) and lets the fused CPU kernel run: 2-3x faster at 1024 tokens, but each
+    q . k then costs as much as a weighted sum of values. On CUDA the kernels take the widths
+    as they are."""
     hd, d = queries.shape[-1], senses.shape[-1]
     if queries.device.type == "cpu" and hd != d:
         queries, keys = F.pad(queries, (0, d - hd)), F.pad(keys, (0, d - hd))
     mixed = F.scaled_dot_product_attention(queries, keys, senses, is_causal=True,
                                            scale=1.0 / math.sqrt(hd))
     return mixed.sum(1)  # (b, k, s, d) -> (b, s, d)
+
+
+MIX_ROWS = 64  # query rows per block of `blocked_mix` (the fastest of 16-256 at 256 and 1024)
+
+
+def blocked_mix(queries: torch.Tensor, keys: torch.Tensor, senses: torch.Tensor,
+                rows: int = MIX_ROWS) -> torch.Tensor:
+    """`fused_mix` by blocks of `rows` queries, for inference: each block's weights
+    (b, k, rows, end) over the keys up to its end only (causal), q . k at the narrow width
+    d/k, softmax in float32, then the weighted sum of the senses. The weights of one block
+    stay in cache; ~1.6x faster than `flash_mix` on CPU at 256-1024 tokens. No gradients
+    through the in-place mask: inference only."""
+    b, k, s, hd = queries.shape
+    queries = queries * (1.0 / math.sqrt(hd))
+    keys_t = keys.transpose(-1, -2)  # (b, k, hd, s)
+    future = torch.ones(rows, rows, dtype=torch.bool, device=queries.device).triu_(1)
+    mixed = senses.new_empty(b, s, senses.shape[-1])
+    for start in range(0, s, rows):
+        end = min(start + rows, s)
+        scores = (queries[:, :, start:end] @ keys_t[..., :end]).float()  # (b, k, rows, end)
+        scores[..., start:].masked_fill_(future[:end - start, :end - start], float("-inf"))
+        alpha = scores.softmax(-1).to(senses.dtype)
+        mixed[:, start:end] = (alpha @ senses[:, :, :end]).sum(1)  # (b, rows, d)
+    return mixed
 
 
 LOSS_CHUNK = 4096  # tokens per float32 piece of a half-precision loss (4096 x 50k: 0.8 GB)
@@ -494,7 +527,7 @@ class Backpack(nn.Module):
                 senses, keys, source_ids, source_positions = senses_new, keys_new, input_ids, positions
             fused = (allowed is None and cache is None and intervention is None
                      and not output_contextualization and cfg.sense_mask_value is None)
-            if fused:  # nobody needs the weights: 2 + 3 in one attention call
+            if fused:  # nobody needs the weights: 2 + 3 without keeping them
                 logits = self.output_logits(fused_mix(queries, keys, senses))
             else:
                 # 2. contextualization weights

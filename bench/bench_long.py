@@ -7,7 +7,10 @@ longest length), random weights, batch 1, `torch.inference_mode()`. Models:
 
 - backpack_old: the fused mixing before issue 14: SDPA with queries d/k = 8 wide and values
   d = 128, which on CPU runs the math kernel (the (b, k, s, s) weights materialised);
-- backpack: now (queries and keys zero-padded to width d: SDPA's flash kernel on CPU);
+- backpack_flash: the first round of issue 14 (`flash_mix`: queries and keys zero-padded to
+  width d, so SDPA's flash kernel runs on CPU; still what training runs);
+- backpack: now (`blocked_mix`: blocks of 64 query rows, the weights of each block over the
+  keys up to its end at the narrow width d/k, softmax, weighted sum; inference on CPU);
 - backpack_weights: the explicit path, as inspection runs it (output_contextualization=True);
 - hf_gpt2: transformers' GPT2LMHeadModel with the same n_embd, n_layer, n_head, vocab.
 
@@ -40,9 +43,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 @contextlib.contextmanager
-def old_mixing():
+def mixing(fn):
     saved = model_module.fused_mix
-    model_module.fused_mix = old_fused_mix
+    model_module.fused_mix = fn
     try:
         yield
     finally:
@@ -70,7 +73,8 @@ def main(argv=None) -> dict:
                                     n_embd=fields["n_embd"], n_layer=fields["n_layer"],
                                     n_head=fields["n_head"], bos_token_id=0, eos_token_id=0)).eval()
     calls = {
-        "backpack_old": lambda ids: _old(backpack, ids),
+        "backpack_old": lambda ids: _with(old_fused_mix, backpack, ids),
+        "backpack_flash": lambda ids: _with(model_module.flash_mix, backpack, ids),
         "backpack": lambda ids: backpack(ids).logits,
         "backpack_weights": lambda ids: backpack(ids, output_contextualization=True).logits,
         "hf_gpt2": lambda ids: hf(ids).logits,
@@ -84,6 +88,8 @@ def main(argv=None) -> dict:
         with torch.inference_mode():
             same = torch.allclose(calls["backpack"](ids), calls["backpack_weights"](ids),
                                   rtol=1e-4, atol=1e-4)
+            same = same and torch.allclose(calls["backpack_flash"](ids),
+                                           calls["backpack_weights"](ids), rtol=1e-4, atol=1e-4)
             for call in calls.values():
                 for _ in range(2):
                     call(ids)
@@ -98,6 +104,7 @@ def main(argv=None) -> dict:
         best_ratios = {f"best_{name}_vs_hf": round(best[name] / best["hf_gpt2"], 2) for name in calls}
         out["results"][str(n)] = {"ms": row, "min_ms": best, **ratios, **best_ratios,
                                   "speedup_vs_old": round(row["backpack_old"] / row["backpack"], 2),
+                                  "speedup_vs_flash": round(row["backpack_flash"] / row["backpack"], 2),
                                   "fast_equals_explicit": same}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / ("long_smoke.json" if args.smoke else "long.json")).write_text(
@@ -106,8 +113,8 @@ def main(argv=None) -> dict:
     return out
 
 
-def _old(model, ids):
-    with old_mixing():
+def _with(fn, model, ids):
+    with mixing(fn):
         return model(ids).logits
 
 

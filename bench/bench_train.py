@@ -1,6 +1,7 @@
 """Benchmark: training-step throughput, our Backpack and Transformer twin vs transformers' GPT-2.
 
     python bench/bench_train.py [--batch 16] [--seq 256] [--repeats 7] [--threads 2] [--smoke]
+        [--compile]
 
 One training step = forward + backward + AdamW step (fp32, no dropout, no compile), on a batch
 of random token ids, at the shipped model's shape (data/backpack-mini/config.json: width 128,
@@ -19,6 +20,11 @@ median step time gives tokens/s, the fastest step `best_tokens_per_s` (on a shar
 the least disturbed figure). Ratios are against hf_gpt2; `flops_per_token` counts each
 model's training FLOPs (backpack_core.model.flops_per_token), so `flops_ratio` says how much
 more work a Backpack token is than a twin token.
+
+With --compile the models are backpack, twin and hf_gpt2, each eager and compiled
+(`*_compiled`: `model.compile()`, as `train.compile` does for runs of >= 300 steps); the
+warm-up steps (compiling) are excluded from the timings and reported as `compile_s` (the
+first step's seconds). Writes bench/results/train_compile.json (smoke: train_compile_smoke.json).
 
 Prints one JSON object and writes bench/results/train.json (smoke: train_smoke.json).
 """
@@ -77,6 +83,10 @@ def old_step():
 
 
 def build(name: str, fields: dict):
+    if name.endswith("_compiled"):
+        model, config = build(name.removesuffix("_compiled"), fields)
+        model.compile()  # in place, as train.compile does
+        return model, config
     torch.manual_seed(0)
     if name == "hf_gpt2":
         from transformers import GPT2Config, GPT2LMHeadModel
@@ -100,12 +110,16 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--smoke", action="store_true", help="tiny shapes, 2 repeats (tests)")
+    parser.add_argument("--compile", action="store_true",
+                        help="eager and compiled backpack, twin and hf_gpt2")
     args = parser.parse_args(argv)
     if args.smoke:
         args.batch, args.seq, args.repeats = 2, 32, 2
     torch.set_num_threads(args.threads)
     fields = shipped_config(args.smoke)
     names = ["backpack", "backpack_old", "backpack_dedup", "twin", "hf_gpt2"]
+    if args.compile:
+        names = [f"{n}{c}" for c in ("", "_compiled") for n in ("backpack", "twin", "hf_gpt2")]
     models = {n: build(n, fields) for n in names}
     optimizers = {n: torch.optim.AdamW(m.parameters(), lr=1e-4) for n, (m, _) in models.items()}
     ids = torch.randint(0, fields["vocab_size"], (args.batch, args.seq),
@@ -120,7 +134,12 @@ def main(argv=None) -> dict:
         opt.zero_grad(set_to_none=True)
         return float(loss.detach())
 
-    losses = {n: [step(n) for _ in range(2)][0] for n in names}  # warm-up; the first loss
+    losses, first_s = {}, {}
+    for n in names:  # warm-up (compiling); the first loss
+        start = time.perf_counter()
+        losses[n] = step(n)
+        first_s[n] = time.perf_counter() - start
+        step(n)
     times = {n: [] for n in names}
     for _ in range(args.repeats):
         for n in names:
@@ -133,28 +152,38 @@ def main(argv=None) -> dict:
         median, best = statistics.median(times[n]), min(times[n])
         results[n] = {"step_ms": round(median * 1000, 1), "tokens_per_s": round(tokens / median),
                       "min_step_ms": round(best * 1000, 1), "best_tokens_per_s": round(tokens / best),
-                      "first_loss": round(losses[n], 4)}
+                      "first_loss": round(losses[n], 4), "first_step_s": round(first_s[n], 2)}
+        if n.endswith("_compiled"):
+            results[n]["compile_s"] = results[n]["first_step_s"]
     hf, hf_best = results["hf_gpt2"]["tokens_per_s"], results["hf_gpt2"]["best_tokens_per_s"]
     for n in names:
         results[n]["vs_hf_gpt2"] = round(results[n]["tokens_per_s"] / hf, 3)
         results[n]["best_vs_hf_gpt2"] = round(results[n]["best_tokens_per_s"] / hf_best, 3)
+        if n.endswith("_compiled"):  # compiled against compiled GPT-2, and against eager self
+            hfc = results["hf_gpt2_compiled"]
+            eager = results[n.removesuffix("_compiled")]
+            results[n]["vs_hf_gpt2_compiled"] = round(results[n]["tokens_per_s"] / hfc["tokens_per_s"], 3)
+            results[n]["best_vs_hf_gpt2_compiled"] = round(
+                results[n]["best_tokens_per_s"] / hfc["best_tokens_per_s"], 3)
+            results[n]["speedup_vs_eager"] = round(results[n]["tokens_per_s"] / eager["tokens_per_s"], 3)
     bp = ModelConfig(**fields)
     twin = ModelConfig(**fields, model_kind="transformer")
     out = {"bench": "train", "smoke": args.smoke, "machine": platform.processor() or platform.machine(),
            "threads": args.threads, "batch": args.batch, "seq": args.seq, "repeats": args.repeats,
-           "shape": fields, "results": results,
-           "speedup_backpack_vs_old": round(results["backpack"]["tokens_per_s"]
-                                            / results["backpack_old"]["tokens_per_s"], 3),
-           "best_speedup_backpack_vs_old": round(results["backpack"]["best_tokens_per_s"]
-                                                 / results["backpack_old"]["best_tokens_per_s"], 3),
+           "compile": args.compile, "shape": fields, "results": results,
            "flops_per_token": {"backpack": flops_per_token(bp, args.seq),
                                "twin": flops_per_token(twin, args.seq)},
            "goals": {"backpack_vs_hf": 0.85, "twin_vs_hf": 1.1}}
     out["flops_ratio_backpack_vs_twin"] = round(out["flops_per_token"]["backpack"]
                                                 / out["flops_per_token"]["twin"], 3)
+    if "backpack_old" in results:
+        for key, field in (("speedup_backpack_vs_old", "tokens_per_s"),
+                           ("best_speedup_backpack_vs_old", "best_tokens_per_s")):
+            out[key] = round(results["backpack"][field] / results["backpack_old"][field], 3)
     assert all(math.isfinite(v["first_loss"]) for v in results.values())
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / ("train_smoke.json" if args.smoke else "train.json")).write_text(
+    name = "train_compile" if args.compile else "train"
+    (RESULTS / (f"{name}_smoke.json" if args.smoke else f"{name}.json")).write_text(
         json.dumps(out, indent=2) + "\n")
     print(json.dumps(out))
     return out

@@ -23,8 +23,10 @@ def test_bench_sense_search_smoke():
     assert out["bench"] == "sense_search" and out["smoke"]
     for mode in ("raw", "normalized"):
         row = out[mode]
-        assert {"old_ms", "new_ms", "old_extra_MB", "new_extra_MB", "speedup"} <= set(row)
-        assert row["agree_top20"] is True
+        assert {"old_ms", "fp16_ms", "new_ms", "old_extra_MB", "new_extra_MB",
+                "speedup_vs_old", "speedup_vs_fp16"} <= set(row)
+        assert row["agree_top20"] is True and row["directions_checked"] >= 6
+    assert {"ms", "kept_MB"} <= set(out["first_query_bf16_copy"])
     assert (REPO / "bench/results/sense_search_smoke.json").is_file()
 
 
@@ -43,7 +45,9 @@ def test_bench_long_smoke():
     out = run_smoke("bench_long.py")
     assert out["bench"] == "long" and out["smoke"]
     for row in out["results"].values():
-        assert set(row["ms"]) == {"backpack_old", "backpack", "backpack_weights", "hf_gpt2"}
+        assert set(row["ms"]) == {"backpack_old", "backpack_flash", "backpack", "backpack_weights",
+                                  "hf_gpt2"}
+        assert "speedup_vs_flash" in row
         assert row["fast_equals_explicit"] is True and "backpack_vs_hf" in row
 
 

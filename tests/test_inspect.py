@@ -300,6 +300,30 @@ def test_half_bank_two_pass_query_equals_the_exact_pass(tiny_model, normalize, l
     torch.testing.assert_close(bank.norms(), bank.senses.float().norm(dim=-1))
 
 
+@pytest.mark.parametrize("normalize", [False, True])
+def test_half_bank_bfloat16_candidates_give_the_exact_top20_on_many_directions(normalize):
+    """The candidate pass runs on a bfloat16 copy of a float16 bank (made once, kept): over 40
+    directions (sums of two rows, and Gaussian ones) the top 20 is the exact float32 pass's, in
+    the same order, with the same scores."""
+    gen = torch.Generator().manual_seed(0)
+    senses = (torch.randn(4000, 4, 64, generator=gen) * 0.05).half()  # 16,000 rows, pool 512
+    bank, k = SenseBank(senses), 4
+    assert bank.candidate_rows().dtype == torch.bfloat16
+    assert bank.candidate_rows() is bank.candidate_rows()  # made once
+    torch.testing.assert_close(bank.candidate_rows().float(), bank.flat.float(), rtol=4e-3, atol=0)
+    for i in range(40):
+        if i % 2:
+            direction = torch.randn(64, generator=gen)
+        else:
+            direction = bank.flat[torch.randint(0, 16000, (2,), generator=gen)].float().sum(0)
+        got = bank.query(direction, top=20, normalize=normalize)
+        exact = bank.scores(direction, normalize).flatten()  # float32 over the whole bank
+        values, index = exact.topk(20)
+        assert [(t, s) for t, s, _ in got] == [(int(j) // k, int(j) % k) for j in index]
+        torch.testing.assert_close(torch.tensor([v for _, _, v in got]), values,
+                                   rtol=1e-6, atol=1e-6)
+
+
 def test_half_bank_chunks_on_threads_give_the_same_scores(tiny_model, monkeypatch):
     """The half-precision pass split over a thread pool (several chunks, 2 threads) gives the
     same approximate scores as one product over the whole bank."""

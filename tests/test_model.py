@@ -319,7 +319,7 @@ def test_fused_mix_equals_the_explicit_weights(n_embd, num_senses):
     from backpack_core.model import fused_mix
 
     model = tiny(n_embd=n_embd, num_senses=num_senses, n_head=4)
-    b, s, k, d = 2, 33, num_senses, n_embd
+    b, s, k, d = 2, 33, num_senses, n_embd  # with gradients: flash_mix
     queries = torch.randn(b, k, s, d // k, requires_grad=True)
     keys = torch.randn(b, k, s, d // k, requires_grad=True)
     senses = torch.randn(b, k, s, d, requires_grad=True)
@@ -333,6 +333,28 @@ def test_fused_mix_equals_the_explicit_weights(n_embd, num_senses):
     for a, e in zip(torch.autograd.grad(fast, (queries, keys, senses), grad),
                     torch.autograd.grad(explicit, (queries, keys, senses), grad), strict=True):
         torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("s", [1, 15, 16, 17, 64, 100])
+@pytest.mark.parametrize("rows", [16, 64])
+def test_blocked_mix_equals_the_explicit_weights(s, rows):
+    """Inference mixing by blocks of query rows over the keys up to each block's end equals the
+    explicit softmax-then-weighted-sum (ragged last blocks, one block, one token); without
+    gradients fused_mix takes it on CPU."""
+    from backpack_core.model import blocked_mix, fused_mix
+
+    model = tiny(n_embd=128, num_senses=16, n_head=4)
+    b, k, d = 2, 16, 128
+    queries, keys = torch.randn(b, k, s, d // k) * 3, torch.randn(b, k, s, d // k) * 3
+    senses = torch.randn(b, k, s, d)
+    allowed = torch.ones(s, s, dtype=torch.bool).tril()[None, None]
+    explicit = model.mix(model.sense_weight_network(queries, keys, allowed), senses)
+    torch.testing.assert_close(blocked_mix(queries, keys, senses, rows), explicit,
+                               rtol=1e-5, atol=1e-5)
+    with torch.inference_mode(), torch.profiler.profile() as prof:
+        fast = fused_mix(queries, keys, senses)
+    assert not any("flash_attention" in e.key for e in prof.key_averages()), "blocked, not flash"
+    torch.testing.assert_close(fast, explicit, rtol=1e-5, atol=1e-5)
 
 
 def test_fast_mixing_in_the_model_equals_the_weights_path_at_the_shipped_width():
