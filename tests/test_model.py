@@ -413,3 +413,20 @@ def test_sense_weight_scores_and_softmax_run_in_float32(autocast):
         weights = net(queries, keys, allowed)
     assert weights.dtype == torch.bfloat16
     assert (weights.float() - expected).abs().max() < 8e-3  # bf16 rounding of the weights only
+
+
+def test_blocked_mix_scores_run_in_float32():
+    """bf16 inputs of a trained model's magnitude: blocked_mix equals the float32 mixing of the
+    same inputs up to the bf16 rounding of its output (q . k in bf16 would be off by ~0.5)."""
+    from backpack_core.model import blocked_mix
+
+    torch.manual_seed(0)
+    queries = (torch.randn(1, 4, 40, 8) * 16).bfloat16()
+    keys = (torch.randn(1, 4, 40, 8) * 16).bfloat16()
+    senses = torch.randn(1, 4, 40, 32).bfloat16()
+    scores = torch.einsum("bkih,bkjh->bkij", queries.float(), keys.float()) / 8 ** 0.5
+    alpha = scores.masked_fill(torch.ones(40, 40, dtype=torch.bool).triu(1), float("-inf")).softmax(-1)
+    expected = (alpha @ senses.float()).sum(1)
+    got = blocked_mix(queries, keys, senses, rows=16)
+    assert got.dtype == torch.bfloat16
+    assert (got.float() - expected).abs().max() < 0.1  # |mixed| ~ 2: bf16 rounding of alpha, sum
