@@ -46,12 +46,19 @@ def read_json(path: str, what: str) -> Any:
         raise ValueError(f"the {what} file {path!r} is not valid JSON: {err}") from None
 
 
-def emit(args: argparse.Namespace, data: Any, render: Callable[[Any], str]) -> int:
-    """Print `data` as JSON with --json, else as the command's readable rendering."""
+def emit(args: argparse.Namespace, data: Any, render: Callable[[Any], str],
+         write_plot: Callable[[Any, str], None] | None = None) -> int:
+    """Print `data` as JSON with --json, else as the command's readable rendering; with
+    `write_plot` and --plot FILE, the figure is written first."""
+    plot = getattr(args, "plot", None) if write_plot is not None else None
+    if plot:
+        write_plot(data, plot)
     if args.json:
         print_json(data)
     else:
         print(render(data))
+        if plot:
+            print(f"\nplot written to {plot}")
     return 0
 
 

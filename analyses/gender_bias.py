@@ -175,13 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                          factors=factors or DEFAULT_FACTORS, pronouns=pronouns, twin=twin,
                          single_token_only=args.single_token_only)
     data = result.to_dict()
-    if args.plot:
-        write_plot(data, args.plot)
-    if args.json:
-        _cli.print_json(data)
-    else:
-        print(render(data, args.show))
-    return 0
+    return _cli.emit(args, data, lambda d: render(d, args.show), write_plot)
 
 
 if __name__ == "__main__":

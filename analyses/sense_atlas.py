@@ -263,15 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not words:
         data["usage"] = atlas.sense_usage_table()
         data["dead"] = atlas.dead_senses(min_count=5, limit=20)
-    if args.plot:
-        write_plot(data, args.plot)
-    if args.json:
-        _cli.print_json(data)
-    else:
-        print(render(data))
-        if args.plot:
-            print(f"\nplot written to {args.plot}")
-    return 0
+    return _cli.emit(args, data, render, write_plot)
 
 
 if __name__ == "__main__":

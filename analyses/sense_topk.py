@@ -148,15 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     senses = parse_senses(args.senses, model.config.num_senses)
     readout = sense_readout(model, tokenizer, in_text_form(args.word, args.exact), top=args.k)
     data = to_json(readout, senses)
-    if args.plot:
-        write_plot(data, args.plot)
-    if args.json:
-        _cli.print_json(data)
-    else:
-        print(render(data))
-        if args.plot:
-            print(f"\nplot written to {args.plot}")
-    return 0
+    return _cli.emit(args, data, render, write_plot)
 
 
 if __name__ == "__main__":
