@@ -186,16 +186,11 @@ def build_atlas(model: Backpack, tokenizer: Tokenizer, corpus: Corpus, top_n: in
             torch.zeros(vocab, k, top_n, device=device)]  # weight at the query
     sense_stats = torch.zeros(4, k, dtype=torch.float64, device=device)
 
-    batches = corpus.windows(seq_len, batch_size)
-    n_batches = corpus.n_batches(seq_len, batch_size)
-    if callable(progress):
-        report = progress
-    else:
-        from .experiments import progress_bar
+    from .experiments import track
 
-        batches = progress_bar(batches, "sense atlas", total=n_batches, enabled=progress)
-        report = None
-    for done, (batch, starts) in enumerate(batches, 1):
+    batches = track(corpus.windows(seq_len, batch_size), "sense atlas",
+                    corpus.n_batches(seq_len, batch_size), progress)
+    for batch, starts in batches:
         batch, starts = batch.to(device), starts.to(device)
         b, s = batch.shape
         contextualization, senses = contextualization_and_senses(model, batch)
@@ -227,8 +222,6 @@ def build_atlas(model: Backpack, tokenizer: Tokenizer, corpus: Corpus, top_n: in
         sense_stats[1] += (weight * norms).sum((0, 2)).double()
         sense_stats[2] += alpha.diagonal(offset=1, dim1=2, dim2=3).sum((0, 2)).double()
         sense_stats[3] += b * position.sum() - (weight.double() * position).sum((0, 2))
-        if report is not None:
-            report(done, n_batches)
 
     seen = counts.nonzero().flatten()
     cpu = {

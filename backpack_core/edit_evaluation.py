@@ -410,18 +410,6 @@ def _window_changes(intervention: ScaledEdits, contextualization: torch.Tensor,
     return radius, delta
 
 
-def _progress(progress: bool | Callable[[int, int], None], total: int):
-    """(iterate wrapper, tick(done)) for progress=True (tqdm on a terminal), a callback
-    (done, total) or False."""
-    if callable(progress):
-        return (lambda it: it), (lambda done: progress(done, total))
-    if progress:
-        from .experiments import progress_bar
-
-        return (lambda it: progress_bar(it, "evaluating edits", total=total)), (lambda done: None)
-    return (lambda it: it), (lambda done: None)
-
-
 @torch.inference_mode()
 def evaluate_edits(model: Backpack, tokenizer: Tokenizer | None, edits: Any, corpus: Corpus,
                    prompts: Sequence[TargetPrompt] | None = None,
@@ -459,8 +447,10 @@ def evaluate_edits(model: Backpack, tokenizer: Tokenizer | None, edits: Any, cor
     total_before, scored = 0.0, 0
     forward_s = reevaluate_s = 0.0
     total = corpus.n_batches(seq_len, batch_size)
-    wrap, tick = _progress(progress, total)
-    for done, (batch, starts) in enumerate(wrap(corpus.windows(seq_len, batch_size)), 1):
+    from .experiments import track
+
+    batches = track(corpus.windows(seq_len, batch_size), "evaluating edits", total, progress)
+    for batch, starts in batches:
         t0 = time.perf_counter()
         ids = batch.to(device)
         b, s = ids.shape
@@ -492,7 +482,6 @@ def evaluate_edits(model: Backpack, tokenizer: Tokenizer | None, edits: Any, cor
         t2 = time.perf_counter()
         forward_s += t1 - t0
         reevaluate_s += t2 - t1
-        tick(done)
     if scored == 0:
         raise ValueError(f"the corpus {corpus.name!r} has no window of 2 or more tokens to score")
 

@@ -29,7 +29,7 @@ import copy
 import math
 import re
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +50,21 @@ def progress_bar(iterable: Iterable, desc: str, total: int | None = None, enable
 
     return tqdm(iterable, desc=desc, total=total, file=sys.stderr, leave=False,
                 disable=None if enabled is None or enabled else True)
+
+
+def track(iterable: Iterable, desc: str, total: int,
+          progress: bool | Callable[[int, int], None] | None = True) -> Iterator:
+    """`iterable` with progress: a tqdm bar (True/None: on a terminal; False: none), or a
+    callback `progress(done, total)` called after each item has been processed (the app's bar)."""
+    if not callable(progress):
+        return iter(progress_bar(iterable, desc, total=total, enabled=progress))
+
+    def reported():
+        for done, item in enumerate(iterable, 1):
+            yield item
+            progress(done, total)
+
+    return reported()
 
 
 def set_threads(n: int | None) -> None:
