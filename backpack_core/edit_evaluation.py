@@ -74,7 +74,7 @@ import torch
 from .edits import CompiledEdits, EditSet, as_edit_set
 from .inspect import WordError, single_token_id
 from .limits import check_batch_windows
-from .model import Backpack, Intervention
+from .model import Backpack, Intervention, next_token_loss
 
 if TYPE_CHECKING:  # pragma: no cover
     from .corpus import Corpus
@@ -457,8 +457,7 @@ def evaluate_edits(model: Backpack, tokenizer: Tokenizer | None, edits: Any, cor
         out = model(ids, output_contextualization=True, output_senses=True)
         alpha, senses = out.contextualization, out.senses  # (b, k, s, s), (b, k, s, d)
         targets = ids[:, 1:]  # (b, s-1): position i predicts token i + 1
-        nll = torch.nn.functional.cross_entropy(out.logits[:, :-1].flatten(0, 1).float(),
-                                                targets.flatten(), reduction="none").view(b, s - 1)
+        nll = next_token_loss(out.logits, ids, reduction="none")[:, :-1]  # (b, s-1)
         total_before += float(nll.sum())
         scored += nll.numel()
         positions = torch.arange(s, device=device).expand(b, s)
@@ -533,8 +532,7 @@ def naive_losses(model: Backpack, tokenizer: Tokenizer | None, edits: Any, corpu
         for batch, _ in corpus.windows(seq_len, batch_size):
             ids = batch.to(device)
             logits = model(ids, intervention=iv).logits  # (b, s, V)
-            out.append(torch.nn.functional.cross_entropy(
-                logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten(), reduction="none").cpu())
+            out.append(next_token_loss(logits, ids, reduction="none")[:, :-1].flatten().cpu())
     return torch.cat(out)
 
 
