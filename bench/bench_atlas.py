@@ -18,7 +18,7 @@ Peak memory: the largest resident set size above the one before the run, sampled
 with the size.
 
 Prints one JSON object and writes it to bench/results/atlas.json or --out (--smoke: a tiny
-run, written to bench/results/atlas-smoke.json).
+run, written to bench/results/atlas_smoke.json).
 """
 
 from __future__ import annotations
@@ -179,7 +179,7 @@ def main(argv=None) -> int:
            "device": args.device, "threads": args.threads, "batch_size": args.batch_size,
            "repeats": args.repeats, "load_average": load, "results": results}
     path = Path(args.out) if args.out else (
-        ROOT / "bench" / "results" / ("atlas-smoke.json" if args.smoke else "atlas.json"))
+        ROOT / "bench" / "results" / ("atlas_smoke.json" if args.smoke else "atlas.json"))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1) + "\n")
     print(json.dumps(out))

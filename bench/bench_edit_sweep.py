@@ -2,7 +2,7 @@
 
     python bench/bench_edit_sweep.py [--model DIR] [--edits E.json] [--dataset ptb | --data FILE]
         [--max-tokens 4096] [--strengths 0.2,0.4,...,2] [--repeats 3] [--threads 2] [--smoke]
-        [--out bench/results/edit_sweep.json]
+        [--out bench/results/edit_sweep.json (smoke: edit_sweep_smoke.json)]
 
 - cached: `evaluate_edits` (backpack_core.edit_evaluation): the model runs once per window, and
   each strength is re-evaluated from the window's cached contextualization and senses, only at
@@ -73,7 +73,8 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--smoke", action="store_true", help="tiny random model, one repeat")
-    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "edit_sweep.json"))
+    p.add_argument("--out", default=None,
+                   help="default bench/results/edit_sweep.json (smoke: edit_sweep_smoke.json)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     strengths = parse_strengths(args.strengths)
@@ -128,8 +129,10 @@ def main(argv=None) -> int:
     }
     text = json.dumps(info)
     print(text)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(info, indent=2) + "\n")
+    out = Path(args.out or ROOT / "bench" / "results"
+               / ("edit_sweep_smoke.json" if args.smoke else "edit_sweep.json"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(info, indent=2) + "\n")
     return 0
 
 
