@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 import threading
 import weakref
 from collections import OrderedDict
@@ -192,18 +191,13 @@ class SenseBank:
         a checksum of the contents in the metadata."""
         from safetensors.torch import save_file
 
+        from .files import atomic_write
+
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file({"senses": self.senses.contiguous()}, tmp,
-                      metadata={"key": self.key, "format": str(BANK_FORMAT),
-                                "crc32": self.checksum()})
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        tensors = {"senses": self.senses.contiguous()}
+        metadata = {"key": self.key, "format": str(BANK_FORMAT), "crc32": self.checksum()}
+        atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
         return path
 
     @classmethod
