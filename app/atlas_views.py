@@ -14,7 +14,7 @@ from typing import Any
 import streamlit as st
 
 from backpack_core.atlas import SenseAtlas
-from backpack_core.corpus import CorpusError, corpus_from_text, decode_text, read_corpus
+from backpack_core.corpus import corpus_from_choice
 from backpack_core.tokenizer import show_token
 
 SOURCES = {"Penn Treebank (test)": "ptb", "Upload a text file": "upload",
@@ -24,13 +24,8 @@ SESSION_KEY = "senses:atlas"
 
 def read_source(label: str, uploaded, tokenizer, max_tokens: int):
     """The Corpus of a source label (an uploaded file: Streamlit's UploadedFile or None)."""
-    source = SOURCES[label]
-    if source == "upload":
-        if uploaded is None:
-            raise CorpusError("upload a UTF-8 text file first (or choose the Penn Treebank)")
-        return corpus_from_text(decode_text(uploaded.getvalue(), uploaded.name), tokenizer,
-                                uploaded.name, max_tokens)
-    return read_corpus(source, tokenizer, max_tokens=max_tokens)
+    upload = (uploaded.name, uploaded.getvalue()) if uploaded is not None else None
+    return corpus_from_choice(SOURCES[label], tokenizer, max_tokens, upload=upload)
 
 
 def build(model, tokenizer, corpus, model_key: tuple) -> SenseAtlas:

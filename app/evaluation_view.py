@@ -8,29 +8,11 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from backpack_core.corpus import Corpus, corpus_from_text, decode_text, read_corpus
+from backpack_core.corpus import corpus_from_choice
 from backpack_core.edit_evaluation import EditEvaluation, evaluate_edits, parse_strengths, read_prompts
 
 DATASETS = {"ptb": "Penn Treebank (test split)", "upload": "a text file (upload)",
             "text": "the text above"}
-
-
-def read_dataset(choice: str, tokenizer, max_tokens: int, upload: tuple[str, bytes] | None = None,
-                 text: str = "") -> Corpus:
-    """The corpus of a choice of DATASETS: PTB, an uploaded file (name, bytes) or the page's
-    text, cut to `max_tokens` (backpack_core.corpus). ValueError if the choice lacks its input."""
-    if choice == "ptb":
-        return read_corpus("ptb", tokenizer, max_tokens=max_tokens)
-    if choice == "upload":
-        if upload is None:
-            raise ValueError("upload a text file to evaluate on (UTF-8 text)")
-        name, data = upload
-        return corpus_from_text(decode_text(data, name), tokenizer, name, max_tokens)
-    if choice == "text":
-        if not text.strip():
-            raise ValueError("the text is empty: enter a text to evaluate on")
-        return corpus_from_text(text, tokenizer, "the text above", max_tokens)
-    raise ValueError(f"unknown dataset {choice!r}; choose one of {', '.join(DATASETS)}")
 
 
 def evaluate(model, tokenizer, edits: dict, choice: str, max_tokens: int, strengths: str,
@@ -41,7 +23,7 @@ def evaluate(model, tokenizer, edits: dict, choice: str, max_tokens: int, streng
     PromptError, CorpusError, LimitError) says what is wrong."""
     strength_list = parse_strengths(strengths)
     prompt_list = read_prompts(prompts[1], name=prompts[0]) if prompts is not None else None
-    corpus = read_dataset(choice, tokenizer, max_tokens, upload=upload, text=text)
+    corpus = corpus_from_choice(choice, tokenizer, max_tokens, upload=upload, text=text)
     return evaluate_edits(model, tokenizer, edits, corpus, prompts=prompt_list,
                           strengths=strength_list, progress=progress or False)
 

@@ -257,3 +257,26 @@ def read_corpus(source: str, tokenizer, max_tokens: int | None = None) -> Corpus
             if found is not None:
                 return found
     return corpus_from_text(read_text_file(source), tokenizer, name, max_tokens)
+
+
+CHOICES = ("ptb", "validation", "upload", "text")  # what a dashboard user may pick: never a path
+
+
+def corpus_from_choice(choice: str, tokenizer, max_tokens: int | None = None,
+                       upload: tuple[str, bytes] | None = None, text: str = "",
+                       text_name: str = "the text above") -> Corpus:
+    """The corpus a dashboard user picked (one of CHOICES): PTB, the validation split, an
+    uploaded file (name, bytes) or a text typed on the page. Never a server path (the app's
+    allow-list), so it is not `read_corpus`. CorpusError says what is missing."""
+    if choice in ("ptb", "validation"):
+        return read_corpus(choice, tokenizer, max_tokens=max_tokens)
+    if choice == "upload":
+        if upload is None:
+            raise CorpusError("upload a UTF-8 text file first (or choose the Penn Treebank)")
+        name, data = upload
+        return corpus_from_text(decode_text(data, name), tokenizer, name, max_tokens)
+    if choice == "text":
+        if not text.strip():
+            raise CorpusError("the text is empty: enter a text first (or choose the Penn Treebank)")
+        return corpus_from_text(text, tokenizer, text_name, max_tokens)
+    raise CorpusError(f"unknown corpus choice {choice!r}; choose one of {', '.join(CHOICES)}")

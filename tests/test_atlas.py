@@ -553,3 +553,19 @@ def test_a_word_of_several_tokens_is_refused_before_the_pass(tiny_model_dir, tex
                                        "--word", "bank, Macintosh", "--exact"], prog="sense_atlas")
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "one token is needed" in err, err
+
+
+def test_corpus_from_choice_takes_uploads_and_text_but_never_a_path(tiny_tokenizer, text_file):
+    from backpack_core.corpus import corpus_from_choice
+
+    data = text_file.read_bytes()
+    by_upload = corpus_from_choice("upload", tiny_tokenizer, upload=("notes.txt", data))
+    by_text = corpus_from_choice("text", tiny_tokenizer, text=data.decode())
+    assert by_upload.name == "notes.txt" and torch.equal(by_upload.token_ids, by_text.token_ids)
+    assert len(corpus_from_choice("text", tiny_tokenizer, 5, text=data.decode())) == 5
+    with pytest.raises(CorpusError, match="upload a UTF-8 text file first"):
+        corpus_from_choice("upload", tiny_tokenizer)
+    with pytest.raises(CorpusError, match="the text is empty"):
+        corpus_from_choice("text", tiny_tokenizer, text="  ")
+    with pytest.raises(CorpusError, match="unknown corpus choice"):  # a server path is no choice
+        corpus_from_choice(str(text_file), tiny_tokenizer)
