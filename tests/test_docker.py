@@ -146,13 +146,18 @@ def ignored(rel: str, rules) -> bool:
 
 def build_context(rules) -> dict[str, int]:
     """The files `docker build .` would send: relative path -> size."""
-    prune = not any(negate for negate, _ in rules)  # without exceptions an ignored dir is all out
+    lines = (REPO / ".dockerignore").read_text().splitlines()
+    exceptions = [line.strip()[1:].strip("/") for line in lines if line.strip().startswith("!")]
+
+    def inside_an_exception(rel: str) -> bool:  # an exception may let a path below `rel` back in
+        return any(e == rel or e.startswith(rel + "/") or "*" in e for e in exceptions)
+
     files = {}
     for root, dirs, names in os.walk(REPO):
         rel_root = os.path.relpath(root, REPO)
         rel_root = "" if rel_root == "." else rel_root + "/"
-        if prune:
-            dirs[:] = [d for d in dirs if not ignored(rel_root + d, rules)]
+        dirs[:] = [d for d in dirs if not ignored(rel_root + d, rules)
+                   or inside_an_exception(rel_root + d)]
         for name in names:
             rel = rel_root + name
             path = Path(root, name)
@@ -197,7 +202,8 @@ def test_dockerfile_contract():
 def test_dockerignore_keeps_context_small():
     rules = dockerignore_rules()
     for rel in [".git/HEAD", "data/cache/pip/x.whl", "data/corpus/train.jsonl", "data/shards/c/0.bin",
-                "runs/mini/ckpt.safetensors", ".venv/bin/python", ".pytest_cache/v/x", ".whl/torch.whl",
+                "runs/mini/ckpt.safetensors", ".venv/bin/python", ".v/bin/python", "env311/bin/python",
+                ".pytest_cache/v/x", ".whl/torch.whl", "backpack_workbench.egg-info/PKG-INFO",
                 "backpack_core/__pycache__/model.cpython-311.pyc"]:
         assert ignored(rel, rules), f"{rel} would be sent to docker build"
     for rel in ["Dockerfile", "requirements.txt", "constraints.txt", "docker/install.sh", "docker/smoke.sh",
