@@ -10,7 +10,7 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from backpack_core import cli
+from backpack_core.common import cli
 
 EXIT_USAGE = cli.EXIT_USAGE
 
@@ -68,14 +68,14 @@ def check_windows(args: argparse.Namespace) -> None:
         raise ValueError(f"--max-tokens must be >= 2, got {args.max_tokens}")
     if args.batch_size < 1 or (args.seq_len is not None and args.seq_len < 2):
         raise ValueError("--batch-size must be >= 1 and --seq-len >= 2")
-    from backpack_core.limits import check_batch_windows
+    from backpack_core.common.limits import check_batch_windows
 
     check_batch_windows(args.batch_size)
 
 
 def load(args: argparse.Namespace):
     """(Backpack, Tokenizer) from --model/--device/--dtype, without importing transformers."""
-    from backpack_core.loading import load_backpack
+    from backpack_core.model.loading import load_backpack
 
     return load_backpack(args.model, device=args.device, dtype=args.dtype)
 
@@ -85,7 +85,7 @@ print_json = cli.print_json  # strict JSON (NaN as null), printed whole
 
 def run(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None,
         prog: str = "analyses") -> int:
-    """Run `main(argv)` through the one error handler of every command (backpack_core.cli):
+    """Run `main(argv)` through the one error handler of every command (backpack_core.common.cli):
     user errors print one line to stderr and exit 2, with --json also {"error", "kind"} on
     stdout; no traceback."""
     return cli.run_main(main, argv, prog=prog)

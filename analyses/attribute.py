@@ -59,12 +59,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     target: str | int = args.target if args.target is not None else args.target_id
     edits = None
     if args.edits is not None:
-        from backpack_core.edits import EditSet
+        from backpack_core.edit.specs import EditSet
 
         edits = (EditSet.from_json(args.edits) if args.edits.lstrip().startswith("{")
                  else EditSet.load(args.edits))
     model, tokenizer = _cli.load(args)
-    from backpack_core.session import attribute
+    from backpack_core.interpret.session import attribute
 
     attribution = attribute(model, tokenizer, args.text, target, args.position, edits=edits)
     if args.json:

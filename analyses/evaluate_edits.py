@@ -6,7 +6,7 @@
 
 The model reads the corpus once, in non-overlapping windows of its context (--seq-len to
 shorten), caching each window's contextualization weights and sense vectors; every strength is
-then evaluated from that cache (backpack_core.edit_evaluation). Reported:
+then evaluated from that cache (backpack_core.interpret.edit_effects). Reported:
 - the blast radius: the corpus positions whose prediction the edit set changes (a position i is
   in it when the edit changes a term alpha[l, i, j] C(x_j)_l of its weighted sum, j <= i in its
   window: in practice, positions after an occurrence of an edited word);
@@ -106,22 +106,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _cli.check_windows(args)
     # every input file is checked before the model loads
-    from backpack_core.edit_evaluation import parse_strengths, read_prompts
-    from backpack_core.edits import EditSet
+    from backpack_core.edit.specs import EditSet
+    from backpack_core.interpret.edit_effects import parse_strengths, read_prompts
 
     edits = EditSet.load(args.edits)
     strengths = parse_strengths(args.strengths)
     prompts = read_prompts(args.prompts) if args.prompts is not None else None
     if args.data is not None:
-        from backpack_core.corpus import read_text_file
+        from backpack_core.common.corpus import read_text_file
 
         read_text_file(args.data, prefix_bytes=1 << 16)  # exists, is UTF-8 text: a cheap look
-    from backpack_core.experiments import set_threads
+    from backpack_core.common.progress import set_threads
 
     set_threads(args.threads)
     model, tokenizer = _cli.load(args)
-    from backpack_core.corpus import read_corpus
-    from backpack_core.edit_evaluation import evaluate_edits
+    from backpack_core.common.corpus import read_corpus
+    from backpack_core.interpret.edit_effects import evaluate_edits
 
     corpus = read_corpus(args.data if args.data is not None else args.dataset, tokenizer,
                          max_tokens=args.max_tokens)

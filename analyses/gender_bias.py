@@ -152,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.plot and Path(args.plot).suffix.lower() not in (".html", ".htm"):
         raise ValueError(f"--plot {args.plot!r}: write an .html file (static images need kaleido)")
     factors = parse_factors(args.factors)
-    from backpack_core.experiments import set_threads
+    from backpack_core.common.progress import set_threads
 
     set_threads(args.threads)
     model, tokenizer = _cli.load(args)
@@ -161,13 +161,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "as --model and the twin as --twin")
     twin = None
     if args.twin:
-        from backpack_core.loading import load_backpack
+        from backpack_core.model.loading import load_backpack
 
         twin, twin_tokenizer = load_backpack(args.twin, device=args.device, dtype=args.dtype)
         if twin_tokenizer.backend.get_vocab() != tokenizer.backend.get_vocab():
             raise ValueError("--twin has a different tokenizer than --model; the baseline compares "
                              "the same prompts, so both must share one")
-    from backpack_core.experiments import DEFAULT_FACTORS, gender_bias
+    from backpack_core.experiments.gender_bias import gender_bias
+    from backpack_core.experiments.topic_control import DEFAULT_FACTORS
 
     pronouns = tuple(spec.get("pronouns", (" he", " she")))
     result = gender_bias(model, tokenizer, spec["careers"], spec["templates"]["train"],

@@ -61,7 +61,7 @@ def _triple(c: dict) -> str:
 def check_words(tokenizer, vocab_size: int, words: dict[str, str | None], supported: list[dict]
                 ) -> None:
     """ValueError naming every word that is several tokens, with the edits that would work."""
-    from backpack_core.inspect import resolve_word
+    from backpack_core.model.vocab import resolve_word
 
     problems = []
     for role, word in words.items():
@@ -110,13 +110,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.word is None and (args.remove is not None or args.add is not None):
         raise ValueError("--remove/--add need --word: whose senses to edit?")
     spec = read_candidates(args.edits_file)
-    from backpack_core.experiments import set_threads
+    from backpack_core.common.progress import set_threads
 
     set_threads(args.threads)
     model, tokenizer = _cli.load(args)
     if not model.config.is_backpack:
         raise ValueError("this model is a Transformer twin: it has no senses to edit")
-    from backpack_core.experiments import knowledge_edit, single_token_candidates
+    from backpack_core.experiments.knowledge_edit import knowledge_edit
+    from backpack_core.experiments.lexsim import single_token_candidates
 
     vocab = model.config.vocab_size
     supported = single_token_candidates(tokenizer, spec["candidates"], vocab)

@@ -88,12 +88,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise ValueError(f"unknown benchmark(s) {unknown or names}; choose from {', '.join(BENCHMARKS)}")
     extra = None
     if args.word2vec:
-        from backpack_core.evaluation import keyed_vectors_similarity
+        from backpack_core.model.evaluation import keyed_vectors_similarity
 
         extra = {"word2vec": keyed_vectors_similarity(load_word_vectors(args.word2vec))}
     model, tokenizer = _cli.load(args)
-    from backpack_core.evaluation import word_similarity
-    from backpack_core.experiments import held_out_sense
+    from backpack_core.experiments.lexsim import held_out_sense
+    from backpack_core.model.evaluation import word_similarity
 
     results = {}
     for name in names:
@@ -102,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ImportError as err:  # the benchmark files come with gensim
             raise ValueError(str(err)) from None
         except ValueError as err:  # no pair is covered: report it rather than fail the others
-            from backpack_core.evaluation import load_benchmark
+            from backpack_core.common.datasets import load_benchmark
 
             total = len(load_benchmark(name))
             results[name] = {"benchmark": name, "pairs_total": total, "pairs_used": 0,

@@ -52,7 +52,7 @@ def read_source(args) -> tuple[str, str]:
         if not text.strip():
             raise ValueError(f"--text {args.text!r} is empty")
         return text, args.text
-    from backpack_core.evaluation import ptb_test_text
+    from backpack_core.common.datasets import ptb_test_text
 
     try:
         return ptb_test_text(), "ptb (test)"
@@ -80,12 +80,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _cli.check_windows(args)
     text, source = read_source(args)  # a missing file fails before the model loads
-    from backpack_core.experiments import set_threads
+    from backpack_core.common.progress import set_threads
 
     set_threads(args.threads)
     model, tokenizer = _cli.load(args)
-    from backpack_core.evaluation import perplexity
-    from backpack_core.experiments import progress_bar
+    from backpack_core.common.progress import progress_bar
+    from backpack_core.model.evaluation import perplexity
 
     ids = tokenizer.encode(text)
     words = len(text.split())

@@ -8,7 +8,7 @@ One pass over the corpus (windows of --seq-len tokens, each an independent conte
 atlas, cached under $BACKPACK_CACHE keyed by the model's weights, the corpus and --seq-len;
 later runs on the same model and corpus read it from disk. The weight a sense of a word
 receives at an occurrence j is sum_{i >= j} alpha[l, i, j] over the later predictions i of its
-window (see backpack_core/atlas.py); the mean over all positions is about 1 for every sense.
+window (see backpack_core/interpret/atlas.py); the mean over all positions is about 1 for every sense.
 For each --word (read as " word", in-text form, unless --exact): per sense the total and mean
 weight per occurrence, the largest weight at one occurrence (dead below 0.05), and the --top
 contexts where it carried the most weight, as snippets with [[the word]] and <<the position it
@@ -65,7 +65,7 @@ def check_args(args) -> list[str]:
     _cli.check_windows(args)
     if args.top < 0 or args.top_n < 1:
         raise ValueError("--top-n must be >= 1 and --top >= 0")
-    from backpack_core.limits import check_atlas_top_n
+    from backpack_core.common.limits import check_atlas_top_n
 
     check_atlas_top_n(args.top_n)
     if args.top > args.top_n:
@@ -238,19 +238,19 @@ def _write_png(words: list[dict], title: str, path: str) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     words = check_args(args)  # a bad argument fails before the model loads
-    from backpack_core.experiments import set_threads
+    from backpack_core.common.progress import set_threads
 
     set_threads(args.threads)
     model, tokenizer = _cli.load(args)
     if not model.config.is_backpack:
         raise ValueError("this model is a Transformer twin: it has no senses")
-    from backpack_core.atlas import SenseAtlas
-    from backpack_core.corpus import read_corpus
+    from backpack_core.common.corpus import read_corpus
+    from backpack_core.interpret.atlas import SenseAtlas
 
     if args.sense is not None and not 0 <= args.sense < model.config.num_senses:
         raise ValueError(f"--sense {args.sense}: the model has {model.config.num_senses} senses, "
                          f"indices 0..{model.config.num_senses - 1}")
-    from backpack_core.inspect import single_token_id
+    from backpack_core.model.vocab import single_token_id
 
     for word in words:  # a word of several tokens is refused before the pass, not after it
         single_token_id(tokenizer, word, model.config.vocab_size)

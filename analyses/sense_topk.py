@@ -143,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     model, tokenizer = _cli.load(args)
     if not model.config.is_backpack:
         raise ValueError("this model is a Transformer twin: it has no senses to read")
-    from backpack_core.inspect import sense_readout
+    from backpack_core.interpret.readouts import sense_readout
 
     senses = parse_senses(args.senses, model.config.num_senses)
     readout = sense_readout(model, tokenizer, in_text_form(args.word, args.exact), top=args.k)

@@ -63,19 +63,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise ValueError(f"--top must be >= 1, got {args.top}")
     if args.generate < 0:
         raise ValueError(f"--generate must be >= 0, got {args.generate}")
-    from backpack_core.edits import EditSet
+    from backpack_core.edit.specs import EditSet
 
     # read the edits before loading the model: a bad file fails fast
     edits = (EditSet.from_json(args.edits) if args.edits.lstrip().startswith("{")
              else EditSet.load(args.edits))
     model, tokenizer = _cli.load(args)
     edits.validate(tokenizer, model.config)
-    from backpack_core.session import ContextSession
+    from backpack_core.interpret.session import ContextSession
 
     session = ContextSession(model, tokenizer, args.text)
     result = session.compare(edits, position=args.position, top=args.top, words=args.words).to_dict()
     if args.generate:
-        from backpack_core.generation import generate_side_by_side
+        from backpack_core.edit.generation import generate_side_by_side
 
         result["generation"] = generate_side_by_side(
             model, tokenizer, args.text, edits, max_new_tokens=args.generate,

@@ -102,13 +102,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     topics = read_topics(args.topics_file)
     name, words = topic_words(args.topic, topics)
     prompts = args.prompts or topics.get("prompts") or ["The"]
-    from backpack_core.experiments import set_threads
+    from backpack_core.common.progress import set_threads
 
     set_threads(args.threads)
     model, tokenizer = _cli.load(args)
     if not model.config.is_backpack:
         raise ValueError("this model is a Transformer twin: it has no senses to turn up")
-    from backpack_core.experiments import topic_control
+    from backpack_core.experiments.topic_control import topic_control
 
     result = topic_control(model, tokenizer, words, args.strength, prompts,
                            samples_per_prompt=args.samples, max_new_tokens=args.tokens,

@@ -1,6 +1,6 @@
 """The Senses page's Atlas section: reading the chosen corpus, building (or loading) the atlas
-with a progress bar, and turning `backpack_core.atlas` results into tables and highlighted
-snippets. The computation is all in `backpack_core.atlas`; this is wiring and formatting.
+with a progress bar, and turning `backpack_core.interpret.atlas` results into tables and highlighted
+snippets. The computation is all in `backpack_core.interpret.atlas`; this is wiring and formatting.
 
 An atlas is built once per (model, corpus, window length) and cached on disk by
 `SenseAtlas.for_corpus`; the session keeps the one it built or loaded (`st.session_state`).
@@ -13,9 +13,9 @@ from typing import Any
 
 import streamlit as st
 
-from backpack_core.atlas import SenseAtlas
-from backpack_core.corpus import corpus_from_choice
-from backpack_core.tokenizer import show_token
+from backpack_core.common.corpus import corpus_from_choice
+from backpack_core.interpret.atlas import SenseAtlas
+from backpack_core.model.tokenizer import show_token
 
 SOURCES = {"Penn Treebank (test)": "ptb", "Upload a text file": "upload",
            "Training corpus (validation split)": "validation"}

@@ -1,5 +1,5 @@
 """The Steer page's "Evaluate on a dataset": its form read and evaluated (`evaluate`), and the tables and
-the figure of an `EditEvaluation` (backpack_core.edit_evaluation). No Streamlit here."""
+the figure of an `EditEvaluation` (backpack_core.interpret.edit_effects). No Streamlit here."""
 
 from __future__ import annotations
 
@@ -8,8 +8,13 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from backpack_core.corpus import corpus_from_choice
-from backpack_core.edit_evaluation import EditEvaluation, evaluate_edits, parse_strengths, read_prompts
+from backpack_core.common.corpus import corpus_from_choice
+from backpack_core.interpret.edit_effects import (
+    EditEvaluation,
+    evaluate_edits,
+    parse_strengths,
+    read_prompts,
+)
 
 DATASETS = {"ptb": "Penn Treebank (test split)", "upload": "a text file (upload)",
             "text": "the text above"}

@@ -39,10 +39,11 @@ if str(REPO_ROOT) not in sys.path:  # `streamlit run app/Home.py` from anywhere
 
 import views  # noqa: E402  (app/views.py: the view model)
 
-from backpack_core import access, limits  # noqa: E402
-from backpack_core.edits import EditError  # noqa: E402
-from backpack_core.loading import DEFAULT_MODEL_DIR, load_backpack  # noqa: E402
-from backpack_core.session import ContextSession  # noqa: E402
+from backpack_core.common import limits  # noqa: E402
+from backpack_core.edit.specs import EditError  # noqa: E402
+from backpack_core.interpret.session import ContextSession  # noqa: E402
+from backpack_core.model.backpack import access  # noqa: E402
+from backpack_core.model.loading import DEFAULT_MODEL_DIR, load_backpack  # noqa: E402
 
 MODEL_ENV, DEVICE_ENV, DTYPE_ENV = "BACKPACK_MODEL", "BACKPACK_DEVICE", "BACKPACK_DTYPE"
 THREADS_ENV = "BACKPACK_THREADS"
@@ -139,7 +140,7 @@ def restore_model(params: dict[str, str]) -> None:
     st.session_state["_url_read:model"] = True
     if not any(k in params for k in ("model", "device", "dtype")):
         return
-    from backpack_core.loading import available_devices
+    from backpack_core.model.loading import available_devices
 
     default = default_choice()
     source = params.get("model", default.source or SHIPPED)
@@ -209,7 +210,7 @@ def context_session(text: str) -> ContextSession:
 @st.cache_resource(show_spinner="Building the sense bank (every word's senses; once per model)…",
                    max_entries=2)
 def _sense_bank(key: tuple[str, str, str], _model):
-    from backpack_core.sense_bank import SenseBank
+    from backpack_core.interpret.sense_bank import SenseBank
 
     return SenseBank.for_model(_model, progress=False)
 

@@ -26,23 +26,22 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from backpack_core.compare import Comparison, PositionChanges, compare_logits, position_changes
-from backpack_core.compare import edit_effects as compare_edit_effects
-from backpack_core.edits import EDIT_KINDS, EditError, EditSet, as_edit_set, edit_from_dict
-from backpack_core.inspect import (
-    SenseReadout,
-    WordError,
-    resolve_word,
-    sense_readout,
-    single_token_id,
-    token_text,
+from backpack_core.edit.specs import EDIT_KINDS, EditError, EditSet, as_edit_set, edit_from_dict
+from backpack_core.interpret.compare import (
+    Comparison,
+    PositionChanges,
+    compare_logits,
+    position_changes,
 )
-from backpack_core.tokenizer import readable_token, show_token
+from backpack_core.interpret.compare import edit_effects as compare_edit_effects
+from backpack_core.interpret.readouts import SenseReadout, sense_readout
+from backpack_core.model.tokenizer import readable_token, show_token
+from backpack_core.model.vocab import WordError, resolve_word, single_token_id, token_text
 
 if TYPE_CHECKING:  # pragma: no cover
-    from backpack_core.model import Backpack
-    from backpack_core.session import ContextSession
-    from backpack_core.tokenizer import Tokenizer
+    from backpack_core.interpret.session import ContextSession
+    from backpack_core.model.backpack import Backpack
+    from backpack_core.model.tokenizer import Tokenizer
 
 # the edit kinds the Steer page builds with controls (any kind can be uploaded as JSON)
 STEER_KINDS = ("ablate_sense", "scale_sense", "replace_sense", "knowledge_edit",
@@ -628,7 +627,7 @@ def with_factor(edits: dict[str, Any], index: int, factor: float) -> dict[str, A
 
 def model_rows(model: Backpack, tokenizer: Tokenizer | None) -> list[dict[str, Any]]:
     """The model's config and parameter counts as (name, value) rows."""
-    from backpack_core.model import count_parameters
+    from backpack_core.model.backpack import count_parameters
 
     p = next(model.parameters())
     rows = [{"name": "device", "value": str(p.device)},
@@ -684,7 +683,7 @@ def headline_numbers(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def model_directory(source: str | None) -> Path | None:
     """The local directory of a model source: the shipped model, a directory, or a hub id
     already in the local hub cache (never downloads). None when there is none."""
-    from backpack_core.loading import DEFAULT_MODEL_DIR
+    from backpack_core.model.loading import DEFAULT_MODEL_DIR
 
     if source is None:
         return DEFAULT_MODEL_DIR if DEFAULT_MODEL_DIR.is_dir() else None

@@ -2,7 +2,7 @@
 
 The light entry points (`load_backpack`, `ModelConfig`, `Backpack`) import no transformers code;
 `load_model`, `BackpackLM` and `BackpackConfig` do. Every name is imported on first use, so that
-`backpack_core.cli` (the command-line error handler) and `--help` import no torch.
+`backpack_core.common.cli` (the command-line error handler) and `--help` import no torch.
 
 `import backpack_core` registers the model with transformers' Auto classes, so that
 `AutoModelForCausalLM.from_pretrained(dir)` and `pipeline("text-generation", model=dir)` work on
@@ -15,21 +15,22 @@ import importlib as _importlib
 import wrapt as _wrapt
 
 _WHERE = {
-    "ModelConfig": "config",
-    "CheckpointError": "loading", "load_backpack": "loading", "load_model": "loading",
-    "resolve_device": "loading", "resolve_dtype": "loading", "save_backpack": "loading",
-    "Backpack": "model", "BackpackCache": "model", "BackpackOutput": "model", "Intervention": "model",
-    "Tokenizer": "tokenizer", "gpt2_tokenizer": "tokenizer", "train_bpe": "tokenizer",
-    "BackpackLM": "hf", "BackpackConfig": "hf",
+    "ModelConfig": "model.config",
+    "CheckpointError": "model.loading", "load_backpack": "model.loading", "load_model": "model.loading",
+    "resolve_device": "model.loading", "resolve_dtype": "model.loading", "save_backpack": "model.loading",
+    "Backpack": "model.backpack", "BackpackCache": "model.backpack", "BackpackOutput": "model.backpack",
+    "Intervention": "model.backpack",
+    "Tokenizer": "model.tokenizer", "gpt2_tokenizer": "model.tokenizer", "train_bpe": "model.tokenizer",
+    "BackpackLM": "model.hf", "BackpackConfig": "model.hf",
 }
 
 __all__ = sorted(_WHERE)
 
 
 def _register_with_transformers(_transformers) -> None:
-    # importing backpack_core.hf registers the Auto classes (at its end; when this hook fires
-    # while backpack_core.hf itself is importing transformers, that module finishes the job)
-    _importlib.import_module(f"{__name__}.hf")
+    # importing backpack_core.model.hf registers the Auto classes (at its end; when this hook fires
+    # while backpack_core.model.hf itself is importing transformers, that module finishes the job)
+    _importlib.import_module(f"{__name__}.model.hf")
 
 
 _wrapt.register_post_import_hook(_register_with_transformers, "transformers")

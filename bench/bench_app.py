@@ -33,9 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "app"))  # the a
 from views import steer_view  # noqa: E402
 
 from backpack_core import Backpack, ModelConfig  # noqa: E402
-from backpack_core.edits import as_edit_set  # noqa: E402
-from backpack_core.loading import DEFAULT_MODEL_DIR, load_backpack  # noqa: E402
-from backpack_core.session import ContextSession  # noqa: E402
+from backpack_core.edit.specs import as_edit_set
+from backpack_core.interpret.session import ContextSession
+from backpack_core.model.loading import DEFAULT_MODEL_DIR, load_backpack
 
 SHIPPED_SHAPE = dict(vocab_size=8192, n_positions=256, n_embd=128, n_layer=4, n_head=4,
                      num_senses=16, sense_intermediate_scale=2, bos_token_id=0, eos_token_id=0)

@@ -85,9 +85,9 @@ def one_size(args) -> dict:
     """Measure one corpus size in this process."""
     import torch
 
-    from backpack_core.atlas import build_atlas, contextualization_and_senses
-    from backpack_core.corpus import read_corpus
-    from backpack_core.loading import load_backpack
+    from backpack_core.common.corpus import read_corpus
+    from backpack_core.interpret.atlas import build_atlas, contextualization_and_senses
+    from backpack_core.model.loading import load_backpack
 
     torch.set_num_threads(args.threads)
     model, tokenizer = load_backpack(args.model, device=args.device)

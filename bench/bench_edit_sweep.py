@@ -4,7 +4,7 @@
         [--max-tokens 4096] [--strengths 0.2,0.4,...,2] [--repeats 3] [--threads 2] [--smoke]
         [--out bench/results/edit_sweep.json (smoke: edit_sweep_smoke.json)]
 
-- cached: `evaluate_edits` (backpack_core.edit_evaluation): the model runs once per window, and
+- cached: `evaluate_edits` (backpack_core.interpret.edit_effects): the model runs once per window, and
   each strength is re-evaluated from the window's cached contextualization and senses, only at
   the positions of the blast radius;
 - naive: for each strength, a full forward pass over every window with the edits applied
@@ -33,9 +33,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from backpack_core.corpus import Corpus, corpus_sha256, read_corpus  # noqa: E402
-from backpack_core.edit_evaluation import evaluate_edits, naive_losses, parse_strengths  # noqa: E402
-from backpack_core.edits import EditSet  # noqa: E402
+from backpack_core.common.corpus import Corpus, corpus_sha256, read_corpus  # noqa: E402
+from backpack_core.edit.specs import EditSet  # noqa: E402
+from backpack_core.interpret.edit_effects import evaluate_edits, naive_losses, parse_strengths  # noqa: E402
 
 DEFAULT_STRENGTHS = "0.2,0.4,0.6,0.8,1,1.2,1.4,1.6,1.8,2"
 
@@ -43,7 +43,7 @@ DEFAULT_STRENGTHS = "0.2,0.4,0.6,0.8,1,1.2,1.4,1.6,1.8,2"
 def smoke_setup():
     """A tiny random Backpack, an edit set by token id, a random corpus (no tokenizer)."""
     from backpack_core import Backpack, ModelConfig
-    from backpack_core.config import PRESETS
+    from backpack_core.model.config import PRESETS
 
     torch.manual_seed(0)
     model = Backpack(ModelConfig(**PRESETS["tiny"])).eval()
@@ -82,7 +82,7 @@ def main(argv=None) -> int:
         model, tokenizer, edits, corpus, seq_len = smoke_setup()
         repeats = 1
     else:
-        from backpack_core.loading import load_backpack
+        from backpack_core.model.loading import load_backpack
 
         model, tokenizer = load_backpack(args.model, device="cpu", dtype="float32")
         edits = EditSet.load(args.edits)

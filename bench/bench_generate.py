@@ -13,7 +13,7 @@ import time
 import torch
 
 from backpack_core import Backpack, BackpackLM, ModelConfig, load_backpack, resolve_device
-from backpack_core.config import PRESETS
+from backpack_core.model.config import PRESETS
 
 
 def timed(fn, repeats, device):

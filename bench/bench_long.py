@@ -36,7 +36,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from backpack_core import Backpack, ModelConfig  # noqa: E402
-from backpack_core import model as model_module  # noqa: E402
+from backpack_core.model import backpack as model_module
 from bench.bench_train import old_fused_mix, shipped_config  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"

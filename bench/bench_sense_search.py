@@ -41,7 +41,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from backpack_core.sense_bank import SenseBank  # noqa: E402
+from backpack_core.interpret.sense_bank import SenseBank
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -32,11 +32,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from backpack_core import Backpack, ModelConfig  # noqa: E402
-from backpack_core.config import PRESETS  # noqa: E402
-from backpack_core.edits import EditSet, KnowledgeEdit, ScaleContextualization  # noqa: E402
-from backpack_core.loading import load_backpack, resolve_dtype  # noqa: E402
-from backpack_core.model import count_parameters  # noqa: E402
-from backpack_core.session import ContextSession  # noqa: E402
+from backpack_core.edit.specs import EditSet, KnowledgeEdit, ScaleContextualization
+from backpack_core.interpret.session import ContextSession
+from backpack_core.model.backpack import count_parameters
+from backpack_core.model.config import PRESETS
+from backpack_core.model.loading import load_backpack, resolve_dtype
 
 
 def median_ms(fn, runs: int, device: torch.device, warmup: int = 3) -> float:

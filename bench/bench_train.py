@@ -18,7 +18,7 @@ of random token ids, at the shipped model's shape (data/backpack-mini/config.jso
 The models take turns step by step (interleaved repeats after 2 warm-up steps each); the
 median step time gives tokens/s, the fastest step `best_tokens_per_s` (on a shared machine
 the least disturbed figure). Ratios are against hf_gpt2; `flops_per_token` counts each
-model's training FLOPs (backpack_core.model.flops_per_token), so `flops_ratio` says how much
+model's training FLOPs (backpack_core.model.backpack.flops_per_token), so `flops_ratio` says how much
 more work a Backpack token is than a twin token.
 
 With --compile the models are backpack, twin and hf_gpt2, each eager and compiled
@@ -47,8 +47,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from backpack_core import Backpack, ModelConfig  # noqa: E402
-from backpack_core import model as model_module  # noqa: E402
-from backpack_core.model import flops_per_token  # noqa: E402
+from backpack_core.model import backpack as model_module
+from backpack_core.model.backpack import flops_per_token
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"

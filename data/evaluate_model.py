@@ -41,15 +41,15 @@ def main() -> None:
     import torch
 
     from backpack_core import load_backpack
-    from backpack_core.evaluation import (
+    from backpack_core.common.datasets import ptb_test_text
+    from backpack_core.interpret.readouts import sense_readout
+    from backpack_core.model.backpack import count_parameters
+    from backpack_core.model.evaluation import (
         keyed_vectors_similarity,
         perplexity,
-        ptb_test_text,
         text_perplexity,
         word_similarity,
     )
-    from backpack_core.inspect import sense_readout
-    from backpack_core.model import count_parameters
 
     torch.set_grad_enabled(False)
     model_dir = Path(args.model)
@@ -126,7 +126,7 @@ def main() -> None:
 def _embedding_similarity(model, tokenizer):
     import torch.nn.functional as F
 
-    from backpack_core.evaluation import single_token
+    from backpack_core.model.evaluation import single_token
 
     def similarity(w1, w2):
         a, b = single_token(tokenizer, w1), single_token(tokenizer, w2)
@@ -144,7 +144,8 @@ def model_card(r: dict, corpus: dict) -> str:
     lines = [
         "# backpack-mini: the workbench's shipped default model",
         "",
-        f"A small Backpack LM trained by our own trainer (`backpack_core.train`) on {r['trained_on']}, "
+        "A small Backpack LM trained by our own trainer (`python -m backpack_core.train`) "
+        f"on {r['trained_on']}, "
         "on an English corpus built offline from package registries (`data/build_corpus.py`).",
         "",
         "**Status: a CPU-budget build.** No GPU was available in the session that trained it, so it "
@@ -265,7 +266,7 @@ def model_card(r: dict, corpus: dict) -> str:
         "",
         "```bash",
         "python -m data.build_corpus",
-        "python -m backpack_core.data.prepare --input data/corpus/train.jsonl "
+        "python -m backpack_core.training.prepare --input data/corpus/train.jsonl "
         "--val-input data/corpus/val.jsonl --tokenizer bpe:8192 --out data/shards/corpus8k",
         "python -m backpack_core.train --config backpack-mini-cpu      # this model (CPU)",
         "python -m backpack_core.train --config transformer-mini-cpu   # its twin",

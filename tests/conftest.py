@@ -14,7 +14,7 @@ if str(REPO_ROOT) not in sys.path:  # so that a bare `pytest` finds backpack_cor
     sys.path.insert(0, str(REPO_ROOT))
 
 from backpack_core import Backpack, ModelConfig, save_backpack, train_bpe  # noqa: E402
-from backpack_core.config import PRESETS  # noqa: E402
+from backpack_core.model.config import PRESETS  # noqa: E402
 
 TINY_CORPUS = [
     "The MacBook is made by Apple. The laptop by Apple is the MacBook.",

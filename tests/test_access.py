@@ -1,4 +1,4 @@
-"""The server's allow-list (backpack_core.access): the app opens models and runs only under the
+"""The server's allow-list (backpack_core.model.access): the app opens models and runs only under the
 operator's model roots, refuses other paths without revealing whether they exist, and loads hub
 ids only when the operator allows them."""
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from backpack_core import access
-from backpack_core.loading import DEFAULT_MODEL_DIR
+from backpack_core.model.backpack import access
+from backpack_core.model.loading import DEFAULT_MODEL_DIR
 
 
 @pytest.fixture

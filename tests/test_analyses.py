@@ -21,8 +21,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from backpack_core.evaluation import load_benchmark, spearman
-from backpack_core.inspect import token_text
+from backpack_core.common.datasets import load_benchmark
+from backpack_core.model.evaluation import spearman
+from backpack_core.model.vocab import token_text
 from tests.conftest import strict_json
 
 REPO = Path(__file__).resolve().parent.parent

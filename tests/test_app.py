@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from backpack_core.edits import EditError, EditSet
-from backpack_core.generation import generate
-from backpack_core.inspect import sense_readout
-from backpack_core.loading import load_backpack
-from backpack_core.session import ContextSession
-from backpack_core.tokenizer import readable_token, show_token
+from backpack_core.edit.generation import generate
+from backpack_core.edit.specs import EditError, EditSet
+from backpack_core.interpret.readouts import sense_readout
+from backpack_core.interpret.session import ContextSession
+from backpack_core.model.loading import load_backpack
+from backpack_core.model.tokenizer import readable_token, show_token
 
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
@@ -115,7 +115,7 @@ def test_senses_page_table_heatmaps_pieces_side_by_side(app_model):
 
 
 def test_sense_search(app_model):
-    from backpack_core.sense_bank import sense_search
+    from backpack_core.interpret.sense_bank import sense_search
 
     model, tokenizer = app_model
     at = page("senses")
@@ -305,7 +305,7 @@ def test_steer_knowledge_edit_and_generation(app_model):
 
 def test_models_page(app_model, tiny_model_dir, tmp_path, monkeypatch):
     model, _ = app_model
-    monkeypatch.setenv("BACKPACK_MODEL_ROOTS", str(tmp_path))  # the allow-list (backpack_core.access)
+    monkeypatch.setenv("BACKPACK_MODEL_ROOTS", str(tmp_path))  # the allow-list (backpack_core.model.access)
     at = ok(page("models"))
     assert any(m.label == "width (d)" and m.value == str(model.config.n_embd) for m in at.metric)
 
@@ -347,7 +347,7 @@ def test_models_page(app_model, tiny_model_dir, tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------------------------
 
 def test_steer_view_equals_a_full_forward_pass(tiny_model, tiny_tokenizer):
-    from backpack_core.compare import kl_divergence
+    from backpack_core.interpret.compare import kl_divergence
 
     session = ContextSession(tiny_model, tiny_tokenizer, TEXT)
     edits = {"version": 1, "edits": [
@@ -422,7 +422,7 @@ def test_tokens_are_readable_bytes_and_all(tiny_tokenizer):
 
 
 def test_position_changes_and_each_edits_effect(tiny_model, tiny_tokenizer):
-    from backpack_core.compare import edit_effects, kl_divergence, position_changes
+    from backpack_core.interpret.compare import edit_effects, kl_divergence, position_changes
 
     session = ContextSession(tiny_model, tiny_tokenizer, TEXT)
     bank = session.token_ids.index(tiny_tokenizer.encode(" bank")[0])
@@ -461,8 +461,8 @@ def test_an_unexpected_failure_is_one_line_not_a_traceback(app_model, monkeypatc
 
 
 def test_knowledge_edit_defaults_fit_the_model(tiny_tokenizer):
-    from backpack_core.loading import DEFAULT_MODEL_DIR
-    from backpack_core.tokenizer import Tokenizer
+    from backpack_core.model.loading import DEFAULT_MODEL_DIR
+    from backpack_core.model.tokenizer import Tokenizer
 
     assert views.knowledge_defaults(tiny_tokenizer, 512) == (" MacBook", " Apple", " HP")
     if (DEFAULT_MODEL_DIR / "tokenizer.json").is_file():  # the shipped 8k BPE: ' MacBook' splits
@@ -503,8 +503,8 @@ def test_steer_effect_per_edit_jump_and_live_factor(app_model):
 
 
 def test_readable_views_search_predictions_and_heatmap_options(tiny_model, tiny_tokenizer):
-    from backpack_core.loading import DEFAULT_MODEL_DIR
-    from backpack_core.tokenizer import Tokenizer
+    from backpack_core.model.loading import DEFAULT_MODEL_DIR
+    from backpack_core.model.tokenizer import Tokenizer
 
     if (DEFAULT_MODEL_DIR / "tokenizer.json").is_file():  # has ' river' and ' River'
         shipped = Tokenizer.load(DEFAULT_MODEL_DIR)
@@ -540,7 +540,7 @@ def test_choices_survive_page_changes_and_the_model_is_in_the_url(app_model, tin
     import shutil
 
     other = shutil.copytree(tiny_model_dir, tmp_path / "other-model")  # not the default model
-    monkeypatch.setenv("BACKPACK_MODEL_ROOTS", str(tmp_path))  # the allow-list (backpack_core.access)
+    monkeypatch.setenv("BACKPACK_MODEL_ROOTS", str(tmp_path))  # the allow-list (backpack_core.model.access)
     at = ok(page("context", text=TEXT))
     at.selectbox(key="context:pos").set_value(4).run()
     at.selectbox(key="context:sense").set_value(1).run()
@@ -594,7 +594,7 @@ def test_streamlit_config_keeps_the_app_local_and_quiet():
 
 
 def test_an_oversized_link_is_refused_whole_and_the_text_box_is_bounded(app_model):
-    from backpack_core import limits
+    from backpack_core.common import limits
 
     long_text = "the river bank " * (limits.MAX_LINK_CHARS // 10)
     at = ok(page("context", text=long_text))

@@ -1,4 +1,5 @@
-"""The sense atlas (backpack_core/atlas.py) and corpus reading (backpack_core/corpus.py) on the
+"""The sense atlas (backpack_core/interpret/atlas.py) and corpus reading
+(backpack_core/common/corpus.py) on the
 tiny model: the streamed atlas equals a brute-force recomputation (full forward per window,
 explicit loops over positions), does not depend on the batch size, is cached per model and
 corpus, and the command's JSON and refusals."""
@@ -13,8 +14,8 @@ import sys
 import pytest
 import torch
 
-from backpack_core.atlas import DEAD_THRESHOLD, SenseAtlas, build_atlas, model_key
-from backpack_core.corpus import Corpus, CorpusError, read_corpus
+from backpack_core.common.corpus import Corpus, CorpusError, read_corpus
+from backpack_core.interpret.atlas import DEAD_THRESHOLD, SenseAtlas, build_atlas, model_key
 from tests.conftest import TINY_CORPUS, strict_json
 from tests.test_analyses import REPO, RUNNER, env
 
@@ -170,7 +171,7 @@ def test_dead_senses_and_usage_table(tiny_model, tiny_tokenizer, corpus):
 
 
 def test_cache_reuse_and_rebuild(tiny_model, tiny_tokenizer, corpus, tmp_path, monkeypatch, capsys):
-    from backpack_core import atlas as atlas_module
+    from backpack_core.interpret import atlas as atlas_module
 
     built = []
     real_build = atlas_module.build_atlas
@@ -235,13 +236,13 @@ def test_read_corpus_hash_and_errors(tiny_tokenizer, text_file, tmp_path, monkey
     assert len(cut) == 10 and cut.sha256 != a.sha256
     assert cut.token_ids.tolist() == a.token_ids[:10].tolist()  # from a prefix of the text
     assert cut.sha256 == read_corpus(str(text_file), tiny_tokenizer, max_tokens=10).sha256
-    from backpack_core.corpus import corpus_from_text
+    from backpack_core.common.corpus import corpus_from_text
 
     long_text = TEXT * 20  # tokenized from a prefix: the same first tokens as the whole text
     for n in (50, 51, 333):
         assert corpus_from_text(long_text, tiny_tokenizer, "x", n).token_ids.tolist() == \
             tiny_tokenizer.encode(long_text)[:n]
-    from backpack_core.tokenizer import gpt2_tokenizer
+    from backpack_core.model.tokenizer import gpt2_tokenizer
 
     try:
         other_tok = gpt2_tokenizer()
@@ -259,7 +260,7 @@ def test_read_corpus_hash_and_errors(tiny_tokenizer, text_file, tmp_path, monkey
             read_corpus(str(source), tiny_tokenizer)
         assert "\n" not in str(err.value)
     # validation: absent -> names what is accepted; present as data/corpus/val.jsonl -> read
-    from backpack_core import corpus as corpus_module
+    from backpack_core.common import corpus as corpus_module
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(corpus_module, "ROOT", tmp_path)
@@ -437,7 +438,7 @@ def test_top_n_and_batch_size_are_bounded(tiny_model, tiny_tokenizer, corpus, te
     whole corpus in one forward pass: both are refused with the limit's name, by the core and
     by the command before it loads the model."""
     from analyses import _cli, sense_atlas
-    from backpack_core import limits
+    from backpack_core.common import limits
 
     with pytest.raises(limits.LimitError, match="BACKPACK_MAX_ATLAS_TOP_N"):
         build_atlas(tiny_model, tiny_tokenizer, corpus, top_n=limits.MAX_ATLAS_TOP_N + 1,
@@ -458,8 +459,8 @@ def test_corpus_size_is_bounded_and_max_tokens_reads_a_prefix(tiny_tokenizer, tm
     """A 60 MB text file took 78 s and 9.5 GB of memory to tokenize (about 160 bytes a
     character), with no limit: a corpus tokenized at once is bounded (MAX_CORPUS_CHARS), and
     with max_tokens only a prefix of a file is read, so a few tokens of a huge file stay cheap."""
-    from backpack_core import limits
-    from backpack_core.corpus import corpus_from_text
+    from backpack_core.common import limits
+    from backpack_core.common.corpus import corpus_from_text
 
     monkeypatch.setattr(limits, "MAX_CORPUS_CHARS", 5000)
     text = TEXT * 40
@@ -505,7 +506,7 @@ def test_a_context_that_supported_its_own_prediction_is_marked_so():
 
     import tests.test_app  # noqa: F401  (puts app/ on sys.path)
     from analyses.sense_atlas import render_snippet
-    from backpack_core.atlas import Context
+    from backpack_core.interpret.atlas import Context
 
     atlas_views = importlib.import_module("atlas_views")
 
@@ -556,7 +557,7 @@ def test_a_word_of_several_tokens_is_refused_before_the_pass(tiny_model_dir, tex
 
 
 def test_corpus_from_choice_takes_uploads_and_text_but_never_a_path(tiny_tokenizer, text_file):
-    from backpack_core.corpus import corpus_from_choice
+    from backpack_core.common.corpus import corpus_from_choice
 
     data = text_file.read_bytes()
     by_upload = corpus_from_choice("upload", tiny_tokenizer, upload=("notes.txt", data))

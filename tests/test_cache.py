@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from backpack_core import Backpack, ModelConfig
-from backpack_core.config import PRESETS
+from backpack_core.model.config import PRESETS
 
 
 def tiny(kind: str) -> Backpack:

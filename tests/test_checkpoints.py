@@ -14,9 +14,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from backpack_core.train import NonFiniteLoss, main, run
 from backpack_core.training import checkpoint
 from backpack_core.training.checkpoint import DiskFullError, find_checkpoint, saved_step
+from backpack_core.training.trainer import NonFiniteLoss, main, run
 from tests.test_train import one_thread, records, shards, tiny  # noqa: F401  (fixtures)
 
 SETTINGS = ("train.max_steps=5", "train.ckpt_every=2", "train.eval_every=0", "model.resid_pdrop=0.1")
@@ -68,7 +68,7 @@ def die_at_file_op(k: int, during_step: int):
         return op
 
     checkpoint.save_checkpoint = save_armed
-    import backpack_core.train as train_module
+    import backpack_core.training.trainer as train_module
     train_module.save_checkpoint = save_armed
     for name in FILE_OPS:
         setattr(os, name, wrap(getattr(os, name)))

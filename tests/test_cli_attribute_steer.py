@@ -13,7 +13,7 @@ import pytest
 from analyses import attribute as attribute_cli
 from analyses import steer as steer_cli
 from analyses._cli import run
-from backpack_core.session import attribute
+from backpack_core.interpret.session import attribute
 from tests.conftest import strict_json
 
 REPO = Path(__file__).resolve().parent.parent

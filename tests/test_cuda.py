@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from backpack_core import Backpack, BackpackLM, ModelConfig
-from backpack_core import model as model_module
+from backpack_core.model import backpack as model_module
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

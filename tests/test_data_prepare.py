@@ -11,9 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backpack_core.data.loader import DataError, ShardSet, TrainBatches, eval_windows, read_manifest
-from backpack_core.data.prepare import in_val_split, main, prepare, token_dtype
-from backpack_core.tokenizer import gpt2_tokenizer
+from backpack_core.model.tokenizer import gpt2_tokenizer
+from backpack_core.training.loader import (
+    DataError,
+    ShardSet,
+    TrainBatches,
+    eval_windows,
+    read_manifest,
+)
+from backpack_core.training.prepare import in_val_split, main, prepare, token_dtype
 
 DOCS = ["The cat sat on the mat.", "A second document,\nwith two lines.", "Third: numbers 1 2 3!"]
 
@@ -104,7 +110,7 @@ def test_errors_are_clear(tmp_path, capsys):
         assert main([*args, "--out", str(tmp_path / "out"), "--quiet"]) == 2
         err = capsys.readouterr().err
         assert expected in err and "Traceback" not in err, err
-    with pytest.raises(DataError, match="python -m backpack_core.data.prepare"):
+    with pytest.raises(DataError, match="python -m backpack_core.training.prepare"):
         ShardSet(tmp_path / "no-shards")
     assert token_dtype(50257) == np.uint16 and token_dtype(2**16) == np.uint16
     assert token_dtype(2**16 + 1) == np.uint32

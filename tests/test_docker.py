@@ -36,7 +36,7 @@ PORT = "8501"
 DASHBOARD_CMD = ["streamlit", "run", "app/Home.py", "--server.address=0.0.0.0", f"--server.port={PORT}",
                  "--server.headless=true"]
 # what docker/smoke.sh needs from the checkout, besides the packages
-SMOKE_NEEDS = ["analyses/sense_topk.py", "backpack_core/train.py", "data/backpack-mini"]
+SMOKE_NEEDS = ["analyses/sense_topk.py", "backpack_core/training/trainer.py", "data/backpack-mini"]
 # console scripts the entry commands call: pip writes them into the image's bin directory
 CONSOLE_SCRIPTS = ["streamlit", "torchrun"]
 
@@ -207,7 +207,7 @@ def test_dockerignore_keeps_context_small():
                 "backpack_core/__pycache__/model.cpython-311.pyc"]:
         assert ignored(rel, rules), f"{rel} would be sent to docker build"
     for rel in ["Dockerfile", "requirements.txt", "constraints.txt", "docker/install.sh", "docker/smoke.sh",
-                "backpack_core/model.py", "analyses/sense_topk.py", "app/Home.py",
+                "backpack_core/model/backpack.py", "analyses/sense_topk.py", "app/Home.py",
                 "configs/backpack-mini.toml", "data/backpack-mini/model.safetensors",
                 "data/backpack-mini/config.json", "data/build_corpus.py"]:
         assert not ignored(rel, rules), f"{rel} would be left out of the image"

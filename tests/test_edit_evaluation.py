@@ -1,4 +1,4 @@
-"""Edit sets measured over a corpus (backpack_core.edit_evaluation, analyses.evaluate_edits and
+"""Edit sets measured over a corpus (backpack_core.interpret.edit_effects, analyses.evaluate_edits and
 the Steer page's "Evaluate on a dataset"), checked against full forward passes on the tiny model:
 the blast radius is exactly the set of positions whose logits change, the loss changes and the
 strength sweep equal full passes with the edits applied, and nothing outside the radius moves."""
@@ -14,8 +14,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from backpack_core.corpus import read_corpus
-from backpack_core.edit_evaluation import (
+from backpack_core.common.corpus import read_corpus
+from backpack_core.edit.specs import EditSet
+from backpack_core.interpret.edit_effects import (
     PromptError,
     ScaledEdits,
     TargetPrompt,
@@ -25,7 +26,6 @@ from backpack_core.edit_evaluation import (
     parse_strengths,
     read_prompts,
 )
-from backpack_core.edits import EditSet
 from tests.conftest import TINY_CORPUS, strict_json
 
 REPO = Path(__file__).resolve().parent.parent
@@ -450,7 +450,7 @@ def test_window_arguments_are_checked_as_in_the_atlas(tiny_model, tiny_tokenizer
                                                       capsys):
     """--seq-len past the context was silently cut to it (the atlas refuses it) and --batch-size
     was unbounded (a whole corpus in one forward pass)."""
-    from backpack_core import limits
+    from backpack_core.common import limits
 
     n = tiny_model.config.n_positions
     for seq_len in (n + 1, 1, 0):
@@ -480,7 +480,7 @@ def test_prompt_errors_stay_short_and_the_prompts_file_is_bounded(tiny_model, ti
                                                                  monkeypatch):
     """A 5,000-word prompt made a 25 kB error message (the prompt echoed whole); a prompts file
     was read whole whatever its size."""
-    from backpack_core import edit_evaluation
+    from backpack_core.interpret import edit_effects as edit_evaluation
 
     long = TargetPrompt("word " * 5000, " bank")
     with pytest.raises(PromptError, match="tokens long") as err:
@@ -497,7 +497,7 @@ def test_prompt_errors_stay_short_and_the_prompts_file_is_bounded(tiny_model, ti
 def test_strengths_that_overflow_are_refused(tiny_model, tiny_tokenizer, corpus):
     """--strengths 3e38 overflowed float32: losses NaN (null in the JSON), every prompt scored
     'rank 0, failed'. Strengths are bounded by MAX_ABS_STRENGTH; the bound itself works."""
-    from backpack_core.edit_evaluation import MAX_ABS_STRENGTH
+    from backpack_core.interpret.edit_effects import MAX_ABS_STRENGTH
 
     for text in ("3e38", "-3e38", f"{MAX_ABS_STRENGTH * 10:g}"):
         with pytest.raises(ValueError, match="strength .* is too large"):

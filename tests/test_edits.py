@@ -12,7 +12,7 @@ from conftest import state_checksum
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from backpack_core.edits import (
+from backpack_core.edit.specs import (
     EDIT_KINDS,
     AblateSense,
     EditError,
@@ -21,7 +21,7 @@ from backpack_core.edits import (
     ScaleSense,
     fields_of_kind,
 )
-from backpack_core.session import ContextSession
+from backpack_core.interpret.session import ContextSession
 
 TEXT = "The MacBook is made by Apple and the bank by the river has money"
 

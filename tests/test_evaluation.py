@@ -3,8 +3,9 @@ import math
 import torch
 
 from backpack_core import Backpack, ModelConfig, train_bpe
-from backpack_core.config import PRESETS
-from backpack_core.evaluation import load_benchmark, perplexity, spearman, word_similarity
+from backpack_core.common.datasets import load_benchmark
+from backpack_core.model.config import PRESETS
+from backpack_core.model.evaluation import perplexity, spearman, word_similarity
 
 
 def test_spearman_matches_definition():

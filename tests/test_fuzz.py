@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from analyses import attribute, sense_topk, steer
 from analyses._cli import run
-from backpack_core.loading import CheckpointError, load_backpack
+from backpack_core.model.loading import CheckpointError, load_backpack
 from backpack_core.training.config import ConfigError, load_run_config
 from tests.conftest import strict_json
 

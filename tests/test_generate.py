@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from backpack_core import Backpack, BackpackLM, ModelConfig
-from backpack_core.config import PRESETS
+from backpack_core.model.config import PRESETS
 
 
 def tiny_lm(**overrides):

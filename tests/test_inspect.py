@@ -5,14 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from backpack_core.inspect import (
-    WordError,
-    resolve_word,
-    sense_readout,
-    single_token_id,
-)
-from backpack_core.sense_bank import SenseBank, model_fingerprint, sense_search
-from backpack_core.session import ContextSession, attribute, context_readout
+from backpack_core.interpret.readouts import sense_readout
+from backpack_core.interpret.sense_bank import SenseBank, model_fingerprint, sense_search
+from backpack_core.interpret.session import ContextSession, attribute, context_readout
+from backpack_core.model.vocab import WordError, resolve_word, single_token_id
 
 TEXT = "The MacBook is made by Apple and the bank by the river has money"
 
@@ -131,7 +127,7 @@ def test_attribution_refuses_multi_token_target_and_bad_position(tiny_model, tin
 
 def test_sense_bank_cache_and_search(tiny_model, tiny_tokenizer, tmp_path, monkeypatch):
     monkeypatch.setenv("BACKPACK_CACHE", str(tmp_path))
-    from backpack_core import sense_bank
+    from backpack_core.interpret import sense_bank
 
     monkeypatch.setattr(sense_bank, "_MEMORY", type(sense_bank._MEMORY)())
     bank = SenseBank.for_model(tiny_model, progress=False)
@@ -188,7 +184,7 @@ def test_fingerprint_sees_data_edits_and_the_bank_is_rebuilt(tiny_model, tiny_to
     """Issue 12 item 5: `.data` edits do not move the version counter; the key must still change."""
     import copy
 
-    from backpack_core import sense_bank
+    from backpack_core.interpret import sense_bank
 
     monkeypatch.setattr(sense_bank, "_MEMORY", type(sense_bank._MEMORY)())
     model = copy.deepcopy(tiny_model)
@@ -246,7 +242,7 @@ def _nan(s):
 def test_sense_bank_cache_is_checked_on_load(tiny_model, tmp_path, monkeypatch, capsys,
                                              change, checksum, reason):
     """Issue 13: a cache file with the right key but wrong contents is rebuilt, not served."""
-    from backpack_core import sense_bank
+    from backpack_core.interpret import sense_bank
 
     monkeypatch.setattr(sense_bank, "_MEMORY", type(sense_bank._MEMORY)())
     good = SenseBank.for_model(tiny_model, directory=tmp_path, progress=False)
@@ -266,7 +262,7 @@ def test_sense_bank_cache_is_checked_on_load(tiny_model, tmp_path, monkeypatch, 
 
 def test_float16_bank_passes_its_own_checks(tiny_model, tmp_path, monkeypatch, capsys):
     """A bank stored in float16 (the published size) loads back without a rebuild."""
-    from backpack_core import sense_bank
+    from backpack_core.interpret import sense_bank
 
     monkeypatch.setattr(sense_bank, "_MEMORY", type(sense_bank._MEMORY)())
     monkeypatch.setattr(sense_bank, "FLOAT32_LIMIT", 0)

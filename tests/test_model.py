@@ -14,8 +14,8 @@ from backpack_core import (
     save_backpack,
     train_bpe,
 )
-from backpack_core.config import PRESETS
-from backpack_core.model import count_parameters, flops_per_token
+from backpack_core.model.backpack import count_parameters, flops_per_token
+from backpack_core.model.config import PRESETS
 
 
 def tiny(**overrides):
@@ -228,7 +228,7 @@ def test_loading_leaves_torch_init_alone_and_skips_meta_init(tiny_model_dir, mon
     """Loading builds the model on the meta device without swapping torch.nn.init functions
     (process-wide: another thread building a model at that moment would get uninitialised
     weights), and without running N(0, s) init on meta tensors (slow: imports torch._dynamo)."""
-    from backpack_core.loading import load_backpack
+    from backpack_core.model.loading import load_backpack
 
     names = ("normal_", "uniform_", "kaiming_uniform_", "ones_", "zeros_")
     originals = {name: getattr(torch.nn.init, name) for name in names}
@@ -278,8 +278,8 @@ def _old_loss(logits, labels):  # the loss before issue 14: sliced logits, upcas
 def test_shifted_label_loss_equals_the_sliced_loss_with_gradients(dtype, monkeypatch):
     """Issue 14: labels shifted with -100 instead of slicing the logits: the same loss and the
     same gradient; half-precision logits go in checkpointed float32 pieces."""
-    from backpack_core import model as model_module
-    from backpack_core.model import next_token_loss
+    from backpack_core.model import backpack as model_module
+    from backpack_core.model.backpack import next_token_loss
 
     monkeypatch.setattr(model_module, "LOSS_CHUNK", 7)  # several pieces, a ragged last one
     torch.manual_seed(0)
@@ -316,7 +316,7 @@ def test_model_loss_and_gradients_equal_the_sliced_loss():
 def test_fused_mix_equals_the_explicit_weights(n_embd, num_senses):
     """The fast mixing (queries and keys zero-padded to the value width on CPU) is the explicit
     softmax-then-weighted-sum, forward and backward, and runs SDPA's fused CPU kernel."""
-    from backpack_core.model import fused_mix
+    from backpack_core.model.backpack import fused_mix
 
     model = tiny(n_embd=n_embd, num_senses=num_senses, n_head=4)
     b, s, k, d = 2, 33, num_senses, n_embd  # with gradients: flash_mix
@@ -341,7 +341,7 @@ def test_blocked_mix_equals_the_explicit_weights(s, rows):
     """Inference mixing by blocks of query rows over the keys up to each block's end equals the
     explicit softmax-then-weighted-sum (ragged last blocks, one block, one token); without
     gradients fused_mix takes it on CPU."""
-    from backpack_core.model import blocked_mix, fused_mix
+    from backpack_core.model.backpack import blocked_mix, fused_mix
 
     model = tiny(n_embd=128, num_senses=16, n_head=4)
     b, k, d = 2, 16, 128
@@ -373,7 +373,7 @@ def test_fast_mixing_in_the_model_equals_the_weights_path_at_the_shipped_width()
 def test_half_precision_loss_in_pieces_trains_under_autocast(monkeypatch):
     """GPU-style bf16 autocast (here on CPU): the loss goes in checkpointed float32 pieces and
     its gradients match the whole-logits loss."""
-    from backpack_core import model as model_module
+    from backpack_core.model import backpack as model_module
 
     model = tiny().train()
     ids = torch.randint(0, 512, (2, 24))
@@ -398,8 +398,8 @@ def test_sense_weight_scores_and_softmax_run_in_float32(autocast):
     """bf16 queries/keys of a trained model's magnitude (unscaled scores ~2000, where bf16 steps
     are 16 apart): the weights equal the float32 computation from the same inputs, with or
     without bf16 autocast (training). With the einsum in bf16 they differ by ~0.5."""
-    from backpack_core.config import ModelConfig
-    from backpack_core.model import SenseWeightNetwork, causal_allowed
+    from backpack_core.model.backpack import SenseWeightNetwork, causal_allowed
+    from backpack_core.model.config import ModelConfig
 
     torch.manual_seed(0)
     net = SenseWeightNetwork(ModelConfig(vocab_size=64, n_positions=32, n_embd=64, n_layer=1,
@@ -418,7 +418,7 @@ def test_sense_weight_scores_and_softmax_run_in_float32(autocast):
 def test_blocked_mix_scores_run_in_float32():
     """bf16 inputs of a trained model's magnitude: blocked_mix equals the float32 mixing of the
     same inputs up to the bf16 rounding of its output (q . k in bf16 would be off by ~0.5)."""
-    from backpack_core.model import blocked_mix
+    from backpack_core.model.backpack import blocked_mix
 
     torch.manual_seed(0)
     queries = (torch.randn(1, 4, 40, 8) * 16).bfloat16()

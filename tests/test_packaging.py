@@ -121,8 +121,8 @@ def wheel(tmp_path_factory) -> Path:
 
 def test_wheel_contents(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
-    for needed in ["backpack_core/model.py", "backpack_core/training/checkpoint.py",
-                   "backpack_core/data/prepare.py", "analyses/sense_topk.py",
+    for needed in ["backpack_core/model/backpack.py", "backpack_core/training/checkpoint.py",
+                   "backpack_core/training/prepare.py", "analyses/sense_topk.py",
                    "analyses/data/careers.json",
                    "analyses/data/edits_last_week.json", "analyses/data/prompts_last_week.jsonl",
                    "backpack_core/shipped_model/model.safetensors",

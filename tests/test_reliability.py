@@ -14,12 +14,12 @@ from safetensors.torch import load_file, save_file
 from analyses import attribute as attribute_cli
 from analyses import sense_topk
 from analyses._cli import run
-from backpack_core import cli, limits
-from backpack_core.config import PRESETS, ModelConfig
-from backpack_core.edits import EditError, EditSet
-from backpack_core.inspect import WordError, resolve_word
-from backpack_core.loading import CheckpointError, load_backpack, resolve_device
-from backpack_core.model import Backpack, count_parameters
+from backpack_core.common import cli, limits
+from backpack_core.edit.specs import EditError, EditSet
+from backpack_core.model.backpack import Backpack, count_parameters
+from backpack_core.model.config import PRESETS, ModelConfig
+from backpack_core.model.loading import CheckpointError, load_backpack, resolve_device
+from backpack_core.model.vocab import WordError, resolve_word
 from tests.conftest import strict_json
 
 

@@ -7,11 +7,17 @@ import torch
 from conftest import state_checksum
 from test_edits import ONE_OF_EACH
 
-from backpack_core.compare import kl_divergence
-from backpack_core.edits import AblateSense, EditSet, KnowledgeEdit, ReplaceSense, ScaleContextualization
-from backpack_core.generation import generate, generate_side_by_side
-from backpack_core.model import Intervention
-from backpack_core.session import ContextSession
+from backpack_core.edit.generation import generate, generate_side_by_side
+from backpack_core.edit.specs import (
+    AblateSense,
+    EditSet,
+    KnowledgeEdit,
+    ReplaceSense,
+    ScaleContextualization,
+)
+from backpack_core.interpret.compare import kl_divergence
+from backpack_core.interpret.session import ContextSession
+from backpack_core.model.backpack import Intervention
 
 TEXT = "The MacBook is made by Apple and the bank by the river has money"
 

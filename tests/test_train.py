@@ -18,12 +18,12 @@ import torch
 from safetensors.torch import load_file
 
 from backpack_core import load_backpack
-from backpack_core.data.loader import ShardSet, eval_windows, gather
-from backpack_core.data.prepare import prepare
-from backpack_core.train import main, run
 from backpack_core.training.checkpoint import saved_step
 from backpack_core.training.config import ConfigError, load_run_config
+from backpack_core.training.loader import ShardSet, eval_windows, gather
+from backpack_core.training.prepare import prepare
 from backpack_core.training.schedule import lr_at
+from backpack_core.training.trainer import main, run
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -177,8 +177,8 @@ def test_config_overrides_are_typed_and_errors_are_clear(shards, tmp_path, capsy
         assert expected in main_error(["--config", "tiny", *overrides, f"data.dir={shards}",
                                        f"train.out_dir={tmp_path / 'x'}"], capsys)
     assert "does not exist" in main_error(["--config", "tiny", f"data.dir={tmp_path / 'nope'}"], capsys)
-    assert "python -m backpack_core.data.prepare" in main_error(["--config", "tiny", f"data.dir={tmp_path}"],
-                                                                capsys)
+    assert "python -m backpack_core.training.prepare" in main_error(
+        ["--config", "tiny", f"data.dir={tmp_path}"], capsys)
     with pytest.raises(ConfigError, match="not found"):
         load_run_config("no-such-config")
 

@@ -21,9 +21,9 @@ import pytest
 import torch
 
 from backpack_core import Backpack, BackpackLM, ModelConfig
-from backpack_core.config import PRESETS
-from backpack_core.hf import CACHE_NAME
-from backpack_core.loading import DEFAULT_MODEL_DIR
+from backpack_core.model.config import PRESETS
+from backpack_core.model.hf import CACHE_NAME
+from backpack_core.model.loading import DEFAULT_MODEL_DIR
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

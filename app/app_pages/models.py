@@ -5,8 +5,8 @@ import state
 import streamlit as st
 import views
 
-from backpack_core import access
-from backpack_core.loading import DEFAULT_MODEL_DIR, available_devices
+from backpack_core.model.backpack import access
+from backpack_core.model.loading import DEFAULT_MODEL_DIR, available_devices
 
 PAGE = "models"
 SOURCES = {"default": "default", "shipped": "shipped (data/backpack-mini)",

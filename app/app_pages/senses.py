@@ -7,7 +7,7 @@ import state
 import streamlit as st
 import views
 
-from backpack_core.sense_bank import sense_search
+from backpack_core.interpret.sense_bank import sense_search
 
 PAGE = "senses"
 model, tokenizer, choice = state.require_model()

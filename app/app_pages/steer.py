@@ -8,8 +8,8 @@ import state
 import streamlit as st
 import views
 
-from backpack_core.edits import EditError
-from backpack_core.generation import generate_side_by_side
+from backpack_core.edit.generation import generate_side_by_side
+from backpack_core.edit.specs import EditError
 
 PAGE = "steer"
 OTHER = "\x00other"  # the word selector's "type another word" entry

@@ -1,4 +1,4 @@
-"""Training parts, one job each; the loop that joins them is `backpack_core.train`.
+"""Training parts, one job each; the loop that joins them is `backpack_core.training.trainer`.
 
 config       the run's configuration (TOML file + overrides), the model it implies, the batch plan
 optim        AdamW with no weight decay on biases and norm weights

@@ -39,11 +39,17 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from ..files import atomic_write, fsync_dir, make_dir_readable, write_text_atomic
-from ..loading import CHECKPOINTS_DIR, CURRENT_LINK, WEIGHTS_FILE, CheckpointError, save_backpack
-from ..model import Backpack
-from ..tokenizer import TOKENIZER_FILE, Tokenizer
-from .distributed import Dist
+from backpack_core.common.files import atomic_write, fsync_dir, make_dir_readable, write_text_atomic
+from backpack_core.model.backpack import Backpack
+from backpack_core.model.loading import (
+    CHECKPOINTS_DIR,
+    CURRENT_LINK,
+    WEIGHTS_FILE,
+    CheckpointError,
+    save_backpack,
+)
+from backpack_core.model.tokenizer import TOKENIZER_FILE, Tokenizer
+from backpack_core.training.distributed import Dist
 
 STATE_FILE = "train_state.pt"
 MANIFEST = "manifest.json"

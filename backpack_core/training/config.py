@@ -1,10 +1,10 @@
 """A training run's configuration: a TOML file with [model], [data] and [train] sections, plus
 command-line overrides `section.key=value` parsed to the type of the field they set.
 
-    [model]   ModelConfig fields (backpack_core.config); vocab_size, bos/eos ids and n_positions
+    [model]   ModelConfig fields (backpack_core.model.config); vocab_size, bos/eos ids and n_positions
               default to the token shards' tokenizer (vocabulary rounded up to a multiple of 64)
               and to data.seq_len.
-    [data]    dir (token shards from `python -m backpack_core.data.prepare`), seq_len.
+    [data]    dir (token shards from `python -m backpack_core.training.prepare`), seq_len.
     [train]   TrainConfig below.
 
 A file may start with `extends = "other.toml"` (relative to itself): its sections are read first
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import ModelConfig
+from backpack_core.model.config import ModelConfig
 
 # configs/ in a checkout; a wheel carries them as the package data `backpack_core/shipped_configs`
 _CHECKOUT_CONFIG_DIR = Path(__file__).resolve().parent.parent.parent / "configs"

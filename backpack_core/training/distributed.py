@@ -18,8 +18,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..loading import resolve_device
-from .config import ConfigError
+from backpack_core.model.loading import resolve_device
+from backpack_core.training.config import ConfigError
 
 
 @dataclass

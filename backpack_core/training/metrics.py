@@ -4,7 +4,7 @@
     {"step", "val_loss", "val_ppl"}                                                    evaluation
 
 tokens_per_s counts all ranks. MFU = flops_per_token (the Backpack's own count: contextualizer,
-sense network, sense weights and mixing, output layer; `backpack_core.model.flops_per_token`)
+sense network, sense weights and mixing, output layer; `backpack_core.model.backpack.flops_per_token`)
 x tokens/s / (peak FLOP/s x GPUs). The peak comes from the table below (dense bf16, or TF32 when
 training in fp32) or train.peak_tflops; on a CPU or an unknown GPU MFU is null, not a guess.
 mem_gib is the peak of GPU memory allocated, or on a CPU the peak resident memory of the process.

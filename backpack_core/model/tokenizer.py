@@ -18,7 +18,7 @@ from pathlib import Path
 from tokenizers import Tokenizer as _HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from .files import atomic_write, write_text_atomic
+from backpack_core.common.files import atomic_write, write_text_atomic
 
 EOS = "<|endoftext|>"
 TOKENIZER_FILE = "tokenizer.json"

@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .edits import to_intervention
+from backpack_core.edit.specs import to_intervention
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .model import Backpack
-    from .tokenizer import Tokenizer
+    from backpack_core.model.backpack import Backpack
+    from backpack_core.model.tokenizer import Tokenizer
 
 _WRAPPERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -28,7 +28,7 @@ def _wrapper(model: Backpack):
     """The (cached) BackpackLM sharing `model`'s parameters."""
     lm = _WRAPPERS.get(model)
     if lm is None:
-        from .hf import BackpackLM
+        from backpack_core.model.hf import BackpackLM
 
         lm = BackpackLM.from_backpack(model)
         _WRAPPERS[model] = lm

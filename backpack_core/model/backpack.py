@@ -14,11 +14,11 @@ contextualizer with GPT-2's output head, logits_i = E LN(h_i), for like-for-like
 Names used everywhere (code, JSON, CLI, app): `senses` (batch, k, seq, d), `contextualization`
 (batch, k, query, source), `hidden_states` (batch, seq, d, contextualizer output after ln_f).
 
-Edits hook in through an `Intervention` (see `backpack_core.edits`): it may rewrite the senses
+Edits hook in through an `Intervention` (see `backpack_core.edit.specs`): it may rewrite the senses
 and the contextualization before the weighted sum; the weights are never touched.
 
 This module imports no transformers code, so command-line lookups start fast;
-`backpack_core.hf` wraps `Backpack` as a transformers `PreTrainedModel` for `generate()`.
+`backpack_core.model.hf` wraps `Backpack` as a transformers `PreTrainedModel` for `generate()`.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .config import ModelConfig
+from backpack_core.model.config import ModelConfig
 
 try:  # optional, GPU only
     from flash_attn import flash_attn_func
@@ -337,7 +337,7 @@ class SenseWeightNetwork(nn.Module):
 class Intervention:
     """Where edits enter the forward pass. The base class changes nothing.
 
-    `backpack_core.edits` compiles an edit set into one of these. Both methods must return new
+    `backpack_core.edit.specs` compiles an edit set into one of these. Both methods must return new
     tensors (never write into their arguments) so the model's weights stay untouched.
     `on_senses` must treat each token on its own (by its id and position): generation edits a
     token's senses once, when it enters the cache.

@@ -71,14 +71,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .edits import CompiledEdits, EditSet, as_edit_set
-from .inspect import WordError, single_token_id
-from .limits import check_batch_windows
-from .model import Backpack, Intervention, next_token_loss
+from backpack_core.common.limits import check_batch_windows
+from backpack_core.edit.specs import CompiledEdits, EditSet, as_edit_set
+from backpack_core.model.backpack import Backpack, Intervention, next_token_loss
+from backpack_core.model.vocab import WordError, single_token_id
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .corpus import Corpus
-    from .tokenizer import Tokenizer
+    from backpack_core.common.corpus import Corpus
+    from backpack_core.model.tokenizer import Tokenizer
 
 DEFAULT_STRENGTHS = (0.0, 0.5, 1.0, 2.0)
 MAX_STRENGTHS = 50
@@ -303,8 +303,8 @@ def check_prompts(model: Backpack, tokenizer: Tokenizer | None, prompts: Sequenc
 def score_prompts(model: Backpack, tokenizer: Tokenizer, compiled: CompiledEdits,
                   prompts: Sequence[TargetPrompt], strengths: Sequence[float]) -> list[PromptResult]:
     """Each prompt read once (a `ContextSession`), then re-evaluated under every strength."""
-    from .inspect import token_text
-    from .session import ContextSession
+    from backpack_core.interpret.session import ContextSession
+    from backpack_core.model.vocab import token_text
 
     vocab = model.config.vocab_size
     n_real = min(len(tokenizer), vocab)
@@ -417,7 +417,7 @@ def evaluate_edits(model: Backpack, tokenizer: Tokenizer | None, edits: Any, cor
                    batch_size: int = 8, progress: bool | Callable[[int, int], None] = True
                    ) -> EditEvaluation:
     """Evaluate `edits` (an EditSet, its JSON dict or text, a pathlib.Path...) over `corpus`
-    (`backpack_core.corpus.Corpus`) and on target `prompts`, at each of `strengths`
+    (`backpack_core.common.corpus.Corpus`) and on target `prompts`, at each of `strengths`
     (default 0, 0.5, 1, 2; strength 1 is always added). The model runs once per window of
     `seq_len` tokens (default: its context), `batch_size` windows at a time; every strength
     is evaluated from the cached contextualization and senses. See the module docstring for
@@ -447,7 +447,7 @@ def evaluate_edits(model: Backpack, tokenizer: Tokenizer | None, edits: Any, cor
     total_before, scored = 0.0, 0
     forward_s = reevaluate_s = 0.0
     total = corpus.n_batches(seq_len, batch_size)
-    from .experiments import track
+    from backpack_core.common.progress import track
 
     batches = track(corpus.windows(seq_len, batch_size), "evaluating edits", total, progress)
     for batch, starts in batches:

@@ -1,12 +1,12 @@
 """transformers integration: `BackpackConfig` and `BackpackLM`.
 
-`BackpackLM` is a `PreTrainedModel` around `backpack_core.model.Backpack`, so that
+`BackpackLM` is a `PreTrainedModel` around `backpack_core.model.backpack.Backpack`, so that
 `save_pretrained`, `from_pretrained`, the Auto classes and `generate()` work as users expect.
 It adds nothing to the computation. Generation keeps a `BackpackCache`: the contextualizer's
 keys and values and every prefix token's sense vectors are computed once.
 
 Importing this module costs transformers' import time (seconds); the model itself does not
-need it (`backpack_core.model`).
+need it (`backpack_core.model.backpack`).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from transformers import (
 from transformers.generation.utils import ALL_CACHE_NAMES
 from transformers.utils import ModelOutput
 
-from .config import ModelConfig
-from .model import Backpack, BackpackCache, Intervention
+from backpack_core.model.backpack import Backpack, BackpackCache, Intervention
+from backpack_core.model.config import ModelConfig
 
 
 class BackpackConfig(PretrainedConfig):

@@ -1,7 +1,7 @@
 """Architecture hyperparameters of a Backpack LM (and of its Transformer twin).
 
 `ModelConfig` is a plain dataclass so that the light code paths (command-line lookups) never
-import transformers. `backpack_core.hf.BackpackConfig` is the transformers `PretrainedConfig`
+import transformers. `backpack_core.model.hf.BackpackConfig` is the transformers `PretrainedConfig`
 with exactly these fields; `config.json` on disk holds them under the same names.
 """
 

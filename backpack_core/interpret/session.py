@@ -26,21 +26,15 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .compare import Comparison, compare_logits, kl_divergence
-from .edits import EditSet, as_edit_set, to_intervention
-from .inspect import (
-    Attribution,
-    ContextReadout,
-    Prediction,
-    single_token_id,
-    token_text,
-    top_tokens,
-)
-from .model import Intervention
+from backpack_core.edit.specs import EditSet, as_edit_set, to_intervention
+from backpack_core.interpret.compare import Comparison, compare_logits, kl_divergence
+from backpack_core.interpret.readouts import Attribution, ContextReadout, Prediction, top_tokens
+from backpack_core.model.backpack import Intervention
+from backpack_core.model.vocab import single_token_id, token_text
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .model import Backpack
-    from .tokenizer import Tokenizer
+    from backpack_core.model.backpack import Backpack
+    from backpack_core.model.tokenizer import Tokenizer
 
 
 def _is_scalar(value: Any) -> bool:

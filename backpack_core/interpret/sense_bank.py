@@ -30,11 +30,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .inspect import WordError, resolve_word, token_text
+from backpack_core.model.vocab import WordError, resolve_word, token_text
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .model import Backpack
-    from .tokenizer import Tokenizer
+    from backpack_core.model.backpack import Backpack
+    from backpack_core.model.tokenizer import Tokenizer
 
 BANK_FORMAT = 1
 # Banks larger than this many numbers are stored in float16 (the published 170M model's bank
@@ -191,7 +191,7 @@ class SenseBank:
         a checksum of the contents in the metadata."""
         from safetensors.torch import save_file
 
-        from .files import atomic_write
+        from backpack_core.common.files import atomic_write
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)

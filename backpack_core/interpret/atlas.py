@@ -62,14 +62,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 from einops import rearrange
 
-from .inspect import WordError, single_token_id, token_text
-from .limits import check_atlas_top_n, check_batch_windows
-from .model import causal_allowed
+from backpack_core.common.limits import check_atlas_top_n, check_batch_windows
+from backpack_core.model.backpack import causal_allowed
+from backpack_core.model.vocab import WordError, single_token_id, token_text
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .corpus import Corpus
-    from .model import Backpack
-    from .tokenizer import Tokenizer
+    from backpack_core.common.corpus import Corpus
+    from backpack_core.model.backpack import Backpack
+    from backpack_core.model.tokenizer import Tokenizer
 
 ATLAS_FORMAT = 1
 DEFAULT_TOP = 10
@@ -186,7 +186,7 @@ def build_atlas(model: Backpack, tokenizer: Tokenizer, corpus: Corpus, top_n: in
             torch.zeros(vocab, k, top_n, device=device)]  # weight at the query
     sense_stats = torch.zeros(4, k, dtype=torch.float64, device=device)
 
-    from .experiments import track
+    from backpack_core.common.progress import track
 
     batches = track(corpus.windows(seq_len, batch_size), "sense atlas",
                     corpus.n_batches(seq_len, batch_size), progress)
@@ -341,7 +341,7 @@ class SenseAtlas:
     @staticmethod
     def path_for(model_key_: str, corpus_sha: str, seq_len: int, top_n: int,
                  directory: str | os.PathLike | None = None) -> Path:
-        from .sense_bank import cache_dir
+        from backpack_core.interpret.sense_bank import cache_dir
 
         base = Path(directory).expanduser() if directory is not None else cache_dir()
         return base / "atlas" / f"atlas-{model_key_[:16]}-{corpus_sha[:16]}-s{seq_len}-n{top_n}.safetensors"
@@ -350,7 +350,7 @@ class SenseAtlas:
         """safetensors, written atomically; the metadata as JSON under the key "atlas"."""
         from safetensors.torch import save_file
 
-        from .files import atomic_write
+        from backpack_core.common.files import atomic_write
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..tokenizer import Tokenizer
+from backpack_core.model.tokenizer import Tokenizer
 
 MANIFEST = "manifest.json"
 FORMAT = "backpack-token-shards"
@@ -30,7 +30,7 @@ class DataError(ValueError):
 
 
 def build_hint(directory: str | Path) -> str:
-    return ("build them with:\n  python -m backpack_core.data.prepare --input <text files or "
+    return ("build them with:\n  python -m backpack_core.training.prepare --input <text files or "
             f"directories> --tokenizer gpt2 --out {directory}\n(see docs/TRAINING.md)")
 
 

@@ -1,9 +1,9 @@
 """Text -> token shards for training.
 
-    python -m backpack_core.data.prepare --input data/corpus/train.jsonl \
+    python -m backpack_core.training.prepare --input data/corpus/train.jsonl \
         --val-input data/corpus/val.jsonl --tokenizer gpt2 --out data/shards/corpus
-    python -m backpack_core.data.prepare --input books/ --tokenizer bpe:16384 --out data/shards/books
-    python -m backpack_core.data.prepare --dataset Skylion007/openwebtext --tokenizer gpt2 \
+    python -m backpack_core.training.prepare --input books/ --tokenizer bpe:16384 --out data/shards/books
+    python -m backpack_core.training.prepare --dataset Skylion007/openwebtext --tokenizer gpt2 \
         --val-fraction 0.0005 --out data/shards/openwebtext        # online, needs `datasets`
 
 Documents: every `.txt` / `.text` / `.md` file is one document; every line of a `.jsonl` file is
@@ -36,8 +36,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ..tokenizer import TOKENIZER_FILE, Tokenizer, gpt2_tokenizer, train_bpe
-from .loader import FORMAT, MANIFEST, DataError, read_manifest
+from backpack_core.model.tokenizer import TOKENIZER_FILE, Tokenizer, gpt2_tokenizer, train_bpe
+from backpack_core.training.loader import FORMAT, MANIFEST, DataError, read_manifest
 
 TEXT_SUFFIXES = (".txt", ".text", ".md")
 JSONL_SUFFIXES = (".jsonl",)
@@ -362,7 +362,7 @@ def describe(manifest: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m backpack_core.data.prepare",
+    parser = argparse.ArgumentParser(prog="python -m backpack_core.training.prepare",
                                      description="Tokenize text into training shards.")
     parser.add_argument("--input", nargs="+", default=[], metavar="PATH",
                         help="text (.txt/.text/.md: one document per file) or .jsonl (one per line) "

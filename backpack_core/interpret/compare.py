@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .edits import EditSet, as_edit_set
-from .inspect import TokenProb, top_tokens
+from backpack_core.edit.specs import EditSet, as_edit_set
+from backpack_core.interpret.readouts import TokenProb, top_tokens
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .session import ContextSession
-    from .tokenizer import Tokenizer
+    from backpack_core.interpret.session import ContextSession
+    from backpack_core.model.tokenizer import Tokenizer
 
 
 def kl_divergence(before_logits: torch.Tensor, after_logits: torch.Tensor) -> torch.Tensor:

@@ -43,14 +43,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from .inspect import WordError, single_token_id
-from .limits import LimitError, check_edit_count, check_edit_set_bytes
-from .model import Intervention
+from backpack_core.common.limits import LimitError, check_edit_count, check_edit_set_bytes
+from backpack_core.model.backpack import Intervention
+from backpack_core.model.vocab import WordError, single_token_id
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .config import ModelConfig
-    from .model import Backpack
-    from .tokenizer import Tokenizer
+    from backpack_core.model.backpack import Backpack
+    from backpack_core.model.config import ModelConfig
+    from backpack_core.model.tokenizer import Tokenizer
 
 SCHEMA_VERSION = 1
 
@@ -60,7 +60,7 @@ class EditError(ValueError):
 
 
 class EditLimitError(EditError, LimitError):
-    """An edit set larger than a limit of backpack_core.limits (edits per set, bytes)."""
+    """An edit set larger than a limit of backpack_core.common.limits (edits per set, bytes)."""
 
 
 # ----------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import os
 import re
 from pathlib import Path
 
-from .loading import DEFAULT_MODEL_DIR, REPO_ROOT
+from backpack_core.model.loading import DEFAULT_MODEL_DIR, REPO_ROOT
 
 ROOTS_ENV = "BACKPACK_MODEL_ROOTS"
 HUB_ENV = "BACKPACK_ALLOW_HUB"

@@ -17,18 +17,18 @@ from pathlib import Path
 
 import torch
 
-from .config import ModelConfig, published_gpt2_details
-from .files import atomic_write, write_text_atomic
-from .limits import check_model_fits
-from .model import Backpack
-from .tokenizer import TOKENIZER_FILE, Tokenizer, gpt2_tokenizer
+from backpack_core.common.files import atomic_write, write_text_atomic
+from backpack_core.common.limits import check_model_fits
+from backpack_core.model.backpack import Backpack
+from backpack_core.model.config import ModelConfig, published_gpt2_details
+from backpack_core.model.tokenizer import TOKENIZER_FILE, Tokenizer, gpt2_tokenizer
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 # The shipped model: data/backpack-mini in a checkout (or an editable install); a wheel
 # (`pip install .`) carries the same files as the package data `backpack_core/shipped_model`.
 _CHECKOUT_MODEL_DIR = REPO_ROOT / "data" / "backpack-mini"
 DEFAULT_MODEL_DIR = (_CHECKOUT_MODEL_DIR if _CHECKOUT_MODEL_DIR.is_dir()
-                     else Path(__file__).resolve().parent / "shipped_model")
+                     else Path(__file__).resolve().parent.parent / "shipped_model")
 WEIGHTS_FILE = "model.safetensors"
 PUBLISHED_WEIGHTS = "pytorch_model.bin"
 # A training run directory keeps its checkpoints in CHECKPOINTS_DIR; CURRENT_LINK names the latest.
@@ -350,7 +350,7 @@ def load_tokenizer(directory: Path, published: bool) -> Tokenizer:
 
 def load_model(source: str | os.PathLike | None = None, device=None, dtype=None):
     """(BackpackLM, PreTrainedTokenizerFast): the transformers-facing model, e.g. for generate()."""
-    from .hf import BackpackLM
+    from backpack_core.model.hf import BackpackLM
 
     backpack, tokenizer = load_backpack(source, device=device, dtype=dtype)
     return BackpackLM.from_backpack(backpack).eval(), tokenizer.to_transformers()
