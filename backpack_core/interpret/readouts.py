@@ -1,4 +1,4 @@
-"""Reading a Backpack: words to tokens, sense readouts, context readouts, exact attribution.
+"""Reading a Backpack: sense readouts, context readouts, exact attribution.
 
 Everything the CLI and the app show comes from here, as small dataclasses whose `to_dict()` is
 the JSON the command-line tools print. Names follow the rest of the workbench:
@@ -9,9 +9,8 @@ the JSON the command-line tools print. Names follow the rest of the workbench:
 - `contributions` (k, seq) for one prediction: alpha[l, i, j] * (E_w . C(x_j)_l), summing exactly
   to the model's logit for w at position i (the Backpack's output is linear in its senses).
 
-This module is the floor below `compare`, `edits` and `session`: it imports none of them.
-The computations over a text (`context_readout`, `attribute`) live in `backpack_core.interpret.session`,
-which fills these dataclasses.
+The computations over a text (`context_readout`, `attribute`) live in `interpret.session`, which
+fills these dataclasses; words become tokens in `model.vocab`.
 
 A word the tokenizer splits into several tokens is never silently reduced to its first piece:
 readouts show each piece, and anything that needs one token (an attribution target, a word in

@@ -1,21 +1,9 @@
-"""Reading a Backpack: words to tokens, sense readouts, context readouts, exact attribution.
+"""Words and token ids: the one way every tool turns what a user typed into tokens.
 
-Everything the CLI and the app show comes from here, as small dataclasses whose `to_dict()` is
-the JSON the command-line tools print. Names follow the rest of the workbench:
-
-- `senses` (k, d) of one token, or (k, seq, d) for a text;
-- `sense_logits` (k, vocab) = senses @ E^T: what each sense says about every word;
-- `contextualization` (k, query, source): alpha[l, i, j];
-- `contributions` (k, seq) for one prediction: alpha[l, i, j] * (E_w . C(x_j)_l), summing exactly
-  to the model's logit for w at position i (the Backpack's output is linear in its senses).
-
-This module is the floor below `compare`, `edits` and `session`: it imports none of them.
-The computations over a text (`context_readout`, `attribute`) live in `backpack_core.interpret.session`,
-which fills these dataclasses.
-
-A word the tokenizer splits into several tokens is never silently reduced to its first piece:
-readouts show each piece, and anything that needs one token (an attribution target, a word in
-an edit) refuses with a message naming the pieces.
+A word is text in its in-text form (" science", with its leading space) or a token id (an int).
+`resolve_word` says how the tokenizer splits it, and how the other leading-space form splits;
+`single_token_id` insists on one token and refuses with a message naming the pieces;
+`token_text` shows a token (byte pieces as `<0xE2>`). Nothing is silently cut to its first piece.
 """
 
 from __future__ import annotations
