@@ -54,7 +54,7 @@ def in_text_form(word: str, exact: bool) -> str:
 
 
 def to_json(readout, senses: list[int]) -> dict:
-    """The command's JSON from an `inspect.SenseReadout`."""
+    """The command's JSON from an `interpret.readouts.SenseReadout`."""
     rows = []
     for piece_index, piece in enumerate(readout.pieces):
         for sense in senses:

@@ -42,7 +42,7 @@ import views  # noqa: E402  (app/views.py: the view model)
 from backpack_core.common import limits  # noqa: E402
 from backpack_core.edit.specs import EditError  # noqa: E402
 from backpack_core.interpret.session import ContextSession  # noqa: E402
-from backpack_core.model.backpack import access  # noqa: E402
+from backpack_core.model import access  # noqa: E402
 from backpack_core.model.loading import DEFAULT_MODEL_DIR, load_backpack  # noqa: E402
 
 MODEL_ENV, DEVICE_ENV, DTYPE_ENV = "BACKPACK_MODEL", "BACKPACK_DEVICE", "BACKPACK_DTYPE"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from backpack_core.model.backpack import access
+from backpack_core.model import access
 from backpack_core.model.loading import DEFAULT_MODEL_DIR
 
 

