@@ -49,11 +49,9 @@ keyed by the full model fingerprint (config and every weight), the corpus sha256
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,7 +61,7 @@ import torch
 from einops import rearrange
 
 from backpack_core.common.limits import check_atlas_top_n, check_batch_windows
-from backpack_core.model.backpack import causal_allowed
+from backpack_core.model.backpack import causal_allowed, weights_fingerprint
 from backpack_core.model.vocab import WordError, single_token_id, token_text
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -84,26 +82,10 @@ TENSORS = ("token_ids", "counts", "total", "peak", "top_weight", "top_offset", "
 # Keys
 # ----------------------------------------------------------------------------------------------
 
-_FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
 def model_key(model: Backpack) -> str:
     """sha256 over the config and every parameter's bytes (contextualization depends on all
-    weights, unlike the sense bank's key). Memoised per model while no tensor changes."""
-    params = list(model.state_dict().items())
-    memo = tuple((p.data_ptr(), p._version) for _, p in params)
-    hit = _FINGERPRINTS.get(model)
-    if hit is not None and hit[0] == memo:
-        return hit[1]
-    digest = hashlib.sha256(f"atlas-model-{ATLAS_FORMAT}\n".encode())
-    digest.update(json.dumps(model.config.to_dict(), sort_keys=True).encode())
-    for name, p in params:
-        t = p.detach().to("cpu").contiguous()
-        digest.update(f"\n{name} {t.dtype} {tuple(t.shape)}\n".encode())
-        digest.update(t.view(torch.uint8).numpy().data if t.numel() else b"")
-    key = digest.hexdigest()
-    _FINGERPRINTS[model] = (memo, key)
-    return key
+    weights, unlike the sense bank's key): `weights_fingerprint` salted for the atlas format."""
+    return weights_fingerprint(model, salt=f"atlas-model-{ATLAS_FORMAT}")
 
 
 def _unwrap(model):
@@ -129,6 +111,10 @@ def contextualization_and_senses(model: Backpack, input_ids: torch.Tensor
     allowed = causal_allowed(0, s, None, device)
     contextualization = model.sense_weight_network(queries, keys, allowed)
     senses = rearrange(model.sense_network(token_embeddings), "b s k d -> b k s d")
+    if model.edit_overrides is not None:  # an exported edited model: the edits it carries
+        senses = model.edit_overrides.on_senses(senses, input_ids, positions)
+        contextualization = model.edit_overrides.on_contextualization(
+            contextualization, input_ids, positions, positions)
     return contextualization, senses
 
 

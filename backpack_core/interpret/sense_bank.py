@@ -56,9 +56,11 @@ _FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _sense_parameters(model: Backpack) -> list[tuple[str, torch.Tensor]]:
-    """The parameters sense vectors depend on: E and the sense network."""
+    """The tensors sense vectors depend on: E, the sense network and carried edits, if any."""
     params = [("wte.weight", model.wte.weight)]
     params += [(f"sense_network.{n}", p) for n, p in model.sense_network.named_parameters()]
+    if model.edit_overrides is not None:  # the sense rows an exported edited model carries
+        params += [(f"edit_overrides.{n}", b) for n, b in model.edit_overrides.named_buffers()]
     return params
 
 

@@ -23,7 +23,10 @@ This module imports no transformers code, so command-line lookups start fast;
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -356,6 +359,66 @@ class Intervention:
         return contextualization
 
 
+class EditOverrides(nn.Module, Intervention):
+    """Edits a model carries with it (an exported edited model, `backpack_core.edit.export`):
+    tables over token ids that the forward pass applies to every occurrence of a token, before
+    any intervention it is handed. Sizes come from `config.edit_overrides`; the values are
+    persistent buffers, saved in model.safetensors as `edit_overrides.*`.
+
+    sense_token_ids (n,) int64, sorted   tokens whose senses change
+    senses (n, k, d)                      their replacement sense vectors
+    sense_mask (n, k) bool                which of those rows replace the computed ones
+    scale_token_ids (m,) int64, sorted   tokens whose contextualization weights are scaled
+    scales (m, k)                         alpha[l, i, j] *= scales[token of j, l]
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        n = config.edit_overrides["sense_tokens"]
+        m = config.edit_overrides["contextualization_tokens"]
+        k, d = config.num_senses, config.n_embd
+        self.register_buffer("sense_token_ids", torch.zeros(n, dtype=torch.long))
+        self.register_buffer("senses", torch.zeros(n, k, d))
+        self.register_buffer("sense_mask", torch.zeros(n, k, dtype=torch.bool))
+        self.register_buffer("scale_token_ids", torch.zeros(m, dtype=torch.long))
+        self.register_buffer("scales", torch.ones(m, k))
+
+    @property
+    def changes_contextualization(self) -> bool:
+        return self.scale_token_ids.numel() > 0
+
+    @staticmethod
+    def _lookup(table_ids: torch.Tensor, token_ids: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Row of each token in a sorted, non-empty id table: slot (...), hit (...) bool."""
+        slot = torch.searchsorted(table_ids, token_ids).clamp_(max=table_ids.numel() - 1)
+        return slot, table_ids[slot] == token_ids
+
+    def replace_senses(self, senses: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+        """senses (..., k, d) of token_ids (...) -> the same with the carried rows in place."""
+        if self.sense_token_ids.numel() == 0:
+            return senses
+        slot, hit = self._lookup(self.sense_token_ids, token_ids)
+        replace = self.sense_mask[slot] & hit[..., None]  # (..., k)
+        return torch.where(replace[..., None], self.senses[slot].to(senses.dtype), senses)
+
+    def on_senses(self, senses, token_ids, positions):
+        """senses (b, k, s, d), token_ids (b, s) -> (b, k, s, d); positions play no part."""
+        replaced = self.replace_senses(rearrange(senses, "b k s d -> b s k d"), token_ids)
+        return rearrange(replaced, "b s k d -> b k s d")
+
+    def on_contextualization(self, contextualization, source_ids, source_positions,
+                             query_positions):
+        """contextualization (b, k, s, t) -> the same, column j of sense l times
+        scales[token of j, l]; source_ids (b, t). Positions play no part."""
+        if not self.changes_contextualization:
+            return contextualization
+        slot, hit = self._lookup(self.scale_token_ids, source_ids)
+        factors = torch.where(hit[..., None], self.scales[slot], 1.0)  # (b, t, k)
+        return contextualization * rearrange(factors.to(contextualization.dtype),
+                                             "b t k -> b k 1 t")
+
+
 class BackpackCache:
     """What a new token needs from its prefix: per-layer keys and values of the contextualizer,
     sense-weight keys, sense vectors (computed once per prefix token), token ids and positions.
@@ -417,6 +480,9 @@ class Backpack(nn.Module):
         if config.is_backpack:
             self.sense_network = SenseNetwork(config)
             self.sense_weight_network = SenseWeightNetwork(config)
+        # the edits an exported edited model carries (None for an unedited model)
+        self.edit_overrides = (EditOverrides(config) if config.is_backpack
+                               and config.edit_overrides is not None else None)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # GPT-2: scale residual projections
             if name.endswith("c_proj.weight") and name.startswith("contextualizer"):
@@ -435,8 +501,12 @@ class Backpack(nn.Module):
     # -- the three steps, usable on their own (inspection, sense bank, fast re-evaluation) --
 
     def sense_vectors(self, token_ids: torch.Tensor) -> torch.Tensor:
-        """Step 1. token_ids (...) -> senses (..., k, d). Context-free."""
-        return self.sense_network(self.wte(token_ids))
+        """Step 1. token_ids (...) -> senses (..., k, d). Context-free; with the sense rows the
+        model carries, if it is an exported edited model."""
+        senses = self.sense_network(self.wte(token_ids))
+        if self.edit_overrides is not None:
+            senses = self.edit_overrides.replace_senses(senses, token_ids)
+        return senses
 
     def output_logits(self, mixed: torch.Tensor) -> torch.Tensor:
         """Step 3's projection. mixed (..., d) -> logits (..., vocab); tied to E, no bias."""
@@ -518,6 +588,8 @@ class Backpack(nn.Module):
             else:
                 senses_new = self.sense_network(token_embeddings)  # (b, s, k, d)
             senses_new = rearrange(senses_new, "b s k d -> b k s d")
+            if self.edit_overrides is not None:  # the edits the model carries, then the caller's
+                senses_new = self.edit_overrides.on_senses(senses_new, input_ids, positions)
             if intervention is not None:
                 senses_new = intervention.on_senses(senses_new, input_ids, positions)
             queries, keys_new = self.sense_weight_network.project(hidden_states)
@@ -529,7 +601,9 @@ class Backpack(nn.Module):
             else:
                 senses, keys, source_ids, source_positions = senses_new, keys_new, input_ids, positions
             fused = (allowed is None and cache is None and intervention is None
-                     and not output_contextualization and cfg.sense_mask_value is None)
+                     and not output_contextualization and cfg.sense_mask_value is None
+                     and not (self.edit_overrides is not None
+                              and self.edit_overrides.changes_contextualization))
             if fused:  # nobody needs the weights: 2 + 3 without keeping them
                 logits = self.output_logits(fused_mix(queries, keys, senses))
             else:
@@ -537,6 +611,9 @@ class Backpack(nn.Module):
                 if allowed is None:
                     allowed = causal_allowed(past_len, s, None, input_ids.device)
                 contextualization = self.sense_weight_network(queries, keys, allowed)
+                if self.edit_overrides is not None:
+                    contextualization = self.edit_overrides.on_contextualization(
+                        contextualization, source_ids, source_positions, positions)
                 if intervention is not None:
                     contextualization = intervention.on_contextualization(
                         contextualization, source_ids, source_positions, positions)
@@ -589,3 +666,28 @@ def flops_per_token(config: ModelConfig, seq_len: int) -> float:
         forward += 2 * (2 * d * d)  # sense-weight projection
         forward += 2 * seq_len * d + 2 * k * seq_len * d  # sense scores + mixing
     return 3.0 * forward
+
+
+_FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def weights_fingerprint(model: Backpack, salt: str = "backpack-weights-1") -> str:
+    """sha256 (hex) over `salt`, the config and every tensor of the state dict (name, dtype,
+    shape, bytes; the edits an exported model carries included): which model this is, e.g. the
+    base model an edit pack was made on. The weights as loaded: the same file loaded in bfloat16
+    has another fingerprint. Memoised per model object while no tensor is replaced or changed in
+    place (data pointer and version counter)."""
+    params = list(model.state_dict().items())
+    memo = (salt, tuple((p.data_ptr(), p._version) for _, p in params))
+    hit = _FINGERPRINTS.get(model)
+    if hit is not None and hit[0] == memo:
+        return hit[1]
+    digest = hashlib.sha256(f"{salt}\n".encode())
+    digest.update(json.dumps(model.config.to_dict(), sort_keys=True).encode())
+    for name, p in params:
+        t = p.detach().to("cpu").contiguous()
+        digest.update(f"\n{name} {t.dtype} {tuple(t.shape)}\n".encode())
+        digest.update(t.view(torch.uint8).numpy().data if t.numel() else b"")
+    key = digest.hexdigest()
+    _FINGERPRINTS[model] = (memo, key)
+    return key

@@ -40,6 +40,10 @@ class ModelConfig:
     layer_norm_epsilon: float = 1e-5
     bos_token_id: int = 50256
     eos_token_id: int = 50256
+    # An exported edited model (backpack_core.edit.export) carries its edits as tables whose
+    # sizes are fixed here: {"sense_tokens": n, "contextualization_tokens": m} (see
+    # `backpack.EditOverrides`). None for an unedited model (and then left out of `to_dict`).
+    edit_overrides: dict[str, int] | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -79,6 +83,8 @@ class ModelConfig:
                 problems.append(
                     f"n_embd ({self.n_embd}) must be divisible by num_senses ({self.num_senses})"
                 )
+        if self.edit_overrides is not None:
+            problems += _edit_override_problems(self.edit_overrides, self.model_kind)
         if problems:
             raise ValueError("Invalid model config: " + "; ".join(problems))
 
@@ -91,7 +97,10 @@ class ModelConfig:
         return self.n_inner if self.n_inner is not None else 4 * self.n_embd
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        if out["edit_overrides"] is None:  # an unedited model's config (and keys made of it) as before
+            del out["edit_overrides"]
+        return out
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
@@ -119,6 +128,20 @@ class ModelConfig:
                       + linear(d, scale * d) + linear(scale * d, self.num_senses * d))  # sense network
             total += linear(d, 2 * d)  # sense weight network
         return total
+
+
+EDIT_OVERRIDE_SIZES = ("sense_tokens", "contextualization_tokens")
+
+
+def _edit_override_problems(value: Any, model_kind: str) -> list[str]:
+    if model_kind != "backpack":
+        return ["edit_overrides: a Transformer twin has no senses to carry edits"]
+    if not isinstance(value, dict) or set(value) != set(EDIT_OVERRIDE_SIZES):
+        return [f"edit_overrides must be an object with exactly {', '.join(EDIT_OVERRIDE_SIZES)}, "
+                f"got {value!r}"]
+    return [f"edit_overrides.{name} must be an integer >= 0, got {value[name]!r}"
+            for name in EDIT_OVERRIDE_SIZES
+            if not isinstance(value[name], int) or isinstance(value[name], bool) or value[name] < 0]
 
 
 def _is_number(value: Any) -> bool:
