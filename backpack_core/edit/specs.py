@@ -768,17 +768,21 @@ class CompiledEdits(Intervention):
 # Edit sets
 # ----------------------------------------------------------------------------------------------
 
-_SET_FIELDS = ("version", "edits", "name", "description")
+_SET_FIELDS = ("version", "edits", "name", "description", "pack")
 
 
 @dataclass
 class EditSet:
-    """Edits applied in order; JSON: {"version": 1, "edits": [...], "name"?, "description"?}."""
+    """Edits applied in order; JSON: {"version": 1, "edits": [...], "name"?, "description"?,
+    "pack"?}. `pack`: what a shared edit pack records about the model it was made on (base
+    model fingerprint, tokenizer identity; `backpack_core.edit.export` writes and checks it);
+    an edit set without it loads as before."""
 
     edits: list[Edit] = field(default_factory=list)
     version: int = SCHEMA_VERSION
     name: str | None = None
     description: str | None = None
+    pack: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not _is_int(self.version) or self.version != SCHEMA_VERSION:
@@ -792,6 +796,9 @@ class EditSet:
                                 "(use EditSet.from_dict for JSON objects)")
         self.name = _check_note(self.name, "name")
         self.description = _check_note(self.description, "description")
+        if self.pack is not None and not isinstance(self.pack, dict):
+            raise EditError(f"'pack' must be an object (what the pack was made on), got "
+                            f"{_show(self.pack)}")
 
     def __len__(self) -> int:
         return len(self.edits)
@@ -835,7 +842,7 @@ class EditSet:
                 label = f"edit {i} ({kind})" if isinstance(kind, str) and kind in EDIT_KINDS else f"edit {i}"
                 raise EditError(f"{label}: {err}") from None
         try:
-            return cls(edits, version, data.get("name"), data.get("description"))
+            return cls(edits, version, data.get("name"), data.get("description"), data.get("pack"))
         except EditError as err:
             raise EditError(f"edit set: {err}") from None
 
@@ -845,6 +852,8 @@ class EditSet:
             out["name"] = self.name
         if self.description is not None:
             out["description"] = self.description
+        if self.pack is not None:
+            out["pack"] = self.pack
         out["edits"] = [e.to_dict() for e in self.edits]
         return out
 
