@@ -78,7 +78,7 @@ class PackError(EditError):
 # ----------------------------------------------------------------------------------------------
 
 def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def make_pack(edits: Any, model: Backpack, tokenizer: Tokenizer, title: str | None = None,
