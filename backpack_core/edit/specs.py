@@ -10,6 +10,7 @@ Kinds (fields in docs/API.md; every edit also takes an optional free-text "note"
 - `ablate_sense`: zero sense(s) of a word, everywhere or at given positions;
 - `scale_sense`: multiply sense vector(s) of a word by a factor;
 - `replace_sense`: replace sense vector(s) of a word by a given vector or another word's sense;
+- `add_sense`: add a given delta to sense vector(s) of a word (what `edit.finetune` learns);
 - `scale_contextualization`: multiply alpha[l, i, j] for source positions j holding the word
   (the paper's topic-control / gender-debiasing edit); rows are not renormalised unless
   `renormalize` is true;
@@ -414,6 +415,76 @@ class ReplaceSense(Edit):
                         lambda s: vector.to(s.dtype).expand_as(s))
 
 
+def _check_sense_list(value: Any, name: str) -> tuple[int, ...]:
+    """An explicit sense index or list of distinct ones, order kept (rows of a delta follow it)."""
+    if _is_int(value):
+        return (_check_int(value, name),)
+    if not isinstance(value, (list, tuple)) or not value:
+        raise EditError(f"'{name}' must be a non-empty list of sense indices (one per row of "
+                        f"'delta'), got {_show(value)}")
+    senses = tuple(_check_int(v, f"{name}[{i}]") for i, v in enumerate(value))
+    if len(set(senses)) != len(senses):
+        raise EditError(f"'{name}' lists a sense twice: {list(senses)}; list each sense once")
+    return senses
+
+
+@dataclass(frozen=True)
+class AddSense(Edit):
+    """Add `delta[r]` (length d) to sense `senses[r]` of `word`: C'(x)_l = C(x)_l + delta_l.
+
+    The additive form a learned edit takes (`edit.finetune`): at strength s it is exactly
+    x + s delta. `senses` is an explicit list (order kept, no repeats), one row of `delta` each.
+    """
+
+    kind: ClassVar[str] = "add_sense"
+    word: str | int
+    senses: Any
+    delta: Any
+    positions: Any = None
+    note: str | None = None
+
+    def _normalise(self) -> None:
+        super()._normalise()
+        self._set("word", _check_word(self.word, "word"))
+        self._set("senses", _check_sense_list(self.senses, "senses"))
+        self._set("positions", _check_positions(self.positions, "positions"))
+        if not isinstance(self.delta, (list, tuple)) or not self.delta:
+            raise EditError(f"'delta' must be a list of rows (one list of d numbers per listed "
+                            f"sense), got {_show(self.delta)}")
+        rows = tuple(_check_vector(row, f"delta[{i}]") for i, row in enumerate(self.delta))
+        if len(rows) != len(self.senses):
+            raise EditError(f"'delta' has {len(rows)} rows but 'senses' lists {len(self.senses)}; "
+                            "give one row per listed sense")
+        if len({len(r) for r in rows}) != 1:
+            raise EditError("'delta' rows have different lengths; each must have d numbers")
+        self._set("delta", rows)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        out["senses"] = list(self.senses)  # always a list: rows of delta follow its order
+        return out
+
+    def describe(self) -> str:
+        norms = ", ".join(f"{math.sqrt(sum(v * v for v in row)):.3g}" for row in self.delta)
+        return (f"add a learned delta to {_senses_label(self.senses)} of {_word_label(self.word)} "
+                f"(norms {norms}) {_where_label(self.positions)}")
+
+    def check(self, ctx):
+        r = {"token_id": ctx.token(self.word, "word"), "senses": ctx.senses(self.senses, "senses"),
+             "positions": ctx.positions(self.positions, "positions")}
+        if len(self.delta[0]) != ctx.config.n_embd:
+            raise EditError(f"'delta' rows have {len(self.delta[0])} numbers; the model's sense "
+                            f"vectors have d = {ctx.config.n_embd}")
+        return r
+
+    def build(self, ctx, r):
+        full = torch.zeros(ctx.config.num_senses, ctx.config.n_embd, dtype=torch.float32,
+                           device=ctx.model.wte.weight.device)  # (k, d): zero rows add nothing
+        full[list(r["senses"])] = torch.tensor(self.delta, dtype=torch.float32, device=full.device)
+        return _SenseOp(r["token_id"], None, r["positions"],
+                        lambda s: s + full.to(s.device, s.dtype))
+
+
 @dataclass(frozen=True)
 class ScaleContextualization(Edit):
     """Multiply alpha[l, i, j] by `factor` for the senses l listed and every source position j
@@ -588,7 +659,7 @@ class ReplaceContextualization(Edit):
 
 EDIT_KINDS: dict[str, type[Edit]] = {cls.kind: cls for cls in (
     AblateSense, ScaleSense, ReplaceSense, ScaleContextualization, KnowledgeEdit,
-    ReplaceContextualization)}
+    ReplaceContextualization, AddSense)}
 
 
 def fields_of_kind(cls: type[Edit]) -> tuple[list[str], list[str]]:
@@ -956,7 +1027,7 @@ def to_intervention(edits: Any, model: Backpack, tokenizer: Tokenizer | None
     return as_edit_set(edits).compile(model, tokenizer)
 
 
-__all__ = ["SCHEMA_VERSION", "AblateSense", "CompiledEdits", "EDIT_KINDS", "Edit", "EditError",
+__all__ = ["SCHEMA_VERSION", "AblateSense", "AddSense", "CompiledEdits", "EDIT_KINDS", "Edit", "EditError",
            "EditSet", "KnowledgeEdit", "ReplaceContextualization", "ReplaceSense",
            "ScaleContextualization", "ScaleSense", "SenseRef", "as_edit_set", "edit_from_dict",
            "fields_of_kind", "to_intervention"]
