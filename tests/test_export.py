@@ -46,6 +46,9 @@ EDITS = {"version": 1, "name": "tiny edits", "description": "for the round trip"
     {"kind": "ablate_sense", "word": " bank", "sense": 2},
     {"kind": "replace_sense", "word": " money", "sense": 0, "source": {"word": " river", "sense": 1}},
     {"kind": "replace_sense", "word": " laptop", "sense": 3, "vector": [0.5] * 32},
+    {"kind": "add_sense", "word": " science", "senses": [2, 0],
+     "delta": [[0.1 * (i % 7) for i in range(32)], [-0.2] * 32]},
+    {"kind": "add_sense", "word": " bank", "senses": [1], "delta": [[0.3] * 32]},
     {"kind": "scale_contextualization", "word": " river", "sense": [0, 3], "factor": 0.25},
     {"kind": "scale_contextualization", "word": " river", "sense": 0, "factor": 2.0},
     {"kind": "scale_contextualization", "word": " the", "sense": "all", "factor": 1.5},
@@ -65,7 +68,7 @@ def exported(tiny_model_dir, tmp_path_factory):
     model, tokenizer = load_backpack(tiny_model_dir)
     out = tmp_path_factory.mktemp("export") / "edited"
     result = export_edited_model(model, tokenizer, EDITS, out, base_name="tiny")
-    assert result.sizes == {"sense_tokens": 4, "contextualization_tokens": 3}
+    assert result.sizes == {"sense_tokens": 5, "contextualization_tokens": 3}
     return model, tokenizer, out, before
 
 
@@ -227,7 +230,7 @@ def test_model_card_lists_edits_provenance_and_fingerprint(exported):
         assert edit.describe() in card
     assert "the paper's edit" in card  # the note
     config = json.loads((out / "config.json").read_text())
-    assert config["edit_overrides"] == {"sense_tokens": 4, "contextualization_tokens": 3}
+    assert config["edit_overrides"] == {"sense_tokens": 5, "contextualization_tokens": 3}
     assert config["edited_from"]["base_model"] == weights_fingerprint(model)
     pack = EditSet.load(out / PACK_FILE)
     assert pack.pack["base_model"] == weights_fingerprint(model)
@@ -288,7 +291,7 @@ def test_pack_round_trip_and_same_model(tiny_model, tiny_tokenizer):
     assert checked.same_model and len(checked.edit_set) == len(EDITS["edits"])
     # an old edit set (no "pack") loads and applies as before
     old = check_pack(json.dumps(EDITS), tiny_model, tiny_tokenizer)
-    assert old.same_model and old.edit_set.pack is None and len(old.edit_set) == 9
+    assert old.same_model and old.edit_set.pack is None and len(old.edit_set) == 11
 
 
 def test_pack_on_another_model_is_refused_unless_applied_anyway(tiny_model, tiny_tokenizer):
@@ -302,10 +305,10 @@ def test_pack_on_another_model_is_refused_unless_applied_anyway(tiny_model, tiny
     checked = check_pack(pack, other, tiny_tokenizer, apply_anyway=True)
     assert not checked.same_model
     left_out = [u["index"] for u in checked.unresolved]
-    assert left_out == [1, 2, 4, 5]  # the edits naming sense 2 or 3, or a vector of d = 32 ...
+    assert left_out == [1, 2, 4, 5, 7]  # the edits naming sense 2 or 3 (on a model with 2)
     assert all("out of range" in u["reason"] or "d =" in u["reason"]
                for u in checked.unresolved)
-    assert len(checked.edit_set) == 9 - 4
+    assert len(checked.edit_set) == 11 - 5
     checked.edit_set.compile(other, tiny_tokenizer)  # the rest applies
 
 
@@ -333,7 +336,7 @@ def test_export_applies_a_pack_anyway_and_lists_the_rest(tiny_model, tiny_tokeni
     with pytest.raises(PackError):
         export_edited_model(other, tiny_tokenizer, pack, tmp_path / "a")
     result = export_edited_model(other, tiny_tokenizer, pack, tmp_path / "b", apply_anyway=True)
-    assert [u["index"] for u in result.unresolved] == [1, 2, 4, 5]
+    assert [u["index"] for u in result.unresolved] == [1, 2, 4, 5, 7]
     card = (tmp_path / "b" / "README.md").read_text()
     assert "Left out" in card and "edit 4:" in card
     written = EditSet.load(tmp_path / "b" / PACK_FILE).pack
