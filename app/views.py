@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from backpack_core.edit.export import ExportResult, check_pack, export_edited_model, make_pack
 from backpack_core.edit.specs import EDIT_KINDS, EditError, EditSet, as_edit_set, edit_from_dict
 from backpack_core.interpret.compare import (
     Comparison,
@@ -187,8 +188,9 @@ def read_edit_set(data: str | bytes | dict[str, Any], model: Backpack | None = N
     (malformed JSON, unknown kind or field, words or senses the model does not have)."""
     edits = EditSet.from_dict(data) if isinstance(data, dict) else EditSet.from_json(data)
     if model is not None:
+        edits = check_pack(edits, model, tokenizer).edit_set  # a pack made elsewhere: refused
         edits.validate(tokenizer, model.config)
-    return edits.to_dict()
+    return _session_edits(edits)
 
 
 # knowledge-edit examples, the first whose three words are single tokens of the model is the default
@@ -782,3 +784,72 @@ def find_metrics(*roots: str | Path) -> list[str]:
             if candidate.is_file() and str(candidate) not in found:
                 found.append(str(candidate))
     return found
+
+
+# ----------------------------------------------------------------------------------------------
+# Sharing an edit set (packs) and exporting the edited model (the Steer page's last section)
+# ----------------------------------------------------------------------------------------------
+
+def _session_edits(edits: EditSet) -> dict[str, Any]:
+    """The session's edit-set dict: a pack's record of its model is dropped once it is accepted
+    (the download makes a new one, for the model of this session)."""
+    data = edits.to_dict()
+    data.pop("pack", None)
+    return data
+
+
+def read_pack(data: str | bytes, model: Backpack, tokenizer: Tokenizer,
+              apply_anyway: bool = False) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """An uploaded edit set or pack -> (the session's edit-set dict, the edits left out). A pack
+    made on another model is refused (EditError) unless its tokenizer is this model's and
+    `apply_anyway`; then the edits that no longer fit are left out and listed."""
+    checked = check_pack(EditSet.from_json(data), model, tokenizer, apply_anyway=apply_anyway)
+    checked.edit_set.validate(tokenizer, model.config)
+    return _session_edits(checked.edit_set), checked.unresolved
+
+
+def pack_json(edits: dict[str, Any], model: Backpack, tokenizer: Tokenizer, base_name: str) -> str:
+    """The Steer page's download: the edit set as a pack made on this session's model."""
+    return make_pack(edits, model, tokenizer, base_model_name=base_name).to_json() + "\n"
+
+
+def with_title(edits: dict[str, Any], title: str, description: str) -> dict[str, Any]:
+    """The edit-set dict with a title (its `name`) and description; blank ones are dropped."""
+    data = {k: v for k, v in edits.items() if k not in ("name", "description")}
+    named = {"name": title.strip() or None, "description": description.strip() or None}
+    return EditSet.from_dict({**{k: v for k, v in named.items() if v}, **data}).to_dict()
+
+
+def export_to_directory(edits: dict[str, Any], model: Backpack, tokenizer: Tokenizer,
+                        directory: str, base_name: str) -> ExportResult:
+    """Export the edited model to a new directory on the server, which must lie under the model
+    directories the server may open (BACKPACK_MODEL_ROOTS): then the Models page loads it."""
+    from backpack_core.model.access import allowed_path
+
+    if not directory.strip():
+        raise ValueError("give the directory to export to, e.g. runs/edited-model")
+    target = allowed_path(directory.strip(), "this export directory")
+    return export_edited_model(model, tokenizer, edits, target, base_name=base_name)
+
+
+def export_zip(edits: dict[str, Any], model: Backpack, tokenizer: Tokenizer, base_name: str,
+               folder: str = "edited-model") -> tuple[bytes, ExportResult]:
+    """Export the edited model into a temporary directory and return it as zip bytes (the
+    files under `folder/`), with what was written."""
+    import io
+    import tempfile
+    import zipfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        result = export_edited_model(model, tokenizer, edits, Path(tmp) / folder,
+                                     base_name=base_name)
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+            for name in result.files:
+                archive.write(result.directory / name, f"{folder}/{name}")
+    return buffer.getvalue(), result
+
+
+def export_rows(result: ExportResult) -> list[dict[str, Any]]:
+    """The exported files and their sizes, for a table."""
+    return [{"file": name, "bytes": size} for name, size in result.files.items()]

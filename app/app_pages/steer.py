@@ -79,7 +79,12 @@ def on_upload() -> None:
     if uploaded is None:
         return
     try:
-        set_edits(views.read_edit_set(uploaded.getvalue(), model, tokenizer))
+        data, left_out = views.read_pack(uploaded.getvalue(), model, tokenizer,
+                                         st.session_state.get(f"{PAGE}:apply-anyway", False))
+        set_edits(data)
+        if left_out:
+            problem(f"Applied anyway; left out {len(left_out)} edit(s) that do not fit this "
+                    "model: " + "; ".join(f"edit {u['index']}: {u['reason']}" for u in left_out))
     except EditError as err:
         problem(f"The uploaded file {uploaded.name!r} was not loaded: {err}")
 
@@ -211,11 +216,15 @@ with builder:
     else:
         st.info("No edits yet: the predictions after equal the predictions before.")
 
-    st.download_button("Download the edit set (JSON)", json.dumps(edits, indent=2, ensure_ascii=False),
+    st.download_button("Download the edit set (JSON)", views.pack_json(edits, model, tokenizer, choice.name),
                        file_name="edits.json", mime="application/json", key=f"{PAGE}:download",
-                       on_click="ignore")
+                       on_click="ignore", help="with what it was made on (this model's fingerprint "
+                       "and tokenizer), so that it is not applied to another model by mistake")
     st.file_uploader("Upload an edit set (JSON)", type=["json"], key=f"{PAGE}:upload",
                      on_change=on_upload)
+    st.checkbox("Apply anyway", False, key=f"{PAGE}:apply-anyway",
+                help="an edit set made on another model with the same tokenizer: re-resolve its "
+                     "words here and leave out (and list) the edits that do not fit")
     with st.expander("Edit set as JSON"):
         if f"{PAGE}:json" not in st.session_state:
             st.session_state[f"{PAGE}:json"] = json.dumps(edits, indent=2, ensure_ascii=False)
@@ -345,6 +354,75 @@ with st.expander("Blast radius, loss change and target-prompt success over a cor
             st.dataframe(ev.prompt_rows(result), hide_index=True, key=f"{PAGE}:eval-prompts-table")
     elif evaluation:
         st.caption("The edit set changed since the last evaluation: evaluate again.")
+
+# ------------------------------------------------------------- export the edited model --
+
+
+@state.guarded
+def on_title() -> None:
+    set_edits(views.with_title(state.edit_set(), st.session_state[f"{PAGE}:title"],
+                               st.session_state[f"{PAGE}:description"]))
+
+
+def export_section() -> None:
+    """Export this edited model: to a directory the server may open, or as a zip download."""
+    st.subheader("Export this edited model")
+    with st.expander("A model directory whose forward pass applies this edit set (exactly, to "
+                     "every occurrence of the edited words)", expanded=False):
+        st.caption("The edits become tables over token ids that the new model carries; the "
+                   "model's own files are not changed. It loads like any model directory (the "
+                   "Models page, --model in every command, transformers after `import "
+                   "backpack_core`). Its README.md lists the edits, where they come from and this "
+                   "model's fingerprint. Edits restricted to positions, renormalising or setting "
+                   "weights cannot be exported: they are refused, naming the edit.")
+        for key, name in ((f"{PAGE}:title", "name"), (f"{PAGE}:description", "description")):
+            if st.session_state.get(f"{key}:for") != edits.get(name):  # follow uploads, links
+                st.session_state[key] = edits.get(name) or ""
+                st.session_state[f"{key}:for"] = edits.get(name)
+        c = st.columns([1, 2])
+        c[0].text_input("Title", key=f"{PAGE}:title", on_change=on_title)
+        c[1].text_input("Description", key=f"{PAGE}:description", on_change=on_title)
+        disabled = not edits.get("edits")
+        d = st.columns([3, 1])
+        target = d[0].text_input("Directory on the server (new; under the model directories "
+                                 "the server may open)", "runs/edited-model", key=f"{PAGE}:export-dir")
+        if d[1].button("Export", key=f"{PAGE}:export", disabled=disabled, type="primary"):
+            try:
+                with st.spinner("Exporting…"):
+                    result = views.export_to_directory(edits, model, tokenizer, target, choice.name)
+                st.session_state[f"{PAGE}:exported"] = {"edits": edits, "result": result,
+                                                        "where": target}
+            except (ValueError, OSError) as err:  # EditError, AccessError are ValueErrors
+                state.show_error(err, "The export")
+        if st.button("Prepare a zip download", key=f"{PAGE}:export-zip", disabled=disabled):
+            try:
+                with st.spinner("Exporting…"):
+                    data, result = views.export_zip(edits, model, tokenizer, choice.name)
+                st.session_state[f"{PAGE}:exported"] = {"edits": edits, "result": result,
+                                                        "zip": data}
+            except (ValueError, OSError) as err:
+                state.show_error(err, "The export")
+        exported = st.session_state.get(f"{PAGE}:exported")
+        if exported and exported["edits"] == edits:
+            result = exported["result"]
+            sizes = result.sizes
+            st.success(f"Exported {sizes['sense_tokens']} token(s) with replaced senses and "
+                       f"{sizes['contextualization_tokens']} with scaled contextualization "
+                       f"({result.total_bytes / 2**20:.1f} MiB in all, "
+                       f"{result.table_bytes:,} bytes of edit tables)"
+                       + (" to the directory below." if "where" in exported else "."))
+            if "where" in exported:
+                st.code(exported["where"], language=None)
+            st.dataframe(views.export_rows(result), hide_index=True, key=f"{PAGE}:export-files")
+            if "zip" in exported:
+                st.download_button("Download the edited model (zip)", exported["zip"],
+                                   file_name="edited-model.zip", mime="application/zip",
+                                   key=f"{PAGE}:export-download", on_click="ignore")
+        elif exported:
+            st.caption("The edit set changed since the last export: export again.")
+
+
+export_section()
 
 state.write_url(text=text, edits=state.encode_edits(edits) if edits.get("edits") else None,
                 pos=position)

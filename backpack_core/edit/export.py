@@ -159,8 +159,9 @@ def check_pack(edits: Any, model: Backpack, tokenizer: Tokenizer, apply_anyway: 
     for i, edit in enumerate(edit_set.edits):
         try:
             EditSet([edit]).compile(model, tokenizer)
-        except EditError as err:
-            unresolved.append({"index": i, "edit": edit.describe(), "reason": str(err)})
+        except EditError as err:  # named as edit 0 of its one-edit set: the reason alone
+            reason = str(err).removeprefix(f"edit 0 ({edit.kind}): ")
+            unresolved.append({"index": i, "edit": edit.describe(), "reason": reason})
         else:
             kept.append(edit)
     return PackCheck(EditSet(kept, name=edit_set.name, description=edit_set.description,
