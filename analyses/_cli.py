@@ -73,6 +73,26 @@ def check_windows(args: argparse.Namespace) -> None:
     check_batch_windows(args.batch_size)
 
 
+def add_apply_anyway(p: argparse.ArgumentParser) -> None:
+    """--apply-anyway: for an edit pack made on another model with the same tokenizer."""
+    p.add_argument("--apply-anyway", action="store_true",
+                   help="apply an edit pack made on another model with the same tokenizer (edits "
+                        "that do not fit are listed on stderr and left out)")
+
+
+def checked_edits(edits, model, tokenizer, args: argparse.Namespace):
+    """An edit set or pack checked against the loaded model (backpack_core.edit.export.check_pack):
+    a pack made on another model is refused unless --apply-anyway; left-out edits go to stderr."""
+    import sys
+
+    from backpack_core.edit.export import check_pack
+
+    checked = check_pack(edits, model, tokenizer, apply_anyway=getattr(args, "apply_anyway", False))
+    for u in checked.unresolved:
+        print(f"left out edit {u['index']} ({u['edit']}): {u['reason']}", file=sys.stderr)
+    return checked.edit_set
+
+
 def load(args: argparse.Namespace):
     """(Backpack, Tokenizer) from --model/--device/--dtype, without importing transformers."""
     from backpack_core.model.loading import load_backpack

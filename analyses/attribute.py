@@ -30,6 +30,7 @@ def build_parser():
     p.add_argument("--edits", default=None,
                    help="attribute under an edit set: a JSON file, or inline JSON starting with '{'")
     p.add_argument("--top", type=int, default=20, help="rows of the table (default 20)")
+    _cli.add_apply_anyway(p)
     return p
 
 
@@ -64,6 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         edits = (EditSet.from_json(args.edits) if args.edits.lstrip().startswith("{")
                  else EditSet.load(args.edits))
     model, tokenizer = _cli.load(args)
+    if edits is not None:
+        edits = _cli.checked_edits(edits, model, tokenizer, args)
     from backpack_core.interpret.session import attribute
 
     attribution = attribute(model, tokenizer, args.text, target, args.position, edits=edits)

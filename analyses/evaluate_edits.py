@@ -59,6 +59,7 @@ def build_parser():
     p.add_argument("--positions", action="store_true",
                    help="list every blast-radius position (corpus offset) in the JSON")
     _cli.add_threads(p, default=None)
+    _cli.add_apply_anyway(p)
     return p
 
 
@@ -120,6 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     set_threads(args.threads)
     model, tokenizer = _cli.load(args)
+    edits = _cli.checked_edits(edits, model, tokenizer, args)
     from backpack_core.common.corpus import read_corpus
     from backpack_core.interpret.edit_effects import evaluate_edits
 

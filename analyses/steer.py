@@ -33,6 +33,7 @@ def build_parser():
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0, help="sampling seed, the same for both runs")
+    _cli.add_apply_anyway(p)
     return p
 
 
@@ -69,6 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     edits = (EditSet.from_json(args.edits) if args.edits.lstrip().startswith("{")
              else EditSet.load(args.edits))
     model, tokenizer = _cli.load(args)
+    edits = _cli.checked_edits(edits, model, tokenizer, args)
     edits.validate(tokenizer, model.config)
     from backpack_core.interpret.session import ContextSession
 

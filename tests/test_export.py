@@ -404,3 +404,17 @@ def test_save_backpack_round_trips_a_model_carrying_edits(tiny_model, tiny_token
     with torch.no_grad():
         want = edited(ids).logits
         assert torch.equal(again(ids).logits, want) and torch.equal(third(ids).logits, want)
+
+
+def test_commands_check_packs(exported, tiny_model_dir, capsys):
+    """The edit pack written beside an exported model applies to its base model in the
+    commands; on the exported model itself (the edits would apply twice) it is refused."""
+    from analyses import steer
+
+    _, _, out, _ = exported
+    argv = ["--text", "The bank by the river", "--edits", str(out / PACK_FILE), "--json"]
+    assert steer.main(["--model", str(tiny_model_dir), *argv]) == 0
+    assert json.loads(capsys.readouterr().out)["kl"] > 0
+    with pytest.raises(PackError, match="was made on another model \\('tiny'"):
+        steer.main(["--model", str(out), *argv])
+    assert steer.main(["--model", str(out), "--apply-anyway", *argv]) == 0
