@@ -353,8 +353,8 @@ def _check_out(out: Path) -> None:
     if out.is_dir() and any(out.iterdir()):
         raise ExportError(f"{str(out)!r} already holds files; export into a new (or empty) "
                           "directory: nothing is overwritten")
-    if not out.parent.is_dir():
-        raise ExportError(f"the parent directory of {str(out)!r} does not exist")
+    if out.parent.exists() and not out.parent.is_dir():
+        raise ExportError(f"the parent of {str(out)!r} is a file, not a directory")
 
 
 def model_card(pack: EditSet, tables: OverrideTables, base_name: str, fingerprint: str,
@@ -409,7 +409,8 @@ def export_edited_model(model: Backpack, tokenizer: Tokenizer, edits: Any,
                         out: str | os.PathLike, base_name: str = "the loaded model",
                         title: str | None = None, description: str | None = None,
                         apply_anyway: bool = False) -> ExportResult:
-    """Write a model directory at `out` (new or empty) whose forward pass applies `edits`.
+    """Write a model directory at `out` (new or empty; parents are made) whose forward pass
+    applies `edits`.
 
     `edits`: anything `as_edit_set` reads; a pack is checked first (`check_pack`). The model
     must be in float32 (its weights are written as loaded). Files: config.json (with
@@ -432,6 +433,7 @@ def export_edited_model(model: Backpack, tokenizer: Tokenizer, edits: Any,
     tmp = out.parent / f".{out.name}.export-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
         save_backpack(edited, tokenizer, tmp, extra_config={
             "edited_from": {"base_model": pack.pack["base_model"], "base_model_name": base_name,
                             "edits": len(pack)}})
