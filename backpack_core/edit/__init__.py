@@ -5,4 +5,6 @@ specs       edit kinds (ablate/scale/replace senses, scale contextualization, kn
             EditSet (validation, JSON round trip, strength scaling) and their compilation into
             a model-level `Intervention`; the base weights are never changed
 generation  text generation with an edit set applied, and side-by-side before/after
+export      an edit set baked into a model directory (tables the model carries), its model card;
+            edit packs (an edit set with the base model's fingerprint and tokenizer)
 """

@@ -16,6 +16,8 @@ Names used everywhere (code, JSON, CLI, app): `senses` (batch, k, seq, d), `cont
 
 Edits hook in through an `Intervention` (see `backpack_core.edit.specs`): it may rewrite the senses
 and the contextualization before the weighted sum; the weights are never touched.
+An exported edited model (`backpack_core.edit.export`) carries its edits as `EditOverrides`:
+per-token sense rows and contextualization scales, applied in the same two places first.
 
 This module imports no transformers code, so command-line lookups start fast;
 `backpack_core.model.hf` wraps `Backpack` as a transformers `PreTrainedModel` for `generate()`.
