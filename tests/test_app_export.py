@@ -14,9 +14,11 @@ from backpack_core.edit.specs import EditSet
 from backpack_core.model.backpack import Backpack, weights_fingerprint
 from backpack_core.model.config import ModelConfig
 from backpack_core.model.loading import load_backpack
-from tests.test_app import TEXT, app_model, messages, ok, page  # noqa: F401 (fixture)
+from tests import test_app
+from tests.test_app import TEXT, messages, ok, page
 
-import views  # noqa: E402  (app/ is on sys.path through tests.test_app)
+app_model = test_app.app_model  # the fixture: the app's default model is the tiny model
+views = test_app.views  # app/views.py, imported as the app imports it
 
 EDITS = {"version": 1, "name": "no river", "edits": [
     {"kind": "ablate_sense", "word": " river", "sense": "all"},

@@ -418,3 +418,36 @@ def test_commands_check_packs(exported, tiny_model_dir, capsys):
     with pytest.raises(PackError, match="was made on another model \\('tiny'"):
         steer.main(["--model", str(out), *argv])
     assert steer.main(["--model", str(out), "--apply-anyway", *argv]) == 0
+
+
+def test_save_in_bfloat16_keeps_token_ids_and_masks(tiny_model, tiny_tokenizer, tmp_path):
+    """save_backpack(dtype=...) casts floating tensors only: an exported model's id tables and
+    masks stay int64 and bool (they were cast to bfloat16, ids above 256 rounded)."""
+    edited = edited_model(tiny_model, override_tables(tiny_model, tiny_tokenizer, EDITS))
+    save_backpack(edited, tiny_tokenizer, tmp_path, dtype=torch.bfloat16)
+    again, _ = load_backpack(tmp_path, dtype="bfloat16")
+    carried = again.edit_overrides
+    assert carried.sense_token_ids.dtype == torch.int64 and carried.sense_mask.dtype == torch.bool
+    assert torch.equal(carried.sense_token_ids, edited.edit_overrides.sense_token_ids)
+    assert carried.senses.dtype == torch.bfloat16
+
+
+def test_sense_bank_and_atlas_see_the_carried_edits(exported, tmp_path, monkeypatch):
+    from backpack_core.interpret.atlas import contextualization_and_senses
+    from backpack_core.interpret.sense_bank import SenseBank, model_fingerprint
+
+    model, tokenizer, out, _ = exported
+    edited, _ = load_backpack(out)
+    assert model_fingerprint(edited) != model_fingerprint(model)
+    monkeypatch.setenv("BACKPACK_CACHE", str(tmp_path))
+    SenseBank.for_model(model)  # the base model's bank is cached first: it must not be reused
+    bank = SenseBank.for_model(edited)
+    assert torch.allclose(bank.senses.float(),
+                          edited.sense_vectors(torch.arange(model.config.vocab_size)).float(),
+                          atol=1e-6)
+    ids = torch.tensor([tokenizer.encode(TEXT)])
+    with torch.no_grad():
+        forward = edited(ids, output_contextualization=True, output_senses=True)
+        contextualization, senses = contextualization_and_senses(edited, ids)
+    assert torch.allclose(contextualization, forward.contextualization, atol=1e-6)
+    assert torch.allclose(senses, forward.senses, atol=1e-6)

@@ -680,8 +680,9 @@ def weights_fingerprint(model: Backpack, salt: str = "backpack-weights-1") -> st
     has another fingerprint. Memoised per model object while no tensor is replaced or changed in
     place (data pointer and version counter)."""
     params = list(model.state_dict().items())
-    memo = (salt, tuple((p.data_ptr(), p._version) for _, p in params))
-    hit = _FINGERPRINTS.get(model)
+    memo = tuple((p.data_ptr(), p._version) for _, p in params)
+    known = _FINGERPRINTS.setdefault(model, {})  # salt -> (memo, key)
+    hit = known.get(salt)
     if hit is not None and hit[0] == memo:
         return hit[1]
     digest = hashlib.sha256(f"{salt}\n".encode())
@@ -691,5 +692,5 @@ def weights_fingerprint(model: Backpack, salt: str = "backpack-weights-1") -> st
         digest.update(f"\n{name} {t.dtype} {tuple(t.shape)}\n".encode())
         digest.update(t.view(torch.uint8).numpy().data if t.numel() else b"")
     key = digest.hexdigest()
-    _FINGERPRINTS[model] = (memo, key)
+    known[salt] = (memo, key)
     return key

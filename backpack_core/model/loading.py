@@ -368,7 +368,8 @@ def save_backpack(model: Backpack, tokenizer: Tokenizer | None, directory: str |
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    state = {f"backpack.{k}": (v.to(dtype) if dtype is not None else v).detach().cpu().contiguous()
+    state = {f"backpack.{k}": (v.to(dtype) if dtype is not None and v.is_floating_point() else v
+                               ).detach().cpu().contiguous()  # token ids and masks keep theirs
              for k, v in model.state_dict().items()}
     config = {"model_type": "backpack", "architectures": ["BackpackLM"],
               **model.config.to_dict(), **(extra_config or {})}
