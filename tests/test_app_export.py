@@ -42,6 +42,8 @@ def test_export_to_an_allowed_directory_and_as_a_zip(app_model, tmp_path, monkey
     at.text_area(key="steer:json").input(json.dumps(EDITS))
     at.button(key="steer:apply-json").click().run()
     assert ok(at).text_input(key="steer:title").value == "no river"
+    at.text_input(key="steer:title").input("River gone").run()
+    assert ok(at).session_state["edit_set"]["name"] == "River gone"
 
     at.text_input(key="steer:export-dir").input(str(tmp_path / "elsewhere")).run()
     at.button(key="steer:export").click().run()
@@ -55,7 +57,7 @@ def test_export_to_an_allowed_directory_and_as_a_zip(app_model, tmp_path, monkey
     assert "Exported 1 token(s) with replaced senses and 1 with scaled" in at.success[0].value
     assert logits_agree(target, model, tokenizer, EDITS)
     card = (target / "README.md").read_text()
-    assert card.startswith("# no river") and weights_fingerprint(model) in card
+    assert card.startswith("# River gone") and weights_fingerprint(model) in card
 
     at.button(key="steer:export-zip").click().run()
     ok(at)

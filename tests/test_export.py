@@ -339,6 +339,7 @@ def test_export_applies_a_pack_anyway_and_lists_the_rest(tiny_model, tiny_tokeni
     assert [u["index"] for u in result.unresolved] == [1, 2, 4, 5, 7]
     card = (tmp_path / "b" / "README.md").read_text()
     assert "Left out" in card and "edit 4:" in card
+    assert f"made on another model (fingerprint `{weights_fingerprint(tiny_model)}`)" in card
     written = EditSet.load(tmp_path / "b" / PACK_FILE).pack
     assert written["base_model"] == weights_fingerprint(other)
     assert written["adapted_from"] == weights_fingerprint(tiny_model)
@@ -451,3 +452,15 @@ def test_sense_bank_and_atlas_see_the_carried_edits(exported, tmp_path, monkeypa
         contextualization, senses = contextualization_and_senses(edited, ids)
     assert torch.allclose(contextualization, forward.contextualization, atol=1e-6)
     assert torch.allclose(senses, forward.senses, atol=1e-6)
+
+
+def test_a_failed_write_leaves_nothing_behind(tiny_model, tiny_tokenizer, tmp_path, monkeypatch):
+    import backpack_core.edit.export as export
+
+    def full_disk(path, text):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(export, "write_text_atomic", full_disk)
+    with pytest.raises(ExportError, match="cannot write the exported model .*No space left"):
+        export_edited_model(tiny_model, tiny_tokenizer, EDITS, tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []

@@ -384,8 +384,12 @@ def model_card(pack: EditSet, tables: OverrideTables, base_name: str, fingerprin
         lines += ["", "Left out (the pack was made on another model and applied anyway; these "
                   "did not fit this one):", ""]
         lines += [f"- edit {u['index']}: {u['edit']}: {u['reason']}" for u in unresolved]
+    lines += ["", "## Provenance", ""]
+    if info.get("adapted_from"):
+        lines.append(f"- the edit pack was made on another model (fingerprint "
+                     f"`{info['adapted_from']}`) with the same tokenizer, and applied to the base "
+                     "model anyway: its words were re-resolved here")
     lines += [
-        "", "## Provenance", "",
         f"- exported {info.get('created', '')} from the edit set "
         + (repr(pack.name) if pack.name else "(untitled)")
         + f"; `{PACK_FILE}` holds it as a pack made on the base model (to apply the same edits to the "
@@ -444,9 +448,10 @@ def export_edited_model(model: Backpack, tokenizer: Tokenizer, edits: Any,
             out.rmdir()  # empty (checked above)
         tmp.rename(out)
     except OSError as err:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise ExportError(f"cannot write the exported model to {str(out)!r}: "
                           f"{err.strerror or err}") from None
+    finally:  # whatever failed, no half-written directory is left behind
+        shutil.rmtree(tmp, ignore_errors=True)
     files = {p.name: p.stat().st_size for p in sorted(out.iterdir())}
     return ExportResult(out, files, tables.sizes(), tables.nbytes(), pack.pack["base_model"],
                         fingerprint, pack.describe(), checked.unresolved)
