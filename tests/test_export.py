@@ -464,3 +464,19 @@ def test_a_failed_write_leaves_nothing_behind(tiny_model, tiny_tokenizer, tmp_pa
     with pytest.raises(ExportError, match="cannot write the exported model .*No space left"):
         export_edited_model(tiny_model, tiny_tokenizer, EDITS, tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_help_imports_no_torch_and_json_errors(tiny_model_dir, tmp_path):
+    code = ("import runpy, sys\nsys.argv = ['export_edited', '--help']\ntry:\n"
+            "    runpy.run_module('analyses.export_edited', run_name='__main__')\n"
+            "except SystemExit:\n    pass\nprint('torch imported:', 'torch' in sys.modules)")
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=120, env=env)
+    assert "--apply-anyway" in proc.stdout and proc.stdout.strip().endswith("torch imported: False")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep").write_text("x")
+    proc = run_cli("--model", str(tiny_model_dir), "--edits", json.dumps(EDITS), "--out",
+                   str(tmp_path / "full"), "--json")
+    assert proc.returncode == 2
+    assert json.loads(proc.stdout)["kind"] == "edit" and "already holds files" in proc.stdout
