@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -480,3 +481,21 @@ def test_cli_help_imports_no_torch_and_json_errors(tiny_model_dir, tmp_path):
                    str(tmp_path / "full"), "--json")
     assert proc.returncode == 2
     assert json.loads(proc.stdout)["kind"] == "edit" and "already holds files" in proc.stdout
+
+
+@pytest.mark.parametrize("value, message", [
+    ({"sense_tokens": 10**12, "contextualization_tokens": 0}, "from 0 to vocab_size (512)"),
+    ({"sense_tokens": -1, "contextualization_tokens": 0}, "from 0 to vocab_size (512)"),
+    ({"sense_tokens": 1}, "exactly sense_tokens, contextualization_tokens"),
+    ([1, 2], "must be an object"),
+])
+def test_config_edit_overrides_are_checked(tiny_model_dir, tmp_path, value, message):
+    import shutil
+
+    from backpack_core.model.loading import CheckpointError
+
+    shutil.copytree(tiny_model_dir, tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    (tmp_path / "m" / "config.json").write_text(json.dumps({**config, "edit_overrides": value}))
+    with pytest.raises(CheckpointError, match=f"Invalid model config: edit_overrides.*{re.escape(message)}"):
+        load_backpack(tmp_path / "m")

@@ -83,8 +83,9 @@ class ModelConfig:
                 problems.append(
                     f"n_embd ({self.n_embd}) must be divisible by num_senses ({self.num_senses})"
                 )
-        if self.edit_overrides is not None:
-            problems += _edit_override_problems(self.edit_overrides, self.model_kind)
+        if self.edit_overrides is not None and not problems:
+            problems += _edit_override_problems(self.edit_overrides, self.model_kind,
+                                                self.vocab_size)
         if problems:
             raise ValueError("Invalid model config: " + "; ".join(problems))
 
@@ -133,15 +134,17 @@ class ModelConfig:
 EDIT_OVERRIDE_SIZES = ("sense_tokens", "contextualization_tokens")
 
 
-def _edit_override_problems(value: Any, model_kind: str) -> list[str]:
+def _edit_override_problems(value: Any, model_kind: str, vocab_size: int) -> list[str]:
+    """What is wrong with `edit_overrides` (token counts: each token at most once per table)."""
     if model_kind != "backpack":
         return ["edit_overrides: a Transformer twin has no senses to carry edits"]
     if not isinstance(value, dict) or set(value) != set(EDIT_OVERRIDE_SIZES):
         return [f"edit_overrides must be an object with exactly {', '.join(EDIT_OVERRIDE_SIZES)}, "
                 f"got {value!r}"]
-    return [f"edit_overrides.{name} must be an integer >= 0, got {value[name]!r}"
-            for name in EDIT_OVERRIDE_SIZES
-            if not isinstance(value[name], int) or isinstance(value[name], bool) or value[name] < 0]
+    return [f"edit_overrides.{name} must be an integer from 0 to vocab_size ({vocab_size}), got "
+            f"{value[name]!r}" for name in EDIT_OVERRIDE_SIZES
+            if not isinstance(value[name], int) or isinstance(value[name], bool)
+            or not 0 <= value[name] <= vocab_size]
 
 
 def _is_number(value: Any) -> bool:
