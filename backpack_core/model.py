@@ -124,6 +124,12 @@ def flash_mix(queries: torch.Tensor, keys: torch.Tensor, senses: torch.Tensor) -
     return mixed.sum(1)  # (b, k, s, d) -> (b, s, d)
 
 
+def score_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of sense-weight scores and softmax: float32, or the input's if wider (float64
+    models keep ~1e-13 rather than float32's ~1e-5)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 MIX_ROWS = 64  # query rows per block of `blocked_mix` (the fastest of 16-256 at 256 and 1024)
 
 
@@ -136,15 +142,16 @@ def blocked_mix(queries: torch.Tensor, keys: torch.Tensor, senses: torch.Tensor,
     the whole forward 1.1x less (bench/bench_long.py). No gradients through the in-place mask:
     inference only."""
     b, k, s, hd = queries.shape
-    # q . k in float32 (a no-op for float32 inputs): in bf16 the scores would be rounded as in
-    # the sense-weight network's bug of issue 12
-    queries = queries.float() * (1.0 / math.sqrt(hd))
-    keys_t = keys.float().transpose(-1, -2)  # (b, k, hd, s)
+    # q . k in float32 at least (float64 stays float64): in bf16 the scores would be rounded as
+    # in the sense-weight network's bug of issue 12
+    dtype = score_dtype(queries.dtype)
+    queries = queries.to(dtype) * (1.0 / math.sqrt(hd))
+    keys_t = keys.to(dtype).transpose(-1, -2)  # (b, k, hd, s)
     future = torch.ones(rows, rows, dtype=torch.bool, device=queries.device).triu_(1)
     mixed = senses.new_empty(b, s, senses.shape[-1])
     for start in range(0, s, rows):
         end = min(start + rows, s)
-        scores = queries[:, :, start:end] @ keys_t[..., :end]  # (b, k, rows, end), float32
+        scores = queries[:, :, start:end] @ keys_t[..., :end]  # (b, k, rows, end), >= float32
         scores[..., start:].masked_fill_(future[:end - start, :end - start], float("-inf"))
         alpha = scores.softmax(-1).to(senses.dtype)
         mixed[:, start:end] = (alpha @ senses[:, :, :end]).sum(1)  # (b, rows, d)
@@ -318,10 +325,12 @@ class SenseWeightNetwork(nn.Module):
 
     def forward(self, queries, keys, allowed):
         """queries (b, k, s, hd), keys (b, k, t, hd), allowed (b|1, 1, s, t) -> (b, k, s, t)."""
-        # Scores and softmax in float32, autocast or not: in bfloat16 the unscaled scores of a
-        # trained model (~2600 on the shipped one) sit 16 apart and the weights move by ~0.5.
+        # Scores and softmax in float32 (float64 for a float64 model), autocast or not: in
+        # bfloat16 the unscaled scores of a trained model (~2600 on the shipped one) sit 16 apart
+        # and the weights move by ~0.5.
+        dtype = score_dtype(queries.dtype)
         with torch.autocast(queries.device.type, enabled=False):
-            scores = torch.einsum("b k i h, b k j h -> b k i j", queries.float(), keys.float())
+            scores = torch.einsum("b k i h, b k j h -> b k i j", queries.to(dtype), keys.to(dtype))
         scores = scores / math.sqrt(self.head_dim)
         if self.mask_value is None:
             scores = scores.masked_fill(~allowed, float("-inf"))

@@ -430,3 +430,28 @@ def test_blocked_mix_scores_run_in_float32():
     got = blocked_mix(queries, keys, senses, rows=16)
     assert got.dtype == torch.bfloat16
     assert (got.float() - expected).abs().max() < 0.1  # |mixed| ~ 2: bf16 rounding of alpha, sum
+
+
+def test_float64_model_computes_sense_weights_in_float64():
+    """A float64 model keeps float64 through the sense-weight scores and softmax (issue 20,
+    item 13: they were float32, 2-3e-5 off). Checked against softmax(q . k / sqrt(d/k)) written
+    out in float64, on the weights path and on the fused (blocked) path, with scores as large
+    as a trained model's (the projection scaled up)."""
+    model = tiny(n_embd=128, num_senses=16, n_head=4).double()
+    with torch.no_grad():
+        model.sense_weight_network.c_attn.weight.mul_(60.0)  # |q . k| in the hundreds
+    ids = torch.randint(0, 512, (2, 40), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        out = model(ids, output_contextualization=True, output_senses=True,
+                    output_hidden_states=True)
+        q, k = model.sense_weight_network.project(out.hidden_states)
+        scores = torch.einsum("bkih,bkjh->bkij", q.double(), k.double()) / (128 / 16) ** 0.5
+        assert scores.abs().max() > 100
+        causal = torch.ones(40, 40, dtype=torch.bool).tril()
+        alpha = scores.masked_fill(~causal, float("-inf")).softmax(-1)
+        fused = model(ids).logits  # no weights asked for: the blocked mixing
+    assert out.contextualization.dtype == torch.float64
+    assert (out.contextualization - alpha).abs().max() < 1e-12
+    logits = torch.einsum("bkij,bkjd->bid", alpha, out.senses) @ model.wte.weight.T
+    assert (out.logits - logits).abs().max() < 1e-10
+    assert (fused - logits).abs().max() < 1e-10
