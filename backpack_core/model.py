@@ -383,6 +383,7 @@ class BackpackCache:
         self.token_ids = None  # (b, t)
         self.positions = None  # (b, t)
         self.key_valid = None  # (b, t) bool: not padding
+        self.has_padding = False  # some key_valid is False: a call without a mask still needs it
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         """Tokens seen so far (padding included). `key_valid` is kept for both model kinds; the
@@ -482,7 +483,8 @@ class Backpack(nn.Module):
         """input_ids (b, s) -> BackpackOutput.
 
         attention_mask (b, past + s): 1 for tokens, 0 for padding (padding never receives
-        weight). labels (b, s): next-token loss with the usual shift; -100 is ignored.
+        weight); left out with a cache, the cache's own record of its padding is used (new
+        tokens count as real). labels (b, s): next-token loss with the usual shift; -100 is ignored.
         With use_cache, the returned `past_key_values` continues the sequence on the next call.
         """
         cfg = self.config
@@ -491,6 +493,10 @@ class Backpack(nn.Module):
         if use_cache and cache is None:
             cache = BackpackCache(cfg.n_layer)
         past_len = cache.get_seq_length() if cache is not None else 0
+        if attention_mask is None and cache is not None and cache.has_padding:
+            # the prefix was padded: its padding must stay invisible and positions must keep
+            # counting real tokens, so continue with the mask the cache remembers
+            attention_mask = torch.cat([cache.key_valid, cache.key_valid.new_ones(b, s)], 1)
 
         # Positions and masks. Positions count real tokens, so left padding works.
         padded = attention_mask is not None and not bool(attention_mask.all())
@@ -510,6 +516,8 @@ class Backpack(nn.Module):
             raise ValueError(f"sequence of {longest} tokens is longer than the model's context "
                              f"of {cfg.n_positions} (n_positions); shorten it")
         key_valid = key_valid_new if cache is None else cache.extend("key_valid", key_valid_new, 1)
+        if cache is not None:
+            cache.has_padding = cache.has_padding or padded
         # None means plain causal attention (fast path: flash-attn, or SDPA's is_causal)
         allowed = causal_allowed(past_len, s, key_valid, input_ids.device) if padded else None
 
