@@ -49,11 +49,9 @@ keyed by the full model fingerprint (config and every weight), the corpus sha256
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +61,7 @@ import torch
 from einops import rearrange
 
 from backpack_core.common.limits import check_atlas_top_n, check_batch_windows
+from backpack_core.interpret.sense_bank import weights_fingerprint
 from backpack_core.model.backpack import causal_allowed
 from backpack_core.model.vocab import WordError, single_token_id, token_text
 
@@ -84,26 +83,12 @@ TENSORS = ("token_ids", "counts", "total", "peak", "top_weight", "top_offset", "
 # Keys
 # ----------------------------------------------------------------------------------------------
 
-_FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
 def model_key(model: Backpack) -> str:
     """sha256 over the config and every parameter's bytes (contextualization depends on all
-    weights, unlike the sense bank's key). Memoised per model while no tensor changes."""
-    params = list(model.state_dict().items())
-    memo = tuple((p.data_ptr(), p._version) for _, p in params)
-    hit = _FINGERPRINTS.get(model)
-    if hit is not None and hit[0] == memo:
-        return hit[1]
-    digest = hashlib.sha256(f"atlas-model-{ATLAS_FORMAT}\n".encode())
-    digest.update(json.dumps(model.config.to_dict(), sort_keys=True).encode())
-    for name, p in params:
-        t = p.detach().to("cpu").contiguous()
-        digest.update(f"\n{name} {t.dtype} {tuple(t.shape)}\n".encode())
-        digest.update(t.view(torch.uint8).numpy().data if t.numel() else b"")
-    key = digest.hexdigest()
-    _FINGERPRINTS[model] = (memo, key)
-    return key
+    weights, unlike the sense bank's key); memoised as the sense bank's key is, on a crc32 of
+    the bytes, so edits through `.data` are seen (`sense_bank.weights_fingerprint`)."""
+    return weights_fingerprint(model, list(model.state_dict().items()),
+                               f"atlas-model-{ATLAS_FORMAT}")
 
 
 def _unwrap(model):

@@ -52,7 +52,7 @@ def cache_dir() -> Path:
 # Keying a bank to the weights it was computed from
 # ----------------------------------------------------------------------------------------------
 
-_FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {salt: (memo, key)}
 
 
 def _sense_parameters(model: Backpack) -> list[tuple[str, torch.Tensor]]:
@@ -68,30 +68,38 @@ def _cpu_bytes(p: torch.Tensor) -> memoryview:
 
 
 def model_fingerprint(model: Backpack) -> str:
-    """sha256 over the config and the bytes of E and the sense network (their dtype included).
+    """sha256 over the config and the bytes of E and the sense network (their dtype included):
+    the key of the model's sense bank (`weights_fingerprint`)."""
+    return weights_fingerprint(model, _sense_parameters(model), f"sense-bank-{BANK_FORMAT}")
 
-    Memoised per model object on a crc32 of every byte of those tensors (plus their storage and
-    version counter): an edit through `.data` does not move the version counter, so only the
-    bytes tell. crc32 (on two threads: E and the sense network's largest matrix are about the
-    same size) costs a fraction of sha256: for the published-size model's 83M sense parameters
-    about 0.1-0.2 s against 0.30 s, 4 ms for the shipped model, on the shared 2-core CPU."""
+
+def weights_fingerprint(model: Backpack, params: list[tuple[str, torch.Tensor]], salt: str) -> str:
+    """sha256 over `salt`, the model's config and the bytes of `params` ((name, tensor) pairs;
+    dtype and shape included). The cache key of the sense bank and of the sense atlas.
+
+    Memoised per (model object, salt) on a crc32 of every byte of those tensors (plus their
+    storage and version counter): an edit through `.data` does not move the version counter, so
+    only the bytes tell. crc32 (on two threads: E and the sense network's largest matrix are
+    about the same size) costs a fraction of sha256: for the published-size model's 83M sense
+    parameters about 0.1-0.2 s against 0.30 s, 4 ms for the shipped model, on the shared 2-core
+    CPU."""
     import zlib
 
-    params = _sense_parameters(model)
     crcs = _pool(2).map(lambda item: zlib.crc32(_cpu_bytes(item[1])), params)  # GIL released
     memo_key = tuple((name, p.dtype, tuple(p.shape), p.data_ptr(), p._version, crc)
                      for (name, p), crc in zip(params, crcs))
-    hit = _FINGERPRINTS.get(model)
+    memo = _FINGERPRINTS.setdefault(model, {})
+    hit = memo.get(salt)
     if hit is not None and hit[0] == memo_key:
         return hit[1]
     digest = hashlib.sha256()
-    digest.update(f"sense-bank-{BANK_FORMAT}\n".encode())
+    digest.update(f"{salt}\n".encode())
     digest.update(json.dumps(model.config.to_dict(), sort_keys=True).encode())
     for name, p in params:
         digest.update(f"\n{name} {p.dtype} {tuple(p.shape)}\n".encode())
         digest.update(_cpu_bytes(p))
     key = digest.hexdigest()
-    _FINGERPRINTS[model] = (memo_key, key)
+    memo[salt] = (memo_key, key)
     return key
 
 

@@ -124,6 +124,12 @@ def flash_mix(queries: torch.Tensor, keys: torch.Tensor, senses: torch.Tensor) -
     return mixed.sum(1)  # (b, k, s, d) -> (b, s, d)
 
 
+def score_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of sense-weight scores and softmax: float32, or the input's if wider (float64
+    models keep ~1e-13 rather than float32's ~1e-5)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 MIX_ROWS = 64  # query rows per block of `blocked_mix` (the fastest of 16-256 at 256 and 1024)
 
 
@@ -136,15 +142,16 @@ def blocked_mix(queries: torch.Tensor, keys: torch.Tensor, senses: torch.Tensor,
     the whole forward 1.1x less (bench/bench_long.py). No gradients through the in-place mask:
     inference only."""
     b, k, s, hd = queries.shape
-    # q . k in float32 (a no-op for float32 inputs): in bf16 the scores would be rounded as in
-    # the sense-weight network's bug of issue 12
-    queries = queries.float() * (1.0 / math.sqrt(hd))
-    keys_t = keys.float().transpose(-1, -2)  # (b, k, hd, s)
+    # q . k in float32 at least (float64 stays float64): in bf16 the scores would be rounded as
+    # in the sense-weight network's bug of issue 12
+    dtype = score_dtype(queries.dtype)
+    queries = queries.to(dtype) * (1.0 / math.sqrt(hd))
+    keys_t = keys.to(dtype).transpose(-1, -2)  # (b, k, hd, s)
     future = torch.ones(rows, rows, dtype=torch.bool, device=queries.device).triu_(1)
     mixed = senses.new_empty(b, s, senses.shape[-1])
     for start in range(0, s, rows):
         end = min(start + rows, s)
-        scores = queries[:, :, start:end] @ keys_t[..., :end]  # (b, k, rows, end), float32
+        scores = queries[:, :, start:end] @ keys_t[..., :end]  # (b, k, rows, end), >= float32
         scores[..., start:].masked_fill_(future[:end - start, :end - start], float("-inf"))
         alpha = scores.softmax(-1).to(senses.dtype)
         mixed[:, start:end] = (alpha @ senses[:, :, :end]).sum(1)  # (b, rows, d)
@@ -312,16 +319,24 @@ class SenseWeightNetwork(nn.Module):
         self.c_attn = nn.Linear(config.n_embd, 2 * config.n_embd)  # queries then keys
 
     def project(self, hidden_states):
-        """hidden_states (b, s, d) -> queries, keys, each (b, k, s, d/k)."""
-        return rearrange(self.c_attn(hidden_states), "b s (two k hd) -> two b k s hd",
-                         two=2, k=self.num_senses)
+        """hidden_states (b, s, d) -> queries, keys, each (b, k, s, d/k), in `score_dtype`.
+
+        Computed in float32 for a bfloat16 model: rounding q and k to bf16 moves q . k (up to
+        ~4000 on the shipped model) by tens, the weights by up to 0.46 on PTB (0.32 without
+        that rounding; docs/API.md, "Precision"). Under autocast the matmul stays autocast's."""
+        dtype = score_dtype(hidden_states.dtype)
+        w = self.c_attn
+        projected = F.linear(hidden_states.to(dtype), w.weight.to(dtype), w.bias.to(dtype))
+        return rearrange(projected, "b s (two k hd) -> two b k s hd", two=2, k=self.num_senses)
 
     def forward(self, queries, keys, allowed):
         """queries (b, k, s, hd), keys (b, k, t, hd), allowed (b|1, 1, s, t) -> (b, k, s, t)."""
-        # Scores and softmax in float32, autocast or not: in bfloat16 the unscaled scores of a
-        # trained model (~2600 on the shipped one) sit 16 apart and the weights move by ~0.5.
+        # Scores and softmax in float32 (float64 for a float64 model), autocast or not: in
+        # bfloat16 the unscaled scores of a trained model (~2600 on the shipped one) sit 16 apart
+        # and the weights move by ~0.5.
+        dtype = score_dtype(queries.dtype)
         with torch.autocast(queries.device.type, enabled=False):
-            scores = torch.einsum("b k i h, b k j h -> b k i j", queries.float(), keys.float())
+            scores = torch.einsum("b k i h, b k j h -> b k i j", queries.to(dtype), keys.to(dtype))
         scores = scores / math.sqrt(self.head_dim)
         if self.mask_value is None:
             scores = scores.masked_fill(~allowed, float("-inf"))
@@ -368,6 +383,7 @@ class BackpackCache:
         self.token_ids = None  # (b, t)
         self.positions = None  # (b, t)
         self.key_valid = None  # (b, t) bool: not padding
+        self.has_padding = False  # some key_valid is False: a call without a mask still needs it
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         """Tokens seen so far (padding included). `key_valid` is kept for both model kinds; the
@@ -467,7 +483,8 @@ class Backpack(nn.Module):
         """input_ids (b, s) -> BackpackOutput.
 
         attention_mask (b, past + s): 1 for tokens, 0 for padding (padding never receives
-        weight). labels (b, s): next-token loss with the usual shift; -100 is ignored.
+        weight); left out with a cache, the cache's own record of its padding is used (new
+        tokens count as real). labels (b, s): next-token loss with the usual shift; -100 is ignored.
         With use_cache, the returned `past_key_values` continues the sequence on the next call.
         """
         cfg = self.config
@@ -476,6 +493,10 @@ class Backpack(nn.Module):
         if use_cache and cache is None:
             cache = BackpackCache(cfg.n_layer)
         past_len = cache.get_seq_length() if cache is not None else 0
+        if attention_mask is None and cache is not None and cache.has_padding:
+            # the prefix was padded: its padding must stay invisible and positions must keep
+            # counting real tokens, so continue with the mask the cache remembers
+            attention_mask = torch.cat([cache.key_valid, cache.key_valid.new_ones(b, s)], 1)
 
         # Positions and masks. Positions count real tokens, so left padding works.
         padded = attention_mask is not None and not bool(attention_mask.all())
@@ -495,6 +516,8 @@ class Backpack(nn.Module):
             raise ValueError(f"sequence of {longest} tokens is longer than the model's context "
                              f"of {cfg.n_positions} (n_positions); shorten it")
         key_valid = key_valid_new if cache is None else cache.extend("key_valid", key_valid_new, 1)
+        if cache is not None:
+            cache.has_padding = cache.has_padding or padded
         # None means plain causal attention (fast path: flash-attn, or SDPA's is_causal)
         allowed = causal_allowed(past_len, s, key_valid, input_ids.device) if padded else None
 
@@ -536,7 +559,7 @@ class Backpack(nn.Module):
                 # 2. contextualization weights
                 if allowed is None:
                     allowed = causal_allowed(past_len, s, None, input_ids.device)
-                contextualization = self.sense_weight_network(queries, keys, allowed)
+                contextualization = self.sense_weight_network(queries, keys, allowed).to(senses.dtype)
                 if intervention is not None:
                     contextualization = intervention.on_contextualization(
                         contextualization, source_ids, source_positions, positions)
