@@ -29,7 +29,7 @@ PTB_WINDOWS, PTB_SEQ = 4, 256  # the first 4 windows of 256 tokens of the PTB te
 
 def ptb_windows(tokenizer, n: int = PTB_WINDOWS, seq: int = PTB_SEQ) -> torch.Tensor:
     """(n, seq) token ids: the first n non-overlapping windows of the PTB test split."""
-    from backpack_core.corpus import read_corpus
+    from backpack_core.common.corpus import read_corpus
 
     return read_corpus("ptb", tokenizer, max_tokens=n * seq).token_ids.view(n, seq)
 
@@ -48,7 +48,7 @@ def after_contextualizer(model, ids: torch.Tensor) -> float:
     """Max |difference| between the model's contextualization and the one recomputed in float64
     from its own hidden states and weights: the error of everything after the contextualizer
     (the sense-weight projection, scores, softmax), with the contextualizer's error left out."""
-    from backpack_core.model import causal_allowed
+    from backpack_core.model.backpack import causal_allowed
 
     out = model(ids, output_contextualization=True, output_hidden_states=True)
     net = model.sense_weight_network
