@@ -14,6 +14,8 @@ a bank of this size: float16 above 2^28 numbers (the published 170M model: 804k 
 - new: `SenseBank.query`: the same, but the candidate pass runs on a bfloat16 copy of the bank
   (`candidate_rows`, made once on the first query and kept: as much memory as the bank) in
   chunks of 16k rows; the re-rank reads the stored float16 rows.
+Since issue 20 both `fp16` and `new` re-score every row that a rigorous bound on the candidate
+pass's error cannot rule out (`SenseBank.approximate_error`) instead of a fixed pool.
 
 Each query runs a fresh direction (a sum of two random rows), old and new interleaved; times
 are medians in ms, extra memory is the peak resident set above the one before the call (a

@@ -11,8 +11,9 @@ import torch
 
 from backpack_core.edit.export import make_pack
 from backpack_core.edit.specs import EditSet
-from backpack_core.model.backpack import Backpack, weights_fingerprint
+from backpack_core.model.backpack import Backpack
 from backpack_core.model.config import ModelConfig
+from backpack_core.model.fingerprint import weights_fingerprint
 from backpack_core.model.loading import load_backpack
 from tests import test_app
 from tests.test_app import TEXT, messages, ok, page

@@ -208,6 +208,27 @@ def test_cache_reuse_and_rebuild(tiny_model, tiny_tokenizer, corpus, tmp_path, m
         SenseAtlas({**first.tensors, "total": first.total[:, :2]}, first.meta)
 
 
+def test_data_edits_change_the_key_and_the_atlas_is_rebuilt(tiny_model, tiny_tokenizer, corpus,
+                                                            tmp_path):
+    """Issue 20, item 12: an in-place edit through `.data` does not move the version counter;
+    the atlas key (memoised on the bytes, as the sense bank's) must still change, and the atlas
+    served must be the edited model's, equal to a fresh build."""
+    model = copy.deepcopy(tiny_model)
+    first = SenseAtlas.for_corpus(model, tiny_tokenizer, corpus, top_n=2, seq_len=16,
+                                  directory=tmp_path, progress=False)
+    key = model_key(model)
+    weight = model.sense_weight_network.c_attn.weight
+    version = weight._version
+    weight.data.mul_(1.5)  # only contextualization changes; no version bump
+    assert weight._version == version
+    assert model_key(model) != key
+    served = SenseAtlas.for_corpus(model, tiny_tokenizer, corpus, top_n=2, seq_len=16,
+                                   directory=tmp_path, progress=False)
+    fresh = build_atlas(model, tiny_tokenizer, corpus, top_n=2, seq_len=16, progress=False)
+    assert not torch.allclose(served.total, first.total)
+    torch.testing.assert_close(served.total, fresh.total, rtol=0, atol=0)
+
+
 def _write(path, text):
     path.write_text(text, encoding="utf-8")
     return path

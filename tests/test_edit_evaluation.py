@@ -83,6 +83,36 @@ def full_passes(model, tokenizer, corpus, edits, strength):
             "inside": torch.cat(inside)}
 
 
+def test_the_radius_is_read_off_the_weights_in_the_models_dtype(tiny_model, tiny_tokenizer, corpus):
+    """Documented (module docstring, "Blast radius"; issue 20, item 14): the radius is read off
+    the weights as the model computes them, float32 by default, where a weight below ~7e-46
+    underflows to exactly 0, so its term cannot change and its position can fall outside the
+    radius (rightly: its float32 logits do not move), and scaling a tiny weight by 1 + s (f - 1)
+    may round back to it, so the radius can differ by strength. A float64 model (no underflow
+    here) has every position at or after an occurrence of the word. "all" does not depend on
+    the radius; "inside" (a mean over it) does."""
+    import copy
+
+    sharp = copy.deepcopy(tiny_model)
+    with torch.no_grad():
+        sharp.sense_weight_network.c_attn.weight.mul_(100.0)  # many weights underflow
+    edits = {"version": 1, "edits": [{"kind": "scale_contextualization", "word": " the",
+                                      "sense": "all", "factor": 1.5}]}
+    run = dict(strengths=[0.001, 1], seq_len=SEQ, batch_size=BATCH, progress=False)
+    r32 = evaluate_edits(sharp, tiny_tokenizer, edits, corpus, **run)
+    r64 = evaluate_edits(copy.deepcopy(sharp).double(), tiny_tokenizer, edits, corpus, **run)
+    the = tiny_tokenizer.encode(" the")[0]
+    after_word = sum(int((batch == the).long().cummax(1).values.sum())
+                     for batch, _ in corpus.windows(SEQ, BATCH))  # positions at/after " the"
+    assert [r.radius for r in r64.sweep] == [after_word, after_word]
+    assert r32.at(0.001).radius < r32.at(1.0).radius < after_word
+    moved = full_passes(sharp, tiny_tokenizer, corpus, edits, 1.0)["radius"]
+    assert set(moved) <= set(r32.blast_radius)  # outside it the float32 logits do not move
+    one32, one64 = r32.at(1.0), r64.at(1.0)
+    assert one32.loss_change["all"] == pytest.approx(one64.loss_change["all"], rel=1e-5)
+    assert one32.loss_change["inside"] > one64.loss_change["inside"] * 1.1
+
+
 @pytest.mark.parametrize("name", list(EDIT_SETS))
 def test_blast_radius_is_exactly_where_the_logits_change(name, tiny_model, tiny_tokenizer, corpus):
     result = evaluate_edits(tiny_model, tiny_tokenizer, edit_set(name), corpus, strengths=[1],

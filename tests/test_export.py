@@ -31,8 +31,8 @@ from backpack_core.edit.export import (
 )
 from backpack_core.edit.generation import generate
 from backpack_core.edit.specs import EditError, EditSet, as_edit_set
-from backpack_core.model.backpack import weights_fingerprint
 from backpack_core.model.config import PRESETS
+from backpack_core.model.fingerprint import weights_fingerprint
 from backpack_core.model.loading import DEFAULT_MODEL_DIR
 from tests.conftest import TINY_CORPUS
 

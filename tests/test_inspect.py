@@ -320,6 +320,88 @@ def test_half_bank_bfloat16_candidates_give_the_exact_top20_on_many_directions(n
                                    rtol=1e-6, atol=1e-6)
 
 
+def adversarial_bank(kind: str) -> tuple[SenseBank, torch.Tensor]:
+    """A float16 bank (1,500 tokens x 4 senses x 64) built to defeat a bfloat16 candidate pass
+    with a fixed pool, and the direction that does it.
+
+    - "rounded_down": 20 rows of 1 + 3 * 2**-10 (bfloat16 rounds every entry down, to 1) are the
+      true top along ones, against 2,000 rows of 40 entries 1 + 5 * 2**-10 (rounded up) and 24 of
+      1 - 2**-11 (rounded up to 1), which score 64.18 < 64.19 exactly but 64.5 > 64 in bfloat16;
+    - "near_ties": 2,000 rows within ~3e-4 of one row, searched along that row: their scores
+      differ by less than the bfloat16 pass can resolve.
+    The rest is small random rows; the special rows sit at the end (ties in index order do not
+    help)."""
+    gen = torch.Generator().manual_seed(0)
+    d, rows = 64, 6000
+    flat = torch.randn(rows, d, generator=gen) * 0.05
+    if kind == "rounded_down":
+        direction = torch.ones(d)
+        flat[-2020:-20] = 1 - 2**-11
+        flat[-2020:-20, :40] = 1 + 5 * 2**-10
+        flat[-20:] = 1 + 3 * 2**-10
+    else:
+        direction = torch.randn(d, generator=gen)
+        flat[-2000:] = direction + torch.randn(2000, d, generator=gen) * 3e-4
+    return SenseBank(flat.half().view(rows // 4, 4, d)), direction
+
+
+def fixed_pool_recall(bank: SenseBank, direction: torch.Tensor, top: int = 20, pool: int = 512,
+                      normalize: bool = False) -> float:
+    """Recall@top of the candidate pass before issue 20: the `pool` best bfloat16 scores,
+    re-scored exactly."""
+    approx = bank.approximate_scores(direction, normalize).flatten()
+    exact = bank.scores(direction, normalize).flatten()
+    candidates = approx.topk(pool).indices
+    found = set(candidates[exact[candidates].topk(top).indices].tolist())
+    return len(found & set(exact.topk(top).indices.tolist())) / top
+
+
+@pytest.mark.parametrize("kind", ["rounded_down", "near_ties"])
+@pytest.mark.parametrize("normalize", [False, True])
+@pytest.mark.parametrize("largest", [True, False])
+def test_half_bank_search_is_exact_on_banks_built_to_defeat_it(kind, normalize, largest):
+    """Issue 20, item 10: with a fixed pool of 512 bfloat16 candidates, recall@20 fell to 0.0
+    (rows bfloat16 rounds down) and 0.25 (near-ties). The candidates are now every row whose
+    best possible score (approximate + bound) reaches the 20th worst possible one, so the hits
+    are the exact pass's. The bound holds on every row and is not vacuous (<= 2% of |r| |v|)."""
+    bank, direction = adversarial_bank(kind)
+    direction = direction if largest else -direction
+    if largest and not normalize:
+        assert fixed_pool_recall(bank, direction) < 0.5  # the bank defeats a fixed pool
+    approx = bank.approximate_scores(direction, normalize)
+    exact = bank.scores(direction, normalize)
+    bound = bank.approximate_error(direction, normalize)
+    assert ((approx - exact).abs() <= bound).all()
+    scale = 1 if normalize else bank.norms() * direction.norm()
+    assert (bound <= 0.02 * scale + 1e-30).all()
+    got = bank.query(direction, top=20, largest=largest, normalize=normalize)
+    values, index = exact.flatten().topk(20, largest=largest)
+    k = bank.num_senses
+    # the exact top 20; rows tied in float32 with the 20th may stand in for one another
+    torch.testing.assert_close(torch.tensor([v for _, _, v in got]), values, rtol=1e-6, atol=0)
+    got_rows = {(t, s) for t, s, _ in got}
+    last = values[-1]
+    surely = index[values > last] if largest else index[values < last]
+    assert {(int(i) // k, int(i) % k) for i in surely} <= got_rows
+    for t, s, v in got:
+        assert abs(float(exact[t, s]) - v) <= 1e-6 * abs(v)
+
+
+def test_half_bank_error_bound_holds_on_random_banks_and_directions():
+    """`approximate_error` bounds the bfloat16 pass on ordinary banks too (Gaussian rows of
+    several scales, directions with entries of very different sizes, the smallest ones below
+    bfloat16's normal range after scaling)."""
+    gen = torch.Generator().manual_seed(1)
+    for scale in (1e-3, 0.05, 30.0):
+        bank = SenseBank((torch.randn(500, 4, 64, generator=gen) * scale).half())
+        for i in range(6):
+            direction = torch.randn(64, generator=gen) * torch.logspace(-45 if i % 2 else -3, 0, 64)
+            for normalize in (False, True):
+                approx = bank.approximate_scores(direction, normalize)
+                exact = bank.scores(direction, normalize)
+                assert ((approx - exact).abs() <= bank.approximate_error(direction, normalize)).all()
+
+
 def test_half_bank_chunks_on_threads_give_the_same_scores(tiny_model, monkeypatch):
     """The half-precision pass split over a thread pool (several chunks, 2 threads) gives the
     same approximate scores as one product over the whole bank."""

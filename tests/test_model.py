@@ -86,6 +86,33 @@ def test_padding_never_leaks(side):
     torch.testing.assert_close(out.logits[0], model(ids[:1]).logits[0], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("model_kind", ["backpack", "transformer"])
+def test_cache_remembers_the_padding_of_its_prefix(model_kind):
+    """A cached forward continued without attention_mask after a left-padded prefix: the cache
+    knows which of its keys are padding, so they stay invisible and positions keep counting
+    real tokens (issue 20, item 11: the padding was attended to, logits off by up to 5.78).
+    The same as passing the full mask, and as the unpadded row alone."""
+    model = tiny(model_kind=model_kind)
+    ids = torch.randint(1, 512, (2, 9), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones(2, 9, dtype=torch.long)
+    mask[1, :4] = 0  # row 1: 4 pads on the left, then 5 tokens
+    new = torch.randint(1, 512, (2, 3), generator=torch.Generator().manual_seed(4))
+    with torch.inference_mode():
+        prefix = model(ids, attention_mask=mask, use_cache=True)
+        without = model(new, past_key_values=prefix.past_key_values, use_cache=True)
+        prefix = model(ids, attention_mask=mask, use_cache=True)
+        full_mask = torch.cat([mask, torch.ones(2, 3, dtype=torch.long)], 1)
+        with_mask = model(new, attention_mask=full_mask, past_key_values=prefix.past_key_values,
+                          use_cache=True)
+        alone = model(torch.cat([ids[1:, 4:], new[1:]], 1))
+    torch.testing.assert_close(without.logits, with_mask.logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(without.logits[1], alone.logits[0, -3:], atol=1e-5, rtol=1e-5)
+    # and once more without a mask: the cache still remembers
+    again = model(new[:, :1], past_key_values=without.past_key_values, use_cache=True)
+    alone = model(torch.cat([ids[1:, 4:], new[1:], new[1:, :1]], 1))
+    torch.testing.assert_close(again.logits[1, 0], alone.logits[0, -1], atol=1e-5, rtol=1e-5)
+
+
 def test_transformer_twin():
     model = tiny(model_kind="transformer")
     assert not hasattr(model, "sense_network")
@@ -430,3 +457,28 @@ def test_blocked_mix_scores_run_in_float32():
     got = blocked_mix(queries, keys, senses, rows=16)
     assert got.dtype == torch.bfloat16
     assert (got.float() - expected).abs().max() < 0.1  # |mixed| ~ 2: bf16 rounding of alpha, sum
+
+
+def test_float64_model_computes_sense_weights_in_float64():
+    """A float64 model keeps float64 through the sense-weight scores and softmax (issue 20,
+    item 13: they were float32, 2-3e-5 off). Checked against softmax(q . k / sqrt(d/k)) written
+    out in float64, on the weights path and on the fused (blocked) path, with scores as large
+    as a trained model's (the projection scaled up)."""
+    model = tiny(n_embd=128, num_senses=16, n_head=4).double()
+    with torch.no_grad():
+        model.sense_weight_network.c_attn.weight.mul_(60.0)  # |q . k| in the hundreds
+    ids = torch.randint(0, 512, (2, 40), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        out = model(ids, output_contextualization=True, output_senses=True,
+                    output_hidden_states=True)
+        q, k = model.sense_weight_network.project(out.hidden_states)
+        scores = torch.einsum("bkih,bkjh->bkij", q.double(), k.double()) / (128 / 16) ** 0.5
+        assert scores.abs().max() > 100
+        causal = torch.ones(40, 40, dtype=torch.bool).tril()
+        alpha = scores.masked_fill(~causal, float("-inf")).softmax(-1)
+        fused = model(ids).logits  # no weights asked for: the blocked mixing
+    assert out.contextualization.dtype == torch.float64
+    assert (out.contextualization - alpha).abs().max() < 1e-12
+    logits = torch.einsum("bkij,bkjd->bid", alpha, out.senses) @ model.wte.weight.T
+    assert (out.logits - logits).abs().max() < 1e-10
+    assert (fused - logits).abs().max() < 1e-10

@@ -121,7 +121,9 @@ def wheel(tmp_path_factory) -> Path:
 
 def test_wheel_contents(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
-    for needed in ["backpack_core/model/backpack.py", "backpack_core/training/checkpoint.py",
+    wings = ["common", "model", "edit", "interpret", "experiments", "training"]  # every subpackage
+    for needed in [*(f"backpack_core/{w}/__init__.py" for w in wings), "backpack_core/train.py",
+                   "backpack_core/model/backpack.py", "backpack_core/training/checkpoint.py",
                    "backpack_core/training/prepare.py", "analyses/sense_topk.py",
                    "analyses/data/careers.json",
                    "analyses/data/edits_last_week.json", "analyses/data/prompts_last_week.jsonl",

@@ -53,7 +53,8 @@ from einops import rearrange
 from backpack_core.common.corpus import tokenizer_identity
 from backpack_core.common.files import write_text_atomic
 from backpack_core.edit.specs import EditError, EditSet, as_edit_set
-from backpack_core.model.backpack import Backpack, weights_fingerprint
+from backpack_core.model.backpack import Backpack
+from backpack_core.model.fingerprint import weights_fingerprint
 from backpack_core.model.loading import save_backpack
 
 if TYPE_CHECKING:  # pragma: no cover

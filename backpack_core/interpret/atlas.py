@@ -61,7 +61,8 @@ import torch
 from einops import rearrange
 
 from backpack_core.common.limits import check_atlas_top_n, check_batch_windows
-from backpack_core.model.backpack import causal_allowed, weights_fingerprint
+from backpack_core.model.backpack import causal_allowed
+from backpack_core.model.fingerprint import weights_fingerprint
 from backpack_core.model.vocab import WordError, single_token_id, token_text
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -84,8 +85,10 @@ TENSORS = ("token_ids", "counts", "total", "peak", "top_weight", "top_offset", "
 
 def model_key(model: Backpack) -> str:
     """sha256 over the config and every parameter's bytes (contextualization depends on all
-    weights, unlike the sense bank's key): `weights_fingerprint` salted for the atlas format."""
-    return weights_fingerprint(model, salt=f"atlas-model-{ATLAS_FORMAT}")
+    weights, unlike the sense bank's key); memoised as the sense bank's key is, on a crc32 of
+    the bytes, so edits through `.data` are seen (`model.fingerprint.weights_fingerprint`)."""
+    return weights_fingerprint(model, list(model.state_dict().items()),
+                               f"atlas-model-{ATLAS_FORMAT}")
 
 
 def _unwrap(model):

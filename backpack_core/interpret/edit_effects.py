@@ -38,6 +38,14 @@ against full forward passes). Per kind this is:
   position;
 - replace_contextualization: query positions with a causal entry whose weight it changes.
 Windows are independent contexts (`Corpus.windows`), so a word never reaches past its window.
+Precision: the radius is read off the weights alpha as the model computes them, in its dtype:
+float32 by default, where a weight below ~7e-46 (half the smallest subnormal) underflows to
+exactly 0. Such a term cannot change, so its position can fall outside the radius although
+j <= i (rightly for the float32 logits, which do not move there); and a tiny weight scaled by
+1 + s (f - 1) may round back to itself, so the radius can differ by strength (on the tiny test
+model with sharp weights: 90 positions at strength 0.001, 93 at 1, 115 in float64). A float64
+model has its radius in float64 (underflow below ~2.5e-324), a bfloat16 one in bfloat16 (~5e-41).
+"inside" is a mean over the radius, so it depends on this too; "all" does not.
 
 Loss. Next-token NLL (nats) at every position that has a next token inside its window (the
 last position of a window predicts nothing that is scored, as in `model.evaluation.perplexity`).

@@ -17,12 +17,9 @@ contextualization weight: the (word, sense) pairs that most promote them.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import sys
 import threading
-import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from backpack_core.model.fingerprint import cpu_bytes as _cpu_bytes
+from backpack_core.model.fingerprint import weights_fingerprint
 from backpack_core.model.vocab import WordError, resolve_word, token_text
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -52,9 +51,6 @@ def cache_dir() -> Path:
 # Keying a bank to the weights it was computed from
 # ----------------------------------------------------------------------------------------------
 
-_FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
 def _sense_parameters(model: Backpack) -> list[tuple[str, torch.Tensor]]:
     """The tensors sense vectors depend on: E, the sense network and carried edits, if any."""
     params = [("wte.weight", model.wte.weight)]
@@ -64,37 +60,10 @@ def _sense_parameters(model: Backpack) -> list[tuple[str, torch.Tensor]]:
     return params
 
 
-def _cpu_bytes(p: torch.Tensor) -> memoryview:
-    t = p.detach().to("cpu").contiguous()
-    return t.view(torch.uint8).numpy().data if t.numel() else memoryview(b"")
-
-
 def model_fingerprint(model: Backpack) -> str:
-    """sha256 over the config and the bytes of E and the sense network (their dtype included).
-
-    Memoised per model object on a crc32 of every byte of those tensors (plus their storage and
-    version counter): an edit through `.data` does not move the version counter, so only the
-    bytes tell. crc32 (on two threads: E and the sense network's largest matrix are about the
-    same size) costs a fraction of sha256: for the published-size model's 83M sense parameters
-    about 0.1-0.2 s against 0.30 s, 4 ms for the shipped model, on the shared 2-core CPU."""
-    import zlib
-
-    params = _sense_parameters(model)
-    crcs = _pool(2).map(lambda item: zlib.crc32(_cpu_bytes(item[1])), params)  # GIL released
-    memo_key = tuple((name, p.dtype, tuple(p.shape), p.data_ptr(), p._version, crc)
-                     for (name, p), crc in zip(params, crcs))
-    hit = _FINGERPRINTS.get(model)
-    if hit is not None and hit[0] == memo_key:
-        return hit[1]
-    digest = hashlib.sha256()
-    digest.update(f"sense-bank-{BANK_FORMAT}\n".encode())
-    digest.update(json.dumps(model.config.to_dict(), sort_keys=True).encode())
-    for name, p in params:
-        digest.update(f"\n{name} {p.dtype} {tuple(p.shape)}\n".encode())
-        digest.update(_cpu_bytes(p))
-    key = digest.hexdigest()
-    _FINGERPRINTS[model] = (memo_key, key)
-    return key
+    """sha256 over the config and the bytes of E and the sense network (their dtype included):
+    the key of the model's sense bank (`weights_fingerprint`)."""
+    return weights_fingerprint(model, _sense_parameters(model), f"sense-bank-{BANK_FORMAT}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -364,7 +333,7 @@ class SenseBank:
         """Like `scores`, but for a half-precision bank computed in bfloat16 (`candidate_rows`:
         one matrix-vector product per chunk, chunks spread over torch.get_num_threads() threads,
         no float32 copy), so within ~1e-2 relative: good for choosing candidates, not for
-        display."""
+        display. `approximate_error` bounds how far each score can be from `scores`."""
         direction = self._direction(direction)
         if self.flat.dtype == torch.float32:
             return self.scores(direction, normalize)
@@ -377,10 +346,53 @@ class SenseBank:
             scores[i:i + step] = flat[i:i + step] @ half
 
         self._map(chunk, range(0, flat.shape[0], step))  # 1.8x on 2 cores
-        scores = scores.view(self.vocab_size, self.num_senses)
+        scores = scores.view(self.vocab_size, self.num_senses) * scale
+        if normalize:  # the same division as `scores`
+            return scores / (self.norms() * direction.norm()).clamp_min(1e-12)
+        return scores
+
+    def approximate_error(self, direction: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """(vocab, k) float32: a rigorous bound on |approximate_scores - scores| per row (zeros
+        for a float32 bank, whose approximate scores are the exact ones).
+
+        With u the unit roundoff of the candidate dtype (2**-8 for bfloat16), r a stored row
+        and v = direction / max|direction| (what the candidate pass multiplies): rounding r and
+        v to that dtype costs (2u + u^2) sum|r_i v_i|, the float32 sum of the d exact products
+        gamma_d = d 2**-24 / (1 - d 2**-24) of its absolute sum, the rounding of the result u
+        of it, and the float32 reference itself may err by gamma_d on each side (any summation
+        order); sum|r_i v_i| <= |r| |v| (Cauchy-Schwarz, with the bank's norms). Entries below
+        the smallest normal number (flushed to zero by some kernels) add at most
+        sqrt(d) |r| tiny (direction), d tiny32 (products) and tiny (result). 1% on top covers
+        the float32 arithmetic of the norms and of this bound. It assumes float32 accumulation,
+        as torch's CPU kernels do; the tests check it on banks built to defeat it."""
+        direction = self._direction(direction)
+        if self.flat.dtype == torch.float32:
+            return torch.zeros(self.vocab_size, self.num_senses)
+        d = direction.shape[0]
+        low = torch.finfo(self.candidate_rows().dtype)
+        u, tiny = low.eps / 2, low.smallest_normal
+        gamma = d * 2.0**-24 / (1 - d * 2.0**-24)
+        relative = (2 * u + u * u) + (1 + u) ** 2 * (gamma + u * (1 + gamma)) + 2 * gamma
+        scale = direction.abs().max().clamp_min(1e-30)
+        unit_norm = float((direction / scale).norm())
+        per_norm = relative * unit_norm + d ** 0.5 * tiny * (1 + u)  # times |r|
+        absolute = d * torch.finfo(torch.float32).smallest_normal + tiny
+        bound = (self.norms() * per_norm + absolute) * scale * 1.01
         if normalize:
-            return scores / (self.norms() * (direction / scale).norm()).clamp_min(1e-12)
-        return scores * scale
+            return bound / (self.norms() * direction.norm()).clamp_min(1e-12)
+        return bound
+
+    def _exact_rows(self, index: torch.Tensor, direction: torch.Tensor, normalize: bool
+                    ) -> torch.Tensor:
+        """Exact float32 scores of the flat rows `index` (n,), read `_ROWS` rows at a time."""
+        out = torch.empty(index.shape[0], dtype=torch.float32)
+        for i in range(0, index.shape[0], self._ROWS):
+            rows = self.flat[index[i:i + self._ROWS]].float()
+            out[i:i + self._ROWS] = rows @ direction
+            if normalize:
+                norms = torch.linalg.vector_norm(rows, dim=-1)
+                out[i:i + self._ROWS] /= (norms * direction.norm()).clamp_min(1e-12)
+        return out
 
     def query(self, direction: torch.Tensor, top: int = 20, exclude: list[int] | tuple = (),
               vocab_limit: int | None = None, largest: bool = True, normalize: bool = False,
@@ -388,11 +400,14 @@ class SenseBank:
         """The `top` (token_id, sense, score) triples along `direction` (largest first, or
         smallest first with largest=False), skipping `exclude` ids and ids >= vocab_limit.
 
-        Scores are exact float32. A half-precision bank is searched in two passes: bfloat16
-        (`candidate_rows`) picks `pool` candidates (default max(512, 4 * top)), then they are
-        re-scored exactly from the stored rows and ranked: the same hits as an exact pass over
-        the whole bank (the bfloat16 pass errs by ~1e-2 of the largest score, far less than
-        the gap between the top 20 and the 512th)."""
+        Scores are exact float32, and so are the hits: a half-precision bank is searched in two
+        passes, bfloat16 (`candidate_rows`) for every row, then an exact float32 re-score of
+        every row that could still be in the top: with e_j the bound of `approximate_error`,
+        row j is a candidate unless its best possible score a_j + e_j falls below the `top`-th
+        largest worst possible score a_i - e_i (then `top` rows surely beat it). The same hits
+        as the exact pass over the whole bank (rows whose float32 scores tie may swap); where
+        scores are closer than bfloat16 can tell apart the candidates grow, up to the whole
+        bank. `pool`: re-score at least the `pool` best approximate rows too (tests)."""
         direction = self._direction(direction)
         exact = self.flat.dtype == torch.float32
         scores = self.scores(direction, normalize) if exact else \
@@ -405,16 +420,20 @@ class SenseBank:
             scores[[i for i in exclude if i < scores.shape[0]]] = fill
         flat = scores.reshape(-1)
         k = self.num_senses
-        if not exact:  # re-score the candidates exactly, in float32
-            n = min(pool or max(512, 4 * top), flat.shape[0])
-            index = flat.topk(n, largest=largest).indices
-            keep = flat[index] != fill
-            index = index[keep]
-            flat = self.flat[index].float() @ direction
-            if normalize:
-                norms = torch.linalg.vector_norm(self.flat[index], dim=-1, dtype=torch.float32)
-                flat = flat / (norms * direction.norm()).clamp_min(1e-12)
-            values, order = flat.topk(min(top, flat.shape[0]), largest=largest)
+        if not exact:  # re-score exactly, in float32, every row that could be in the top
+            error = self.approximate_error(direction, normalize)[:scores.shape[0]].reshape(-1)
+            sign = 1.0 if largest else -1.0
+            best, worst = flat + sign * error, flat - sign * error  # fill stays fill
+            n = min(top, flat.shape[0])
+            threshold = worst.topk(n, largest=largest).values[-1] if n else fill
+            surely_out = best < threshold if largest else best > threshold
+            keep = ~surely_out & (flat != fill)
+            if pool:
+                keep[flat.topk(min(pool, flat.shape[0]), largest=largest).indices] = True
+                keep &= flat != fill
+            index = keep.nonzero().squeeze(1)
+            values, order = self._exact_rows(index, direction, normalize).topk(
+                min(top, index.shape[0]), largest=largest)
             return [(i // k, i % k, v) for v, i in zip(values.tolist(), index[order].tolist())]
         n = min(top, flat.shape[0])
         values, index = flat.topk(n, largest=largest)

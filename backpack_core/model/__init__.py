@@ -4,7 +4,8 @@ config      ModelConfig (the dimensions; presets; published checkpoint details)
 backpack    the Backpack in plain PyTorch, read top to bottom like the paper: sense network ->
             senses, contextualization network -> weights, weighted sum -> logits; the
             Transformer twin; `Intervention` (how edits and patches enter a forward pass);
-            `EditOverrides` (the edits an exported edited model carries); `weights_fingerprint`
+            `EditOverrides` (the edits an exported edited model carries)
+fingerprint weights_fingerprint: which model this is (sense bank, atlas, edit packs)
 tokenizer   byte-level BPE (GPT-2's, or trained on our corpus) without transformers
 vocab       words <-> token ids: resolve_word, single_token_id, token_text, WordError
 hf          BackpackConfig / BackpackLM: the transformers integration (generate, Auto classes)

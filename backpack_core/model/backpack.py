@@ -25,10 +25,7 @@ This module imports no transformers code, so command-line lookups start fast;
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import weakref
 from dataclasses import dataclass
 
 import torch
@@ -129,6 +126,12 @@ def flash_mix(queries: torch.Tensor, keys: torch.Tensor, senses: torch.Tensor) -
     return mixed.sum(1)  # (b, k, s, d) -> (b, s, d)
 
 
+def score_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of sense-weight scores and softmax: float32, or the input's if wider (float64
+    models keep ~1e-13 rather than float32's ~1e-5)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 MIX_ROWS = 64  # query rows per block of `blocked_mix` (the fastest of 16-256 at 256 and 1024)
 
 
@@ -141,15 +144,16 @@ def blocked_mix(queries: torch.Tensor, keys: torch.Tensor, senses: torch.Tensor,
     the whole forward 1.1x less (bench/bench_long.py). No gradients through the in-place mask:
     inference only."""
     b, k, s, hd = queries.shape
-    # q . k in float32 (a no-op for float32 inputs): in bf16 the scores would be rounded as in
-    # the sense-weight network's bug of issue 12
-    queries = queries.float() * (1.0 / math.sqrt(hd))
-    keys_t = keys.float().transpose(-1, -2)  # (b, k, hd, s)
+    # q . k in float32 at least (float64 stays float64): in bf16 the scores would be rounded as
+    # in the sense-weight network's bug of issue 12
+    dtype = score_dtype(queries.dtype)
+    queries = queries.to(dtype) * (1.0 / math.sqrt(hd))
+    keys_t = keys.to(dtype).transpose(-1, -2)  # (b, k, hd, s)
     future = torch.ones(rows, rows, dtype=torch.bool, device=queries.device).triu_(1)
     mixed = senses.new_empty(b, s, senses.shape[-1])
     for start in range(0, s, rows):
         end = min(start + rows, s)
-        scores = queries[:, :, start:end] @ keys_t[..., :end]  # (b, k, rows, end), float32
+        scores = queries[:, :, start:end] @ keys_t[..., :end]  # (b, k, rows, end), >= float32
         scores[..., start:].masked_fill_(future[:end - start, :end - start], float("-inf"))
         alpha = scores.softmax(-1).to(senses.dtype)
         mixed[:, start:end] = (alpha @ senses[:, :, :end]).sum(1)  # (b, rows, d)
@@ -317,16 +321,24 @@ class SenseWeightNetwork(nn.Module):
         self.c_attn = nn.Linear(config.n_embd, 2 * config.n_embd)  # queries then keys
 
     def project(self, hidden_states):
-        """hidden_states (b, s, d) -> queries, keys, each (b, k, s, d/k)."""
-        return rearrange(self.c_attn(hidden_states), "b s (two k hd) -> two b k s hd",
-                         two=2, k=self.num_senses)
+        """hidden_states (b, s, d) -> queries, keys, each (b, k, s, d/k), in `score_dtype`.
+
+        Computed in float32 for a bfloat16 model: rounding q and k to bf16 moves q . k (up to
+        ~4000 on the shipped model) by tens, the weights by up to 0.46 on PTB (0.32 without
+        that rounding; docs/API.md, "Precision"). Under autocast the matmul stays autocast's."""
+        dtype = score_dtype(hidden_states.dtype)
+        w = self.c_attn
+        projected = F.linear(hidden_states.to(dtype), w.weight.to(dtype), w.bias.to(dtype))
+        return rearrange(projected, "b s (two k hd) -> two b k s hd", two=2, k=self.num_senses)
 
     def forward(self, queries, keys, allowed):
         """queries (b, k, s, hd), keys (b, k, t, hd), allowed (b|1, 1, s, t) -> (b, k, s, t)."""
-        # Scores and softmax in float32, autocast or not: in bfloat16 the unscaled scores of a
-        # trained model (~2600 on the shipped one) sit 16 apart and the weights move by ~0.5.
+        # Scores and softmax in float32 (float64 for a float64 model), autocast or not: in
+        # bfloat16 the unscaled scores of a trained model (~2600 on the shipped one) sit 16 apart
+        # and the weights move by ~0.5.
+        dtype = score_dtype(queries.dtype)
         with torch.autocast(queries.device.type, enabled=False):
-            scores = torch.einsum("b k i h, b k j h -> b k i j", queries.float(), keys.float())
+            scores = torch.einsum("b k i h, b k j h -> b k i j", queries.to(dtype), keys.to(dtype))
         scores = scores / math.sqrt(self.head_dim)
         if self.mask_value is None:
             scores = scores.masked_fill(~allowed, float("-inf"))
@@ -433,6 +445,7 @@ class BackpackCache:
         self.token_ids = None  # (b, t)
         self.positions = None  # (b, t)
         self.key_valid = None  # (b, t) bool: not padding
+        self.has_padding = False  # some key_valid is False: a call without a mask still needs it
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         """Tokens seen so far (padding included). `key_valid` is kept for both model kinds; the
@@ -539,7 +552,8 @@ class Backpack(nn.Module):
         """input_ids (b, s) -> BackpackOutput.
 
         attention_mask (b, past + s): 1 for tokens, 0 for padding (padding never receives
-        weight). labels (b, s): next-token loss with the usual shift; -100 is ignored.
+        weight); left out with a cache, the cache's own record of its padding is used (new
+        tokens count as real). labels (b, s): next-token loss with the usual shift; -100 is ignored.
         With use_cache, the returned `past_key_values` continues the sequence on the next call.
         """
         cfg = self.config
@@ -548,6 +562,10 @@ class Backpack(nn.Module):
         if use_cache and cache is None:
             cache = BackpackCache(cfg.n_layer)
         past_len = cache.get_seq_length() if cache is not None else 0
+        if attention_mask is None and cache is not None and cache.has_padding:
+            # the prefix was padded: its padding must stay invisible and positions must keep
+            # counting real tokens, so continue with the mask the cache remembers
+            attention_mask = torch.cat([cache.key_valid, cache.key_valid.new_ones(b, s)], 1)
 
         # Positions and masks. Positions count real tokens, so left padding works.
         padded = attention_mask is not None and not bool(attention_mask.all())
@@ -567,6 +585,8 @@ class Backpack(nn.Module):
             raise ValueError(f"sequence of {longest} tokens is longer than the model's context "
                              f"of {cfg.n_positions} (n_positions); shorten it")
         key_valid = key_valid_new if cache is None else cache.extend("key_valid", key_valid_new, 1)
+        if cache is not None:
+            cache.has_padding = cache.has_padding or padded
         # None means plain causal attention (fast path: flash-attn, or SDPA's is_causal)
         allowed = causal_allowed(past_len, s, key_valid, input_ids.device) if padded else None
 
@@ -612,7 +632,7 @@ class Backpack(nn.Module):
                 # 2. contextualization weights
                 if allowed is None:
                     allowed = causal_allowed(past_len, s, None, input_ids.device)
-                contextualization = self.sense_weight_network(queries, keys, allowed)
+                contextualization = self.sense_weight_network(queries, keys, allowed).to(senses.dtype)
                 if self.edit_overrides is not None:
                     contextualization = self.edit_overrides.on_contextualization(
                         contextualization, source_ids, source_positions, positions)
@@ -668,29 +688,3 @@ def flops_per_token(config: ModelConfig, seq_len: int) -> float:
         forward += 2 * (2 * d * d)  # sense-weight projection
         forward += 2 * seq_len * d + 2 * k * seq_len * d  # sense scores + mixing
     return 3.0 * forward
-
-
-_FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def weights_fingerprint(model: Backpack, salt: str = "backpack-weights-1") -> str:
-    """sha256 (hex) over `salt`, the config and every tensor of the state dict (name, dtype,
-    shape, bytes; the edits an exported model carries included): which model this is, e.g. the
-    base model an edit pack was made on. The weights as loaded: the same file loaded in bfloat16
-    has another fingerprint. Memoised per model object while no tensor is replaced or changed in
-    place (data pointer and version counter)."""
-    params = list(model.state_dict().items())
-    memo = tuple((p.data_ptr(), p._version) for _, p in params)
-    known = _FINGERPRINTS.setdefault(model, {})  # salt -> (memo, key)
-    hit = known.get(salt)
-    if hit is not None and hit[0] == memo:
-        return hit[1]
-    digest = hashlib.sha256(f"{salt}\n".encode())
-    digest.update(json.dumps(model.config.to_dict(), sort_keys=True).encode())
-    for name, p in params:
-        t = p.detach().to("cpu").contiguous()
-        digest.update(f"\n{name} {t.dtype} {tuple(t.shape)}\n".encode())
-        digest.update(t.view(torch.uint8).numpy().data if t.numel() else b"")
-    key = digest.hexdigest()
-    known[salt] = (memo, key)
-    return key
