@@ -839,17 +839,32 @@ class CompiledEdits(Intervention):
 # Edit sets
 # ----------------------------------------------------------------------------------------------
 
-_SET_FIELDS = ("version", "edits", "name", "description")
+_SET_FIELDS = ("version", "edits", "name", "description", "provenance")
+
+
+def _check_provenance(value: Any) -> dict[str, Any] | None:
+    """Where a learned edit set came from (`edit.finetune`): a JSON object of finite values."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise EditError(f"'provenance' must be a JSON object (string keys), got {_show(value)}")
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise EditError(f"'provenance' must hold only JSON values (finite numbers): {err}") from None
+    return value
 
 
 @dataclass
 class EditSet:
-    """Edits applied in order; JSON: {"version": 1, "edits": [...], "name"?, "description"?}."""
+    """Edits applied in order; JSON: {"version": 1, "edits": [...], "name"?, "description"?,
+    "provenance"?} (provenance: a JSON object saying where a learned edit set came from)."""
 
     edits: list[Edit] = field(default_factory=list)
     version: int = SCHEMA_VERSION
     name: str | None = None
     description: str | None = None
+    provenance: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not _is_int(self.version) or self.version != SCHEMA_VERSION:
@@ -863,6 +878,7 @@ class EditSet:
                                 "(use EditSet.from_dict for JSON objects)")
         self.name = _check_note(self.name, "name")
         self.description = _check_note(self.description, "description")
+        self.provenance = _check_provenance(self.provenance)
 
     def __len__(self) -> int:
         return len(self.edits)
@@ -906,7 +922,8 @@ class EditSet:
                 label = f"edit {i} ({kind})" if isinstance(kind, str) and kind in EDIT_KINDS else f"edit {i}"
                 raise EditError(f"{label}: {err}") from None
         try:
-            return cls(edits, version, data.get("name"), data.get("description"))
+            return cls(edits, version, data.get("name"), data.get("description"),
+                       data.get("provenance"))
         except EditError as err:
             raise EditError(f"edit set: {err}") from None
 
@@ -916,6 +933,8 @@ class EditSet:
             out["name"] = self.name
         if self.description is not None:
             out["description"] = self.description
+        if self.provenance is not None:
+            out["provenance"] = self.provenance
         out["edits"] = [e.to_dict() for e in self.edits]
         return out
 
