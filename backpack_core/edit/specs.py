@@ -887,7 +887,8 @@ class EditSet:
         return iter(self.edits)
 
     def __add__(self, other: EditSet) -> EditSet:
-        return EditSet(self.edits + list(other.edits), name=self.name, description=self.description)
+        return EditSet(self.edits + list(other.edits), name=self.name, description=self.description,
+                       provenance=self.provenance)
 
     # -- JSON --
 
