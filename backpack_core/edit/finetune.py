@@ -560,8 +560,9 @@ def train_lora(model: Backpack, tokenizer, examples, loss, background: Backgroun
     """LoRA (peft) on every linear layer of a copy (rank config.lora_rank, alpha = 2 x rank, no
     dropout): returns the merged weight change {weight name: scaling * B A} and the objective.
 
-    peft's `inject_adapter_in_model` wraps the plain torch module (the Backpack is not a
-    transformers PreTrainedModel; `BackpackLM` is, but its forward adds nothing LoRA needs)."""
+    peft's `inject_adapter_in_model` wraps the plain torch module the harness holds. (peft's
+    `get_peft_model` also wraps `model.hf.BackpackLM`, the same linear layers: forward, backward
+    and `merge_and_unload` work; the Backpack inside is what the other methods run.)"""
     try:
         from peft import LoraConfig, inject_adapter_in_model
     except ImportError as err:
