@@ -18,12 +18,11 @@ strength is the largest of --strengths whose measured increase of the general lo
 background text stays within --budget. Full finetuning and LoRA (peft) are trained and chosen the
 same way. --twin DIR adds the sense edit carried to a Transformer with the same tokenizer
 (logits_twin + logits_edited - logits_backpack). The edit set (add_sense edits, with provenance)
-goes to --out; the chosen senses are printed with their top words before and the words their
-learned delta promotes.
+goes to --out; the chosen senses are printed with their top words before and after the edit.
 JSON output: {"examples", "eval", "loss", "budget", "background", "base_general_loss",
 "rows": [{"method", "strength", "general_increase", "targeted_increase", "before": {"success",
 "margin", "targeted_loss", "n"}, "after": {...}, "trained_parameters", "sweep"}], "senses":
-[{"token", "token_id", "sense", "score", "example", "top_before", "delta_top"}], "edit_set",
+[{"token", "token_id", "sense", "score", "example", "top_before", "top_after"}], "edit_set",
 "out"}.
 """
 
@@ -87,11 +86,13 @@ def parse_strengths(text: str | None) -> tuple[float, ...] | None:
     return values
 
 
-def sense_rows(model, tokenizer, choices, deltas, top: int) -> list[dict]:
-    """Each chosen sense with its top words (E . C(w)_l) and the words its delta promotes."""
+def sense_rows(model, tokenizer, choices, deltas, strength: float, top: int) -> list[dict]:
+    """Each chosen sense with its top words (E . C(w)_l, interpret.readouts) before and after
+    the edit (C(w)_l + strength * delta)."""
     import torch
 
     from backpack_core.interpret.readouts import sense_logits, sense_readout
+    from backpack_core.model.vocab import token_text
 
     rows = []
     n_real = min(len(tokenizer), model.config.vocab_size)
@@ -99,13 +100,14 @@ def sense_rows(model, tokenizer, choices, deltas, top: int) -> list[dict]:
     with torch.no_grad():
         table = deltas.masked_delta()
         for c in choices:
-            readout = sense_readout(model, tokenizer, c.token_id, top=top)
-            before = [w.token for w in readout.pieces[0].readouts[c.sense].top]
-            scores = sense_logits(model, table[index[c.token_id], c.sense])[:n_real]
-            delta_top = [tokenizer.decode([int(i)]) for i in scores.topk(top).indices]
+            readout = sense_readout(model, tokenizer, c.token_id, top=top).pieces[0]
+            before = [w.token for w in readout.readouts[c.sense].top]
+            edited = readout.senses[c.sense] + strength * table[index[c.token_id], c.sense].cpu()
+            scores = sense_logits(model, edited.to(model.wte.weight.device))[:n_real]
+            after = [token_text(tokenizer, int(i)) for i in scores.topk(top).indices]
             rows.append({"token": c.token, "token_id": c.token_id, "sense": c.sense,
                          "score": c.score, "example": c.example, "top_before": before,
-                         "delta_top": delta_top})
+                         "top_after": after})
     return rows
 
 
@@ -127,12 +129,12 @@ def render(data: dict) -> str:
         lines.append(f"{r['method']:<18}{r['strength']:>9g}{_pct(b):>16}{_pct(a):>7}"
                      f"{margin(b):>15}{margin(a):>8}{r['general_increase']:>+11.4f}{targeted:>12}"
                      f"{r['trained_parameters']:>10,}")
-    lines += ["", "chosen senses (importance = ||dL/dC(w)_l||), top words before | words the "
-                  "learned delta promotes:"]
+    lines += ["", f"chosen senses (importance = ||dL/dC(w)_l||), top words before | after the "
+                  f"edit (strength {data['rows'][0]['strength']:g}):"]
     for s in data["senses"]:
         lines.append(f"  {s['token']!r} sense {s['sense']:>2} (example {s['example']}, score "
                      f"{s['score']:.3g}): {' '.join(repr(w) for w in s['top_before'])} | "
-                     f"{' '.join(repr(w) for w in s['delta_top'])}")
+                     f"{' '.join(repr(w) for w in s['top_after'])}")
     if data["out"]:
         lines += ["", f"edit set ({len(data['edit_set']['edits'])} add_sense edits) written to {data['out']}"]
     return "\n".join(lines)
@@ -198,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "loss": args.loss, "budget": args.budget, "background": background.name,
             "base_general_loss": result.sense.base_general_loss, "rows": rows,
             "senses": sense_rows(model, tokenizer, result.sense.choices, result.sense.deltas,
-                                 args.top_words),
+                                 result.sense.result.strength, args.top_words),
             "edit_set": result.sense.edit_set.to_dict(), "out": args.out}
     return _cli.emit(args, data, render)
 
