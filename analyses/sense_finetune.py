@@ -67,7 +67,7 @@ def build_parser():
     p.add_argument("--lora-rank", type=int, default=4, help="LoRA rank (default 4)")
     p.add_argument("--kl-weight", type=float, default=1.0, help="weight of the KL penalty (default 1)")
     p.add_argument("--strengths", default=None,
-                   help="candidate strengths, comma-separated (default 0.125 ... 4)")
+                   help="candidate strengths, comma-separated (default 0.125 ... 32)")
     p.add_argument("--top-words", type=int, default=6, help="top words per chosen sense (default 6)")
     p.add_argument("--seed", type=int, default=0)
     _cli.add_threads(p)

@@ -67,7 +67,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 LOSSES = ("good", "bad", "balance")
 METHODS = ("senses", "full", "lora")
-DEFAULT_STRENGTHS = (0.125, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
+DEFAULT_STRENGTHS = (0.125, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0)
 BALANCE_TOLERANCE = math.log(2.0)  # a balance item succeeds within a factor of 2
 MAX_EXAMPLES = 200  # canonical examples are a few; this bounds one optimisation batch
 MAX_EVAL_ITEMS = 5_000
