@@ -499,3 +499,12 @@ def test_config_edit_overrides_are_checked(tiny_model_dir, tmp_path, value, mess
     (tmp_path / "m" / "config.json").write_text(json.dumps({**config, "edit_overrides": value}))
     with pytest.raises(CheckpointError, match=f"Invalid model config: edit_overrides.*{re.escape(message)}"):
         load_backpack(tmp_path / "m")
+
+
+def test_card_and_pack_keep_the_edit_sets_provenance(tiny_model, tiny_tokenizer, tmp_path):
+    """A learned edit set (edit.finetune) says where it came from: the pack and the card keep it."""
+    learned = {**EDITS, "provenance": {"method": "sense finetuning", "examples": 12, "kl": 0.01}}
+    export_edited_model(tiny_model, tiny_tokenizer, learned, tmp_path / "out")
+    pack = EditSet.load(tmp_path / "out" / PACK_FILE)
+    assert pack.provenance == learned["provenance"]
+    assert '"method": "sense finetuning"' in (tmp_path / "out" / "README.md").read_text()

@@ -96,7 +96,7 @@ def make_pack(edits: Any, model: Backpack, tokenizer: Tokenizer, title: str | No
         pack["adapted_from"] = earlier
     return EditSet(list(edit_set.edits), name=title if title is not None else edit_set.name,
                    description=description if description is not None else edit_set.description,
-                   pack=pack)
+                   provenance=edit_set.provenance, pack=pack)
 
 
 def _pack_fields(pack: dict[str, Any]) -> tuple[str, str]:
@@ -166,7 +166,8 @@ def check_pack(edits: Any, model: Backpack, tokenizer: Tokenizer, apply_anyway: 
         else:
             kept.append(edit)
     return PackCheck(EditSet(kept, name=edit_set.name, description=edit_set.description,
-                             pack=edit_set.pack), same_model=False, unresolved=unresolved)
+                             provenance=edit_set.provenance, pack=edit_set.pack),
+                     same_model=False, unresolved=unresolved)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -386,6 +387,9 @@ def model_card(pack: EditSet, tables: OverrideTables, base_name: str, fingerprin
                   "did not fit this one):", ""]
         lines += [f"- edit {u['index']}: {u['edit']}: {u['reason']}" for u in unresolved]
     lines += ["", "## Provenance", ""]
+    if pack.provenance:  # where a learned edit set came from (edit.finetune)
+        lines.append("- the edit set's own record of where it came from: "
+                     f"`{json.dumps(pack.provenance, ensure_ascii=False)}`")
     if info.get("adapted_from"):
         lines.append(f"- the edit pack was made on another model (fingerprint "
                      f"`{info['adapted_from']}`) with the same tokenizer, and applied to the base "

@@ -839,20 +839,35 @@ class CompiledEdits(Intervention):
 # Edit sets
 # ----------------------------------------------------------------------------------------------
 
-_SET_FIELDS = ("version", "edits", "name", "description", "pack")
+_SET_FIELDS = ("version", "edits", "name", "description", "provenance", "pack")
+
+
+def _check_provenance(value: Any) -> dict[str, Any] | None:
+    """Where a learned edit set came from (`edit.finetune`): a JSON object of finite values."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise EditError(f"'provenance' must be a JSON object (string keys), got {_show(value)}")
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise EditError(f"'provenance' must hold only JSON values (finite numbers): {err}") from None
+    return value
 
 
 @dataclass
 class EditSet:
     """Edits applied in order; JSON: {"version": 1, "edits": [...], "name"?, "description"?,
-    "pack"?}. `pack`: what a shared edit pack records about the model it was made on (base
-    model fingerprint, tokenizer identity; `backpack_core.edit.export` writes and checks it);
-    an edit set without it loads as before."""
+    "provenance"?, "pack"?}. `provenance`: a JSON object saying where a learned edit set came
+    from (`edit.finetune`); `pack`: what a shared edit pack records about the model it was made
+    on (base model fingerprint, tokenizer identity; `edit.export` writes and checks it). An edit
+    set without them loads as before."""
 
     edits: list[Edit] = field(default_factory=list)
     version: int = SCHEMA_VERSION
     name: str | None = None
     description: str | None = None
+    provenance: dict[str, Any] | None = None
     pack: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
@@ -867,6 +882,7 @@ class EditSet:
                                 "(use EditSet.from_dict for JSON objects)")
         self.name = _check_note(self.name, "name")
         self.description = _check_note(self.description, "description")
+        self.provenance = _check_provenance(self.provenance)
         if self.pack is not None and not isinstance(self.pack, dict):
             raise EditError(f"'pack' must be an object (what the pack was made on), got "
                             f"{_show(self.pack)}")
@@ -878,7 +894,8 @@ class EditSet:
         return iter(self.edits)
 
     def __add__(self, other: EditSet) -> EditSet:
-        return EditSet(self.edits + list(other.edits), name=self.name, description=self.description)
+        return EditSet(self.edits + list(other.edits), name=self.name, description=self.description,
+                       provenance=self.provenance)
 
     # -- JSON --
 
@@ -913,7 +930,8 @@ class EditSet:
                 label = f"edit {i} ({kind})" if isinstance(kind, str) and kind in EDIT_KINDS else f"edit {i}"
                 raise EditError(f"{label}: {err}") from None
         try:
-            return cls(edits, version, data.get("name"), data.get("description"), data.get("pack"))
+            return cls(edits, version, data.get("name"), data.get("description"),
+                       provenance=data.get("provenance"), pack=data.get("pack"))
         except EditError as err:
             raise EditError(f"edit set: {err}") from None
 
@@ -923,6 +941,8 @@ class EditSet:
             out["name"] = self.name
         if self.description is not None:
             out["description"] = self.description
+        if self.provenance is not None:
+            out["provenance"] = self.provenance
         if self.pack is not None:
             out["pack"] = self.pack
         out["edits"] = [e.to_dict() for e in self.edits]
