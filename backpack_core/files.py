@@ -7,7 +7,9 @@ file or the new one, plus at most a `.NAME.*.tmp` file that nothing reads.
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -54,6 +56,29 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> No
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def os_error_of(err: BaseException) -> OSError | None:
+    """The operating system's error behind `err`, or None. Writers report a failed write in their
+    own way: Python raises OSError; torch.save into a Python file raises RuntimeError with the
+    OSError as its context; safetensors (Rust) raises SafetensorError("... (os error 28)")."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError):
+            return err
+        found = re.search(r"\(os error (\d+)\)", str(err))
+        if found:
+            code = int(found.group(1))
+            return OSError(code, os.strerror(code))
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """True when `err` is (or was caused by) a full disk or an exhausted quota."""
+    os_err = os_error_of(err)
+    return os_err is not None and os_err.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

@@ -5,6 +5,7 @@ loss each leave a run that resumes to exactly the uninterrupted run's weights.""
 from __future__ import annotations
 
 import errno
+import io
 import os
 import shutil
 import signal
@@ -230,3 +231,72 @@ def test_read_only_out_dir_is_refused_before_training(shards, tmp_path, capsys, 
     err = train_error(["--config", "tiny", f"data.dir={shards}", "train.max_steps=2",
                        f"train.out_dir={tmp_path / 'ro'}"], capsys)
     assert "is not writable (Permission denied)" in err
+
+
+def fail_writes_in_save_of_step_4(monkeypatch, out: Path, failing: str, how: str) -> None:
+    """Make the write of `failing` (a file of the step-4 checkpoint) fail as the real writer fails.
+    how="fsize": a file-size limit (RLIMIT_FSIZE) just below that file's size, so safetensors and
+    torch meet a real refused write (EFBIG) and report it their own way; how="enospc": a full
+    disk as the writers report it (safetensors: SafetensorError "... (os error 28)"; torch.save:
+    RuntimeError with the file's OSError as its context)."""
+    import resource
+
+    import safetensors
+    import safetensors.torch
+
+    import backpack_core.train as train_module
+
+    real_save, real_file_save = train_module.save_checkpoint, safetensors.torch.save_file
+
+    def save(out_dir, model, optimizer, tokenizer, state, d):
+        if state["step"] != 4:
+            return real_save(out_dir, model, optimizer, tokenizer, state, d)
+        previous = find_checkpoint(out)[0]
+        sizes = sorted((previous / name).stat().st_size for name in ("model.safetensors", "train_state.pt"))
+        if how == "fsize":
+            limit = sizes[0] - 1 if failing == "model.safetensors" else (sizes[0] + sizes[1]) // 2
+            handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+            try:
+                return real_save(out_dir, model, optimizer, tokenizer, state, d)
+            finally:
+                resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+                signal.signal(signal.SIGXFSZ, handler)
+        if failing == "model.safetensors":
+            def full(tensors, path, metadata=None):
+                raise safetensors.SafetensorError(
+                    "Error while serializing: I/O error: No space left on device (os error 28)")
+            monkeypatch.setattr(safetensors.torch, "save_file", full)
+        else:
+            class FullFile(io.BytesIO):
+                def write(self, data):
+                    raise OSError(errno.ENOSPC, "No space left on device")
+
+            monkeypatch.setattr(checkpoint, "open", lambda path, mode: FullFile(), raising=False)
+        try:
+            return real_save(out_dir, model, optimizer, tokenizer, state, d)
+        finally:
+            monkeypatch.setattr(safetensors.torch, "save_file", real_file_save)
+            monkeypatch.delattr(checkpoint, "open", raising=False)
+
+    monkeypatch.setattr(train_module, "save_checkpoint", save)
+
+
+@pytest.mark.parametrize("how", ["fsize", "enospc"])
+@pytest.mark.parametrize("failing", ["model.safetensors", "train_state.pt"])
+def test_a_failed_write_of_weights_or_optimizer_is_one_line_and_leaves_no_partial(
+        shards, tmp_path, reference, monkeypatch, capsys, failing, how):  # noqa: F811
+    """Issue 20 item 15: the writers' own errors (not OSError) ended in "internal error", exit 1,
+    with the .partial-step directory left behind."""
+    out = tmp_path / "run"
+    fail_writes_in_save_of_step_4(monkeypatch, out, failing, how)
+    err = train_error(["--config", "tiny", *tiny_args(shards, out), *SETTINGS], capsys)
+    if how == "enospc":
+        assert err.startswith("error: not enough disk space to save the checkpoint of step 4")
+    else:
+        assert err.startswith("error: cannot write the checkpoint of step 4") and "File too large" in err
+    assert "the last good checkpoint (step 2) is kept" in err, err
+    assert saved_step(out) == 2 and not list((out / "checkpoints").glob(".partial-*"))
+    monkeypatch.undo()
+    assert main(["--resume", str(out)]) == 0 and same_weights(out, reference)

@@ -22,7 +22,6 @@ Under FSDP, full (unsharded) state dicts are gathered to rank 0, which alone wri
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import shutil
@@ -39,7 +38,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from ..files import atomic_write, fsync_dir, make_dir_readable, write_text_atomic
+from ..files import atomic_write, fsync_dir, is_disk_full, make_dir_readable, os_error_of, write_text_atomic
 from ..loading import CHECKPOINTS_DIR, CURRENT_LINK, WEIGHTS_FILE, CheckpointError, save_backpack
 from ..model import Backpack
 from ..tokenizer import TOKENIZER_FILE, Tokenizer
@@ -166,11 +165,33 @@ def prune(out_dir: Path, keep: int = KEEP) -> None:
         shutil.rmtree(ckpt, ignore_errors=True)
 
 
+def _torch_save(obj, path: Path) -> None:
+    """torch.save through a Python file, so a failed write keeps its OSError (as the context of
+    torch's RuntimeError) instead of only "unexpected pos"."""
+    with open(path, "wb") as f:
+        torch.save(obj, f)
+
+
+def _write_failed(err: Exception, out_dir: Path, step: int, needed: int) -> Exception:
+    """The one-line error for a save that failed while writing: DiskFullError for a full disk or
+    quota, CheckpointError for any other refused write; `err` itself when it is not about files."""
+    root = out_dir / CHECKPOINTS_DIR
+    if is_disk_full(err):
+        return _disk_full(out_dir, step, needed, shutil.disk_usage(root).free)
+    os_err = os_error_of(err)
+    if os_err is None:
+        return err
+    last = saved_step(out_dir)
+    kept = f"the last good checkpoint (step {last}) is kept" if last is not None else "no earlier checkpoint exists"
+    return CheckpointError(f"cannot write the checkpoint of step {step} in {root}: "
+                           f"{os_err.strerror or os_err}; {kept}")
+
+
 def _write(partial: Path, shell: Backpack, tokenizer: Tokenizer, state: dict, optim: dict) -> None:
     """Every file of one checkpoint into `partial`, the manifest last."""
     save_backpack(shell, tokenizer, partial,
                   extra_config={"train_step": state["step"], "train_tokens": state["tokens"]})
-    atomic_write(partial / STATE_FILE, lambda p: torch.save({**state, "optimizer": optim}, p))
+    atomic_write(partial / STATE_FILE, lambda p: _torch_save({**state, "optimizer": optim}, p))
     files = {p.name: p.stat().st_size for p in sorted(partial.iterdir()) if not p.name.startswith(".")}
     manifest = {"step": state["step"], "files": files}
     write_text_atomic(partial / MANIFEST, json.dumps(manifest, indent=2) + "\n")
@@ -205,14 +226,17 @@ def save_checkpoint(out_dir: Path, model: Backpack, optimizer: torch.optim.Optim
             shutil.rmtree(final)
         os.rename(partial, final)
         fsync_dir(root)
-    except OSError as err:
+    except Exception as err:  # any writer's failure (safetensors, torch, Python): never a half checkpoint
         shutil.rmtree(partial, ignore_errors=True)
-        if err.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise _disk_full(out_dir, step, needed, shutil.disk_usage(root).free) from err
-        raise CheckpointError(f"cannot write the checkpoint of step {step} in {root}: "
-                              f"{err.strerror or err}; the last good checkpoint is kept") from err
-    point_to(out_dir, final)
-    prune(out_dir)
+        failed = _write_failed(err, out_dir, step, needed)
+        if failed is err:
+            raise
+        raise failed from err
+    try:
+        point_to(out_dir, final)
+        prune(out_dir)
+    except OSError as err:  # step N is complete on disk; --resume finds it
+        raise _write_failed(err, out_dir, step, needed) from err
     return final
 
 
