@@ -38,8 +38,8 @@ from .training.checkpoint import (
     find_checkpoint,
     load_checkpoint,
     point_to,
-    read_train_state,
     remove_checkpoints,
+    resume_point,
     save_checkpoint,
 )
 from .training.config import (
@@ -219,8 +219,10 @@ def setup(cfg: RunConfig, d: distributed.Dist, resume: bool, overwrite: bool) ->
     identity = {"model": model_config.to_dict(), "seq_len": seq_len, "seed": t.seed,
                 "global_batch": plan.global_batch, "train_tokens_in_data": int(len(shards.train)),
                 "tokenizer_sha256": shards.manifest.get("tokenizer_sha256")}
-    state = read_train_state(prior[0]) if resume else {}
-    if resume:
+    state, weights = {}, None
+    if resume:  # the newest checkpoint that is whole (a damaged one is skipped, with a note)
+        ckpt, state, weights = resume_point(out_dir, move_aside=d.is_main)
+        prior = (ckpt, int(state["step"]))
         check_resumable(state.get("identity", {}), identity, out_dir)
 
     if d.is_main:
@@ -236,7 +238,7 @@ def setup(cfg: RunConfig, d: distributed.Dist, resume: bool, overwrite: bool) ->
     train_model = distributed.wrap_model(model, d, t.fsdp, should_compile(t.compile, plan.max_steps), bf16)
     optimizer = build_optimizer(model, t, d.device)
     if resume:
-        load_checkpoint(prior[0], model, optimizer, state)
+        load_checkpoint(prior[0], model, optimizer, state, weights)
         if d.is_main and prior[0] != out_dir:
             point_to(out_dir, prior[0])  # the run directory loads as the checkpoint resumed from
     job = Job(cfg, d, plan, model, train_model, optimizer, shards,

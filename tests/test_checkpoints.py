@@ -300,3 +300,81 @@ def test_a_failed_write_of_weights_or_optimizer_is_one_line_and_leaves_no_partia
     assert saved_step(out) == 2 and not list((out / "checkpoints").glob(".partial-*"))
     monkeypatch.undo()
     assert main(["--resume", str(out)]) == 0 and same_weights(out, reference)
+
+
+def flip_bytes(path: Path, n: int = 64) -> None:
+    """Invert n bytes near the end of a file (tensor data, past any header)."""
+    data = bytearray(path.read_bytes())
+    for i in range(len(data) - 3 * n, len(data) - 2 * n):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def rewrite_manifest(ckpt: Path, **changes) -> None:
+    """The manifest as a careful forger would leave it: sizes and checksums of the files now there."""
+    import json
+
+    manifest = json.loads((ckpt / "manifest.json").read_text())
+    for name in manifest["files"]:
+        manifest["files"][name] = (ckpt / name).stat().st_size
+        manifest["sha256"][name] = checkpoint.sha256_file(ckpt / name)
+    manifest.update(changes)
+    (ckpt / "manifest.json").write_text(json.dumps(manifest))
+
+
+def damage_checkpoint(ckpt: Path, previous: Path, damage: str) -> None:
+    from safetensors.torch import save_file
+
+    if damage == "weights-bit-flip":
+        flip_bytes(ckpt / "model.safetensors")
+    elif damage == "state-bit-flip":
+        flip_bytes(ckpt / "train_state.pt")
+    elif damage == "nan-weights-rechecksummed":
+        weights = load_file(str(ckpt / "model.safetensors"))
+        name = sorted(weights)[0]
+        weights[name].view(-1)[0] = float("nan")
+        save_file(weights, str(ckpt / "model.safetensors"), metadata={"format": "pt"})
+        rewrite_manifest(ckpt)
+    elif damage == "optimizer-of-another-step":
+        shutil.copy(previous / "train_state.pt", ckpt / "train_state.pt")
+        rewrite_manifest(ckpt)
+
+
+@pytest.mark.parametrize("damage", ["weights-bit-flip", "state-bit-flip", "nan-weights-rechecksummed",
+                                    "optimizer-of-another-step"])
+def test_resume_checks_the_checkpoint_and_falls_back_to_the_previous_good_one(
+        shards, tmp_path, reference, capsys, damage):  # noqa: F811
+    """Issue 20 item 16: a damaged newest checkpoint was loaded unchecked (NaN: then blamed on the
+    learning rate; a step mismatch advised --overwrite, which discards the good one)."""
+    out = tmp_path / "run"
+    run(tiny(shards, out, *SETTINGS))  # checkpoints of steps 4 and 5
+    root = out / "checkpoints"
+    damage_checkpoint(root / "step-00000005", root / "step-00000004", damage)
+    capsys.readouterr()
+    assert main(["--resume", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("note: checkpoint ") and err.count("\n") == 1, err
+    assert "is damaged" in err and "resuming from step 4 instead" in err
+    assert same_weights(out, reference)  # step 5 trained again from step 4's good checkpoint
+    assert saved_step(out) == 5 and (root / "damaged-step-00000005").is_dir()
+
+
+def test_no_good_checkpoint_and_an_edited_manifest_step(shards, tmp_path, reference, capsys):  # noqa: F811
+    out = tmp_path / "run"
+    run(tiny(shards, out, *SETTINGS))
+    root = out / "checkpoints"
+    # The step in a manifest edited (with its checksums made right): not trusted, and the newest
+    # checkpoint (step 5) is resumed, not step 4 as "step 9", which then pruned step 5.
+    rewrite_manifest(root / "step-00000004", step=9)
+    capsys.readouterr()
+    assert main(["--resume", str(out)]) == 0
+    assert "is already at step 5 of 5" in capsys.readouterr().out
+    assert (root / "step-00000005").is_dir() and same_weights(out, reference)
+
+    # Nothing good left: one line naming what is wrong with each, never advising --overwrite.
+    shutil.copy(root / "step-00000004" / "train_state.pt", root / "step-00000005" / "train_state.pt")
+    rewrite_manifest(root / "step-00000005")
+    err = train_error(["--resume", str(out)], capsys)
+    assert "no checkpoint in" in err and "can be resumed" in err and "--overwrite" not in err, err
+    assert "step-00000005: the checkpoint in" in err and "weights at step 5, optimizer at step 4" in err
+    assert "step-00000004: its manifest.json says step 9" in err
