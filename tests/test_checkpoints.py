@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import io
+import json
 import os
 import shutil
 import signal
@@ -378,3 +379,22 @@ def test_no_good_checkpoint_and_an_edited_manifest_step(shards, tmp_path, refere
     assert "no checkpoint in" in err and "can be resumed" in err and "--overwrite" not in err, err
     assert "step-00000005: the checkpoint in" in err and "weights at step 5, optimizer at step 4" in err
     assert "step-00000004: its manifest.json says step 9" in err
+
+
+def test_malformed_metrics_lines_are_skipped_with_a_warning_on_resume(shards, tmp_path, capsys):  # noqa: F811
+    """Issue 20 item 17: a metrics.jsonl line that is JSON but not a record (a list, NaN, a step
+    that is not a number) made --resume fail with "internal error"; every good line is kept."""
+    out = tmp_path / "run"
+    run(tiny(shards, out, "train.max_steps=4", "train.ckpt_every=2", "train.eval_every=0"))
+    good = (out / "metrics.jsonl").read_bytes().splitlines()
+    bad = [b"[1, 2]", b"NaN", b'{"step": "three"}', b'{"step": null}', b"\xff\xfe not utf-8",
+           b'{"step": 4, "loss": 1.', b"[" * 100_000]
+    mixed = [good[0], *bad[:4], *good[1:3], *bad[4:], *good[3:]]
+    (out / "metrics.jsonl").write_bytes(b"\n".join(mixed) + b"\n")
+    capsys.readouterr()
+    assert main(["--resume", str(out), "train.max_steps=6"]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith(f"warning: {out / 'metrics.jsonl'}: skipped 7 malformed line(s) (line 2, 3, 4, 5, 8, 9, 10)")
+    assert err.count("\n") == 1, err
+    lines = (out / "metrics.jsonl").read_bytes().splitlines()
+    assert lines[:len(good)] == good and [json.loads(x)["step"] for x in lines[len(good):]] == [5, 6, 6]  # 6: train and val
