@@ -2,16 +2,19 @@
 
 `atomic_write(path, write)` lets `write` fill a temporary file in the same directory, flushes it
 to disk, and renames it over `path` (os.replace is atomic on POSIX): a crash leaves either the old
-file or the new one, plus at most a `.NAME.*.tmp` file that nothing reads.
+file or the new one, plus at most a `.NAME.*.tmp` file that nothing reads. `locked(directory)`
+keeps a second writer out of a directory while the first works in it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import os
 import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -83,6 +86,34 @@ def is_disk_full(err: BaseException) -> bool:
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+
+
+LOCK_FILE = ".lock"
+
+
+class LockedError(ValueError):
+    """Another process holds the lock of a directory; the message names its pid."""
+
+
+@contextlib.contextmanager
+def locked(directory: str | os.PathLike, what: str = "another process") -> Iterator[None]:
+    """Hold an exclusive lock on `directory` (fcntl.flock on its `.lock` file, which holds our
+    pid) for the duration of the block; LockedError at once when another process holds it. The
+    kernel releases the lock when the process ends, however it ends (kill -9 included)."""
+    path = Path(directory) / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            raise LockedError(f"{directory} is in use by {what} (pid {holder}, which holds {path}); "
+                              "wait for it to end or stop it, or choose another directory") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def make_dir_readable(path: str | os.PathLike) -> None:

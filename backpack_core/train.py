@@ -29,7 +29,7 @@ from torch import nn
 
 from . import cli
 from .data.loader import ShardSet, TrainBatches, eval_windows, gather
-from .files import write_text_atomic
+from .files import locked, write_text_atomic
 from .limits import check_model_fits
 from .loading import CheckpointError
 from .model import Backpack, count_parameters, flops_per_token, next_token_loss
@@ -361,7 +361,10 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
     after every step, before the stop check (tests use it to send a signal at a chosen step)."""
     d = distributed.setup(cfg.train.device)
     try:
-        return loop(setup(cfg, d, resume, overwrite), on_step)
+        if d.is_main:  # one trainer per run directory: a second (even with --overwrite) is refused
+            check_writable(cfg.out_dir)
+        with locked(cfg.out_dir, "another training run") if d.is_main else contextlib.nullcontext():
+            return loop(setup(cfg, d, resume, overwrite), on_step)
     finally:
         distributed.teardown(d)
 

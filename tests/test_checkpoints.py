@@ -398,3 +398,30 @@ def test_malformed_metrics_lines_are_skipped_with_a_warning_on_resume(shards, tm
     assert err.count("\n") == 1, err
     lines = (out / "metrics.jsonl").read_bytes().splitlines()
     assert lines[:len(good)] == good and [json.loads(x)["step"] for x in lines[len(good):]] == [5, 6, 6]  # 6: train and val
+
+
+def test_a_second_trainer_on_the_same_run_directory_is_refused(shards, tmp_path, reference, capsys):  # noqa: F811
+    """Issue 20 item 18: two trainers on one out_dir (the second with --overwrite) both ran,
+    the second removing the first's checkpoints, their metrics interleaved."""
+    out = tmp_path / "run"
+    second = []
+
+    def start_another(step: int) -> None:
+        if step == 2:
+            second.append(main(["--config", "tiny", *tiny_args(shards, out), *SETTINGS, "--overwrite"]))
+            second.append(capsys.readouterr().err)
+
+    run(tiny(shards, out, *SETTINGS), on_step=start_another)
+    code, err = second
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"error: {out} is in use by another training run (pid {os.getpid()}, "), err
+    steps = [r["step"] for r in records(out) if "loss" in r]
+    assert steps == [1, 2, 3, 4, 5] and same_weights(out, reference)  # the first run, undisturbed
+
+    # The lock goes with its process, however it ends (here as kill -9 would, at step 3).
+    def die_at_step_3():
+        run(tiny(shards, tmp_path / "killed", *SETTINGS), on_step=lambda s: s == 3 and os._exit(137))
+
+    assert os.WEXITSTATUS(in_child(die_at_step_3)) == 137
+    assert main(["--resume", str(tmp_path / "killed")]) == 0
+    assert same_weights(tmp_path / "killed", reference)
