@@ -394,10 +394,12 @@ def test_malformed_metrics_lines_are_skipped_with_a_warning_on_resume(shards, tm
     capsys.readouterr()
     assert main(["--resume", str(out), "train.max_steps=6"]) == 0
     err = capsys.readouterr().err
-    assert err.startswith(f"warning: {out / 'metrics.jsonl'}: skipped 7 malformed line(s) (line 2, 3, 4, 5, 8, 9, 10)")
+    assert err.startswith(f"warning: {out / 'metrics.jsonl'}: skipped 7 malformed line(s) "
+                          "(line 2, 3, 4, 5, 8, 9, 10)")
     assert err.count("\n") == 1, err
     lines = (out / "metrics.jsonl").read_bytes().splitlines()
-    assert lines[:len(good)] == good and [json.loads(x)["step"] for x in lines[len(good):]] == [5, 6, 6]  # 6: train and val
+    assert lines[:len(good)] == good
+    assert [json.loads(x)["step"] for x in lines[len(good):]] == [5, 6, 6]  # 6: train and val
 
 
 def test_a_second_trainer_on_the_same_run_directory_is_refused(shards, tmp_path, reference, capsys):  # noqa: F811

@@ -17,7 +17,8 @@ the two newest complete checkpoints removed. `--resume` takes the newest complet
 manifest present and every size matching), so weights and optimizer always come from the same
 step; before loading it, `resume_point` checks it whole (every file's sha256, the step in its
 name, manifest, config.json and train_state.pt, finite weights and optimizer state) and falls back
-to the previous good checkpoint, with a note, when it is damaged. A full disk keeps the last good checkpoint and says how much space was needed.
+to the previous good checkpoint, with a note, when it is damaged. A full disk keeps the last good
+checkpoint and says how much space was needed.
 There is no RNG state to keep: the batch and dropout masks of step N are functions of (seed, N).
 Under FSDP, full (unsharded) state dicts are gathered to rank 0, which alone writes.
 """
@@ -187,7 +188,8 @@ def _write_failed(err: Exception, out_dir: Path, step: int, needed: int) -> Exce
     if os_err is None:
         return err
     last = saved_step(out_dir)
-    kept = f"the last good checkpoint (step {last}) is kept" if last is not None else "no earlier checkpoint exists"
+    kept = (f"the last good checkpoint (step {last}) is kept" if last is not None
+            else "no earlier checkpoint exists")
     return CheckpointError(f"cannot write the checkpoint of step {step} in {root}: "
                            f"{os_err.strerror or os_err}; {kept}")
 
@@ -295,7 +297,10 @@ def _nonfinite(tree, prefix: str = "") -> list[str]:
     """Names of the floating-point tensors in a nested dict/list holding NaN or Inf."""
     if isinstance(tree, torch.Tensor):
         return [prefix] if tree.is_floating_point() and not bool(torch.isfinite(tree).all()) else []
-    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, (list, tuple)) else []
+    if isinstance(tree, dict):
+        items = tree.items()
+    else:
+        items = enumerate(tree) if isinstance(tree, (list, tuple)) else []
     return [name for k, v in items for name in _nonfinite(v, f"{prefix}.{k}" if prefix else str(k))]
 
 
