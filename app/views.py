@@ -29,6 +29,7 @@ import torch
 from backpack_core.compare import Comparison, PositionChanges, compare_logits, position_changes
 from backpack_core.compare import edit_effects as compare_edit_effects
 from backpack_core.edits import EDIT_KINDS, EditError, EditSet, as_edit_set, edit_from_dict
+from backpack_core.files import parse_json, read_prefix
 from backpack_core.inspect import (
     SenseReadout,
     WordError,
@@ -37,6 +38,7 @@ from backpack_core.inspect import (
     single_token_id,
     token_text,
 )
+from backpack_core.limits import MAX_DATA_FILE_BYTES
 from backpack_core.tokenizer import readable_token, show_token
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -713,11 +715,11 @@ def model_card(source: str | None) -> ModelCard:
     evals = directory / "eval.json"
     if evals.is_file():
         try:
-            data = json.loads(evals.read_text(encoding="utf-8"))
+            data = parse_json(read_prefix(evals, MAX_DATA_FILE_BYTES))  # bounded size and nesting
             if isinstance(data, dict):
                 data = {k: v for k, v in data.items() if k != "senses"}  # words, not numbers
             numbers = flatten_numbers(data)
-        except json.JSONDecodeError as err:
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
             notes.append(f"{evals} is not valid JSON: {err}")
     else:
         notes.append(f"{directory} has no eval.json")
@@ -759,7 +761,7 @@ def training_curves(path: str | Path) -> Curves:
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            record = parse_json(line)
         except json.JSONDecodeError:
             skipped += 1
             continue

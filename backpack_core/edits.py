@@ -43,8 +43,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
+from .files import parse_json, read_prefix
 from .inspect import WordError, single_token_id
-from .limits import LimitError, check_edit_count, check_edit_set_bytes
+from .limits import MAX_EDIT_SET_BYTES, LimitError, check_edit_count, check_edit_set_bytes
 from .model import Intervention
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -861,7 +862,7 @@ class EditSet:
         if not isinstance(text, str):
             raise EditError(f"expected JSON text, got {type(text).__name__}")
         try:
-            data = json.loads(text)
+            data = parse_json(text)
         except json.JSONDecodeError as err:
             raise EditError(f"malformed JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
         except RecursionError:
@@ -875,7 +876,7 @@ class EditSet:
     def load(cls, path: str | os.PathLike) -> EditSet:
         try:
             check_edit_set_bytes(Path(path).stat().st_size, EditLimitError)  # before reading it
-            text = Path(path).read_bytes()
+            text = read_prefix(path, MAX_EDIT_SET_BYTES)  # a device (/dev/zero) has no size
         except OSError as err:
             raise EditError(f"cannot read the edits file {str(path)!r}: {err.strerror or err}") from None
         try:

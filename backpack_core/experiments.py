@@ -37,6 +37,7 @@ import torch
 
 from .edits import EditSet, KnowledgeEdit, ScaleContextualization
 from .inspect import WordError, resolve_word, single_token_id, token_text
+from .limits import check_topic_request
 
 if TYPE_CHECKING:  # pragma: no cover
     from .model import Backpack
@@ -296,6 +297,7 @@ def topic_control(model: Backpack, tokenizer: Tokenizer, words: Sequence[str], s
         raise ValueError(f"strength must be a finite number >= 0, got {strength}")
     if samples_per_prompt < 1 or not prompts:
         raise ValueError("need at least one prompt and one sample per prompt")
+    check_topic_request(len(prompts) * samples_per_prompt, top_senses)
     senses = topic_senses(model, tokenizer, words, top=top_senses, bank=bank, progress=progress)
     edits = senses.edit_set(strength)
     intervention = edits.compile(model, tokenizer)

@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from .config import ModelConfig, published_gpt2_details
-from .files import atomic_write, write_text_atomic
-from .limits import check_model_fits
+from .files import atomic_write, parse_json, read_bounded, write_text_atomic
+from .limits import MAX_DATA_FILE_BYTES, check_model_fits
 from .model import Backpack
 from .tokenizer import TOKENIZER_FILE, Tokenizer, gpt2_tokenizer
 
@@ -283,7 +283,8 @@ def read_config(directory: Path) -> dict:
     if not config_path.is_file():
         raise CheckpointError(f"{directory} has no config.json")
     try:
-        raw_config = json.loads(config_path.read_text(encoding="utf-8"))
+        raw_config = parse_json(read_bounded(config_path, MAX_DATA_FILE_BYTES, str(config_path),
+                                             "MAX_DATA_FILE_BYTES", CheckpointError).decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{config_path} is not valid JSON: {err}") from err
     except OSError as err:

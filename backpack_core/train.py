@@ -29,8 +29,8 @@ from torch import nn
 
 from . import cli
 from .data.loader import ShardSet, TrainBatches, eval_windows, gather
-from .files import locked, write_text_atomic
-from .limits import check_model_fits
+from .files import locked, parse_json, read_bounded, read_prefix, write_text_atomic
+from .limits import MAX_DATA_FILE_BYTES, check_model_fits
 from .loading import CheckpointError
 from .model import Backpack, count_parameters, flops_per_token, next_token_loss
 from .training import distributed
@@ -138,7 +138,8 @@ def read_run_config(run_dir: Path) -> dict:
     """run_config.json of a run directory, or CheckpointError saying what is wrong with it."""
     path = run_dir / RUN_CONFIG
     try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
+        saved = parse_json(read_bounded(path, MAX_DATA_FILE_BYTES, str(path), "MAX_DATA_FILE_BYTES",
+                                        CheckpointError).decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{path} is damaged (not valid JSON: {err}); give the config again with "
                               f"--config FILE --resume {run_dir}") from None
@@ -151,7 +152,7 @@ def read_run_config(run_dir: Path) -> dict:
 def describe_changes(out_dir: Path, cfg: RunConfig) -> list[str]:
     """Settings of the saved run_config.json that this resumed run changes (allowed, reported)."""
     try:
-        old = json.loads((out_dir / RUN_CONFIG).read_text())
+        old = parse_json(read_prefix(out_dir / RUN_CONFIG, MAX_DATA_FILE_BYTES))
     except (OSError, json.JSONDecodeError):
         return []
     new = cfg.to_dict()
