@@ -45,7 +45,7 @@ import torch
 
 from .files import parse_json, read_prefix
 from .inspect import WordError, single_token_id
-from .limits import MAX_EDIT_SET_BYTES, LimitError, check_edit_count, check_edit_set_bytes
+from .limits import MAX_EDIT_SET_BYTES, LimitError, check_edit_count, check_edit_number, check_edit_set_bytes
 from .model import Intervention
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -97,6 +97,7 @@ def _check_number(value: Any, name: str, minimum: float | None = None) -> float:
                         "refused)")
     if minimum is not None and number < minimum:
         raise EditError(f"'{name}' must be >= {minimum}, got {number}")
+    check_edit_number(number, name, EditError)
     return number
 
 
@@ -948,7 +949,18 @@ def to_intervention(edits: Any, model: Backpack, tokenizer: Tokenizer | None
     return as_edit_set(edits).compile(model, tokenizer)
 
 
+def check_edited_logits(logits: torch.Tensor) -> torch.Tensor:
+    """`logits` under edits, or EditError when they hold NaN or infinity: each number of an edit
+    is bounded (limits.MAX_EDIT_NUMBER), but edits compound (several scalings of one word
+    multiply), and a NaN must never be shown as a result."""
+    if not bool(torch.isfinite(logits).all()):
+        raise EditError("the edits make the model's numbers overflow (NaN or infinite logits): "
+                        "their factors compound, several edits of one word multiplying; use "
+                        "smaller factors or fewer edits of the same word")
+    return logits
+
+
 __all__ = ["SCHEMA_VERSION", "AblateSense", "CompiledEdits", "EDIT_KINDS", "Edit", "EditError",
            "EditSet", "KnowledgeEdit", "ReplaceContextualization", "ReplaceSense",
-           "ScaleContextualization", "ScaleSense", "SenseRef", "as_edit_set", "edit_from_dict",
-           "fields_of_kind", "to_intervention"]
+           "ScaleContextualization", "ScaleSense", "SenseRef", "as_edit_set",
+           "check_edited_logits", "edit_from_dict", "fields_of_kind", "to_intervention"]

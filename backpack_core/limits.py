@@ -18,6 +18,9 @@ the core all refuse past them with a message naming the limit (`LimitError`).
                           config.json): deeper input is refused, never a RecursionError
     MAX_DATA_FILE_BYTES   a JSON data file (careers, topics, candidate edits, config.json, a run
                           config), read at most this far (a device such as /dev/zero has no size)
+    MAX_EDIT_NUMBER       the magnitude of any number in an edit (factor, value, vector entry,
+                          weight): past about 1e38 float32 overflows to inf and the results
+                          are NaN; bounded as the sweep strengths are (1e6)
     MAX_TOPIC_SAMPLES     generations of one topic-control run (prompts x samples per prompt)
     MAX_TOPIC_SENSES      (word, sense) pairs topic control turns up: their candidates are
                           scored against the whole vocabulary, 2 x 20 x N x vocab floats
@@ -60,6 +63,7 @@ MAX_ATLAS_TOP_N = _limit("MAX_ATLAS_TOP_N", 100)
 MAX_BATCH_WINDOWS = _limit("MAX_BATCH_WINDOWS", 64)
 MAX_JSON_DEPTH = _limit("MAX_JSON_DEPTH", 100)
 MAX_DATA_FILE_BYTES = _limit("MAX_DATA_FILE_BYTES", 10_000_000)
+MAX_EDIT_NUMBER = _limit("MAX_EDIT_NUMBER", 1_000_000)
 MAX_TOPIC_SAMPLES = _limit("MAX_TOPIC_SAMPLES", 1_000)
 MAX_TOPIC_SENSES = _limit("MAX_TOPIC_SENSES", 1_000)
 
@@ -108,6 +112,14 @@ def check_atlas_top_n(n: int, error: type[Exception] = LimitError) -> None:
     if n > MAX_ATLAS_TOP_N:
         raise error(f"{n:,} top contexts per (word, sense) is more than the limit of "
                     f"{MAX_ATLAS_TOP_N:,} (BACKPACK_MAX_ATLAS_TOP_N)")
+
+
+def check_edit_number(number: float, name: str, error: type[Exception] = LimitError) -> None:
+    """A (finite) number of an edit, at most MAX_EDIT_NUMBER in magnitude."""
+    if abs(number) > MAX_EDIT_NUMBER:
+        raise error(f"'{name}' is {number:g}: numbers in an edit must be between {-MAX_EDIT_NUMBER:,} "
+                    f"and {MAX_EDIT_NUMBER:,} (BACKPACK_MAX_EDIT_NUMBER; past about 1e38 the model's "
+                    "numbers overflow and every result is NaN)")
 
 
 def check_topic_request(samples: int, top_senses: int, error: type[Exception] = LimitError) -> None:

@@ -388,3 +388,56 @@ def test_a_word_of_exactly_the_limit_is_accepted(tiny_tokenizer, tiny_model_dir,
         resolve_word(tiny_tokenizer, " " + "b" * 201)
     code, out, err = run_topk(["--model", str(tiny_model_dir), "--word", "b" * 200, "--json"], capsys)
     assert "too long" not in err and "too long" not in out, err
+
+
+# ----------------------------------------------------------------------------------------------
+# Issue 20 item 21: huge edit numbers are bounded, and a NaN is never shown as a result
+# ----------------------------------------------------------------------------------------------
+
+HUGE = {"kind": "scale_sense", "word": " bank", "sense": 0, "factor": 1e38}
+
+
+def test_huge_edit_factors_are_refused(tiny_model_dir, tmp_path, capsys):
+    """A factor of 1e38 gave NaN probabilities, a bogus "entered the top" list and an empty
+    generation, without a word."""
+    from analyses import steer
+
+    with pytest.raises(EditError, match=r"'factor' is 1e\+38: numbers in an edit must be between "
+                                        r"-1,000,000 and 1,000,000 \(BACKPACK_MAX_EDIT_NUMBER"):
+        EditSet.from_dict({"version": 1, "edits": [HUGE]})
+    for kind, field in (("replace_sense", "vector"), ("replace_contextualization", "value")):
+        with pytest.raises(EditError, match="numbers in an edit must be between"):
+            value = [1e39] * 32 if field == "vector" else 1e39
+            EditSet.from_dict({"version": 1, "edits": [{"kind": kind, "word": " bank", "sense": 0,
+                                                        field: value}]})
+    assert EditSet.from_dict({"version": 1, "edits": [{**HUGE, "factor": -1e6}]})  # the bound itself
+    path = tmp_path / "huge.json"
+    path.write_text(json.dumps({"version": 1, "edits": [HUGE]}))
+    err = cli_refusal(steer, ["--model", str(tiny_model_dir), "--text", "The bank", "--edits",
+                              str(path), "--generate", "3"], capsys)
+    assert "'factor' is 1e+38" in err
+
+
+def test_edits_that_compound_past_float32_are_an_error_not_nan(tiny_model, tiny_tokenizer,
+                                                                 tiny_model_dir, monkeypatch):
+    """Eight scalings of one sense by 1e6 (each within the bound) multiply to 1e48: the CLI's,
+    the core's and the dashboard's predictions and generations refuse, never show NaN."""
+    from backpack_core.generation import generate
+    from backpack_core.session import ContextSession
+
+    many = {"version": 1, "edits": [{**HUGE, "factor": 1e6}] * 8}
+    session = ContextSession(tiny_model, tiny_tokenizer, "The bank of the river")
+    assert session.compare({"version": 1, "edits": [{**HUGE, "factor": 1e6}]}).kl >= 0  # one: fine
+    with pytest.raises(EditError, match="the edits make the model's numbers overflow"):
+        session.compare(many)
+    with pytest.raises(EditError, match="the edits make the model's numbers overflow"):
+        generate(tiny_model, tiny_tokenizer, "The bank", many, max_new_tokens=3)
+    at = app_test({}, "steer", monkeypatch, tiny_model_dir)  # puts app/ on sys.path
+    import state  # app/state.py
+
+    at = app_test({"edits": state.encode_edits(many), "text": "The bank"}, "steer", monkeypatch,
+                  tiny_model_dir)
+    assert not at.exception
+    shown = " ".join(str(e.value) for e in [*at.error, *at.warning])
+    assert "the edits make the model's numbers overflow" in shown, shown
+    assert not any(bool(frame.value.isna().any().any()) for frame in at.dataframe), "NaN shown"
