@@ -195,7 +195,15 @@ def _download(hub_id: str) -> Path:
     return Path(path)
 
 
+class HubId(str):
+    """A model hub id the server's allow-list accepted (`access.allowed_source`): downloaded from
+    the hub, never read as a local path of the same name (that would read the server's files,
+    and answer differently for a name that exists there and one that does not)."""
+
+
 def resolve_source(source: str | os.PathLike | None) -> Path:
+    if isinstance(source, HubId):
+        return _download(str(source))
     if source is None:
         if not (DEFAULT_MODEL_DIR / "config.json").is_file():
             raise CheckpointError(f"the shipped default model is missing at {DEFAULT_MODEL_DIR}; "
