@@ -15,6 +15,7 @@ JSON output: {"source", "loss", "perplexity", "tokens", "words", "word_perplexit
 
 from __future__ import annotations
 
+import io
 import math
 import sys
 from collections.abc import Sequence
@@ -48,7 +49,7 @@ def read_source(args) -> tuple[str, str]:
                 raise LimitError(f"--text {args.text!r} is too long: more than {4 * MAX_CORPUS_CHARS:,} "
                                  f"bytes, past the limit of {MAX_CORPUS_CHARS:,} characters "
                                  "(BACKPACK_MAX_CORPUS_CHARS)")
-            text = raw.decode(args.encoding)
+            text = io.TextIOWrapper(io.BytesIO(raw), encoding=args.encoding).read()  # as open() reads
         except UnicodeDecodeError as err:
             raise ValueError(f"--text {args.text!r} is not {args.encoding} text ({err}); give its "
                              "encoding with --encoding, e.g. --encoding latin-1") from None
