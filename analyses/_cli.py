@@ -6,7 +6,6 @@ Importing this module imports no torch and no transformers; `load` imports the c
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -35,15 +34,11 @@ def add_threads(p: argparse.ArgumentParser, default: int | None = 1) -> None:
 
 
 def read_json(path: str, what: str) -> Any:
-    """A JSON data file, or one clear error naming the file and what is wrong with it."""
-    from pathlib import Path
+    """A JSON data file, or one clear error naming the file and what is wrong with it (bounded in
+    size and nesting: `backpack_core.common.files.read_json`)."""
+    from backpack_core.common.files import read_json as read_bounded_json
 
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as err:
-        raise OSError(f"cannot read the {what} file {path!r}: {err.strerror or err}") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"the {what} file {path!r} is not valid JSON: {err}") from None
+    return read_bounded_json(path, what)
 
 
 def emit(args: argparse.Namespace, data: Any, render: Callable[[Any], str],
@@ -56,9 +51,7 @@ def emit(args: argparse.Namespace, data: Any, render: Callable[[Any], str],
     if args.json:
         print_json(data)
     else:
-        print(render(data))
-        if plot:
-            print(f"\nplot written to {plot}")
+        cli.write_stdout(render(data) + "\n" + (f"\nplot written to {plot}\n" if plot else ""))
     return 0
 
 

@@ -59,8 +59,9 @@ def build_parser():
 
 def read_careers(path: str) -> dict:
     data = _cli.read_json(path, "careers")
-    templates = data.get("templates") or {}
-    if not data.get("careers") or not templates.get("train") or not templates.get("heldout"):
+    templates = (data.get("templates") or {}) if isinstance(data, dict) else {}
+    if (not isinstance(templates, dict) or not data.get("careers") or not templates.get("train")
+            or not templates.get("heldout")):
         raise ValueError(f"the careers file {path!r} needs \"careers\" and \"templates\" with "
                          "\"train\" and \"heldout\" lists")
     pronouns = data.get("pronouns", [" he", " she"])

@@ -49,7 +49,7 @@ def build_parser():
 
 def read_candidates(path: str) -> dict:
     data = _cli.read_json(path, "edits")
-    if not isinstance(data.get("candidates"), list):
+    if not isinstance(data, dict) or not isinstance(data.get("candidates"), list):
         raise ValueError(f"the edits file {path!r} lacks a \"candidates\" list")
     return data
 

@@ -15,6 +15,7 @@ JSON output: {"source", "loss", "perplexity", "tokens", "words", "word_perplexit
 
 from __future__ import annotations
 
+import io
 import math
 import sys
 from collections.abc import Sequence
@@ -39,9 +40,16 @@ def build_parser():
 
 def read_source(args) -> tuple[str, str]:
     if args.text is not None:
+        from backpack_core.common.files import read_prefix
+        from backpack_core.common.limits import MAX_CORPUS_CHARS, LimitError
+
         try:
-            with open(args.text, encoding=args.encoding) as f:
-                text = f.read()
+            raw = read_prefix(args.text, 4 * MAX_CORPUS_CHARS)  # never unbounded: /dev/zero has no size
+            if len(raw) > 4 * MAX_CORPUS_CHARS:
+                raise LimitError(f"--text {args.text!r} is too long: more than {4 * MAX_CORPUS_CHARS:,} "
+                                 f"bytes, past the limit of {MAX_CORPUS_CHARS:,} characters "
+                                 "(BACKPACK_MAX_CORPUS_CHARS)")
+            text = io.TextIOWrapper(io.BytesIO(raw), encoding=args.encoding).read()  # as open() reads
         except UnicodeDecodeError as err:
             raise ValueError(f"--text {args.text!r} is not {args.encoding} text ({err}); give its "
                              "encoding with --encoding, e.g. --encoding latin-1") from None

@@ -53,7 +53,7 @@ def build_parser():
 
 def read_topics(path: str) -> dict:
     data = _cli.read_json(path, "topics")
-    if not isinstance(data.get("topics"), dict):
+    if not isinstance(data, dict) or not isinstance(data.get("topics"), dict):
         raise ValueError(f"the topics file {path!r} lacks a \"topics\" object of word lists")
     return data
 
@@ -102,6 +102,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     topics = read_topics(args.topics_file)
     name, words = topic_words(args.topic, topics)
     prompts = args.prompts or topics.get("prompts") or ["The"]
+    from backpack_core.common.limits import check_topic_request
+
+    check_topic_request(len(prompts) * args.samples, args.top_senses)  # before the model loads
     from backpack_core.common.progress import set_threads
 
     set_threads(args.threads)

@@ -56,6 +56,6 @@ navigation = st.navigation(
     [st.Page(home, title="Home", icon=":material/home:", default=True)]
     + [st.Page(path, title=title, icon=icon, url_path=name)
        for name, (path, title, icon, _) in PAGES.items()])
-state.restore_model(state.link_params())  # a shared link's model, once per session
+state.guarded(state.restore_model)(state.link_params())  # a shared link's model, once per session
 state.sidebar()
 state.run_page(navigation)  # the error boundary around every page

@@ -43,7 +43,7 @@ from backpack_core.common import limits  # noqa: E402
 from backpack_core.edit.specs import EditError  # noqa: E402
 from backpack_core.interpret.session import ContextSession  # noqa: E402
 from backpack_core.model import access  # noqa: E402
-from backpack_core.model.loading import DEFAULT_MODEL_DIR, load_backpack  # noqa: E402
+from backpack_core.model.loading import DEFAULT_MODEL_DIR, HubId, load_backpack  # noqa: E402
 
 MODEL_ENV, DEVICE_ENV, DTYPE_ENV = "BACKPACK_MODEL", "BACKPACK_DEVICE", "BACKPACK_DTYPE"
 THREADS_ENV = "BACKPACK_THREADS"
@@ -131,6 +131,16 @@ def choose_model(choice: ModelChoice) -> None:
     st.session_state["model_choice"] = choice
 
 
+def _local_dir(source: str) -> bool:
+    """A local directory (never a hub id, even where a path of that name exists)."""
+    if isinstance(source, HubId):
+        return False
+    try:
+        return Path(source).expanduser().is_dir()
+    except (OSError, ValueError):  # a name too long for the system
+        return False
+
+
 def restore_model(params: dict[str, str]) -> None:
     """Take the model, device and dtype from a shared link, once per session. Only the shipped
     model, the default one and local directories load from a link (a hub id would download:
@@ -154,7 +164,7 @@ def restore_model(params: dict[str, str]) -> None:
             problem = " ".join(str(err).split())
     if problem:
         pass
-    elif source not in (None, default.source) and not Path(source).expanduser().is_dir():
+    elif source not in (None, default.source) and not _local_dir(source):
         problem = f"{source!r} is not a local model directory (a hub id loads from the Models page)"
     elif device not in available_devices():
         problem = f"device {device!r} is not available here ({', '.join(available_devices())})"

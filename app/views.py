@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from backpack_core.common.files import parse_json, read_prefix
+from backpack_core.common.limits import MAX_DATA_FILE_BYTES
 from backpack_core.edit.export import ExportResult, check_pack, export_edited_model, make_pack
 from backpack_core.edit.specs import EDIT_KINDS, EditError, EditSet, as_edit_set, edit_from_dict
 from backpack_core.interpret.compare import (
@@ -775,11 +777,11 @@ def model_card(source: str | None) -> ModelCard:
     evals = directory / "eval.json"
     if evals.is_file():
         try:
-            data = json.loads(evals.read_text(encoding="utf-8"))
+            data = parse_json(read_prefix(evals, MAX_DATA_FILE_BYTES))  # bounded size and nesting
             if isinstance(data, dict):
                 data = {k: v for k, v in data.items() if k != "senses"}  # words, not numbers
             numbers = flatten_numbers(data)
-        except json.JSONDecodeError as err:
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
             notes.append(f"{evals} is not valid JSON: {err}")
     else:
         notes.append(f"{directory} has no eval.json")
@@ -821,7 +823,7 @@ def training_curves(path: str | Path) -> Curves:
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            record = parse_json(line)
         except json.JSONDecodeError:
             skipped += 1
             continue

@@ -93,3 +93,61 @@ def test_models_page_refuses_paths_outside_the_roots(tiny_model_dir, monkeypatch
     at.text_input(key="models:metrics-path").input("/etc/passwd").run()
     errors = " ".join(str(e.value) for e in at.error)
     assert "outside the model directories" in errors and "has no records" not in errors
+
+
+LONG = "a" * 300  # a path component longer than the 255 bytes a file name may have
+
+
+@pytest.mark.parametrize("name", ["/tmp/a\0b", "./x\0", f"/tmp/{LONG}/model", f"./{LONG}",
+                                  f"runs/{LONG}", "x\0/y"])
+def test_names_no_file_can_have_are_refused_like_any_other(server, name):
+    """Issue 20 item 22: a NUL byte or a component over 255 characters raised ValueError / OSError
+    (not AccessError), which the dashboard did not catch."""
+    text = message(access.allowed_source, name)
+    assert "outside the model directories" in text or "not enabled" in text
+    assert "outside the model directories" in message(access.allowed_path, name, "this metrics file")
+
+
+def test_an_allowed_hub_id_gets_the_same_answer_whether_or_not_a_path_of_that_name_exists(
+        server, monkeypatch):
+    """With BACKPACK_ALLOW_HUB=1 an existing server path was refused as "outside the model
+    directories" while a missing one was accepted as a hub id: that told what exists."""
+    from backpack_core.model import loading
+
+    monkeypatch.setenv(access.HUB_ENV, "1")
+    (server / "other" / "dir").mkdir(parents=True)
+    answers = {name: access.allowed_source(name)
+               for name in ("secret/key.txt", "other/dir", "secret/none", "nobody/nothing",
+                            f"someone/{LONG}")}
+    assert answers == {name: name for name in answers}  # every one: the hub id itself
+    assert all(isinstance(a, loading.HubId) for a in answers.values())
+    downloaded = []
+    monkeypatch.setattr(loading, "_download", lambda hub_id: downloaded.append(hub_id) or server / "x")
+    loading.resolve_source(answers["other/dir"])  # from the hub: the local directory is never read
+    assert downloaded == ["other/dir"]
+    assert access.allowed_source("runs/mine") == str(server / "runs" / "mine")  # a run: local
+    monkeypatch.setenv(access.HUB_ENV, "0")
+    assert {message(access.allowed_source, n) for n in ("other/dir", "secret/none")} == {
+        message(access.allowed_source, "nobody/nothing")}
+
+
+@pytest.mark.parametrize("model", ["/tmp/a\0b", f"/tmp/{LONG}", f"runs/{LONG}", f"ROOT/{LONG}"])
+def test_a_link_with_a_model_no_file_can_have_is_refused_in_the_sidebar(tiny_model_dir, monkeypatch,
+                                                                         model):
+    """?model= with a NUL byte or a 300-character component crashed the page: restore_model runs
+    before the page's error boundary and caught only AccessError."""
+    from streamlit.testing.v1 import AppTest
+
+    app = Path(__file__).resolve().parent.parent / "app"
+    if str(app) not in sys.path:
+        sys.path.insert(0, str(app))
+    monkeypatch.setenv(access.MODEL_ENV, str(tiny_model_dir))
+    monkeypatch.setenv("BACKPACK_DEVICE", "cpu")
+    monkeypatch.setenv(access.ROOTS_ENV, str(tiny_model_dir))
+    at = AppTest.from_file(str(app / "Home.py"), default_timeout=60)
+    at.query_params["model"] = model.replace("ROOT", str(tiny_model_dir))  # under the root
+    at.run()
+    assert not at.exception, at.exception
+    warnings = " ".join(str(w.value) for w in at.warning)
+    assert "The model in the link was not loaded" in warnings, warnings
+    assert not at.error, [str(e.value) for e in at.error]

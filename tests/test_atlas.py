@@ -229,6 +229,63 @@ def test_data_edits_change_the_key_and_the_atlas_is_rebuilt(tiny_model, tiny_tok
     torch.testing.assert_close(served.total, fresh.total, rtol=0, atol=0)
 
 
+def _tamper_atlas(path, damage: str) -> None:
+    """Alter a cached atlas file: flip 64 bytes of its tables (checksum kept), or change a table
+    and write the file again with the checksum recomputed (as anyone can redo a plain sha256)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from backpack_core.interpret.atlas import tables_sha256
+
+    if damage == "flipped-bytes":
+        data = bytearray(path.read_bytes())
+        for i in range(len(data) - 200, len(data) - 136):
+            data[i] ^= 0xFF
+        path.write_bytes(bytes(data))
+        return
+    with safe_open(str(path), framework="pt") as f:
+        metadata, tensors = f.metadata(), {n: f.get_tensor(n).clone() for n in f.keys()}
+    if damage.startswith("counts"):
+        tensors["counts"][0] += 3
+    elif damage == "nan-total":
+        tensors["total"][1, 0] = float("nan")
+    elif damage == "top-offset":
+        tensors["top_offset"][0, 0, 0] = 10**9
+    elif damage == "top-query":
+        tensors["top_query"][0, 0, 0] = tensors["top_offset"][0, 0, 0] + 10**6
+    if damage != "counts-checksum-kept":
+        metadata["sha256"] = tables_sha256(tensors, metadata["atlas"])
+    save_file(tensors, str(path), metadata=metadata)
+
+
+@pytest.mark.parametrize("damage, reason", [
+    ("flipped-bytes", "does not match its checksum"),
+    ("counts-checksum-kept", "does not match its checksum"),
+    ("counts", "counts sum to"),
+    ("nan-total", "table total holds NaN"),
+    ("top-offset", "outside the corpus or its window"),
+    ("top-query", "outside the corpus or its window"),
+])
+def test_a_damaged_atlas_cache_is_rebuilt_not_served(tiny_model, tiny_tokenizer, corpus, tmp_path,
+                                                     capsys, damage, reason):
+    """Issue 20 item 19: the atlas cache had no checksum (flipped bytes, altered counts, NaN totals
+    were served) and out-of-range top contexts ended in IndexError."""
+    good = SenseAtlas.for_corpus(tiny_model, tiny_tokenizer, corpus, top_n=2, seq_len=16,
+                                 directory=tmp_path, progress=False)
+    path = SenseAtlas.path_for(model_key(tiny_model), corpus.sha256, 16, 2, tmp_path)
+    _tamper_atlas(path, damage)
+    capsys.readouterr()
+    served = SenseAtlas.for_corpus(tiny_model, tiny_tokenizer, corpus, top_n=2, seq_len=16,
+                                   directory=tmp_path, progress=False)
+    err = capsys.readouterr().err
+    assert err.startswith(f"sense atlas: rebuilding {path}") and reason in err and err.count("\n") == 1, err
+    assert all(torch.equal(served.tensors[n], good.tensors[n]) for n in good.tensors)
+    served.word_report(int(good.token_ids[0]))  # the report works on the rebuilt atlas
+    SenseAtlas.for_corpus(tiny_model, tiny_tokenizer, corpus, top_n=2, seq_len=16,
+                          directory=tmp_path, progress=False)
+    assert capsys.readouterr().err == ""  # the rewritten file is good
+
+
 def _write(path, text):
     path.write_text(text, encoding="utf-8")
     return path

@@ -5,6 +5,8 @@ loss each leave a run that resumes to exactly the uninterrupted run's weights.""
 from __future__ import annotations
 
 import errno
+import io
+import json
 import os
 import shutil
 import signal
@@ -230,3 +232,198 @@ def test_read_only_out_dir_is_refused_before_training(shards, tmp_path, capsys, 
     err = train_error(["--config", "tiny", f"data.dir={shards}", "train.max_steps=2",
                        f"train.out_dir={tmp_path / 'ro'}"], capsys)
     assert "is not writable (Permission denied)" in err
+
+
+def fail_writes_in_save_of_step_4(monkeypatch, out: Path, failing: str, how: str) -> None:
+    """Make the write of `failing` (a file of the step-4 checkpoint) fail as the real writer fails.
+    how="fsize": a file-size limit (RLIMIT_FSIZE) just below that file's size, so safetensors and
+    torch meet a real refused write (EFBIG) and report it their own way; how="enospc": a full
+    disk as the writers report it (safetensors: SafetensorError "... (os error 28)"; torch.save:
+    RuntimeError with the file's OSError as its context)."""
+    import resource
+
+    import safetensors
+    import safetensors.torch
+
+    import backpack_core.training.trainer as train_module
+
+    real_save, real_file_save = train_module.save_checkpoint, safetensors.torch.save_file
+
+    def save(out_dir, model, optimizer, tokenizer, state, d):
+        if state["step"] != 4:
+            return real_save(out_dir, model, optimizer, tokenizer, state, d)
+        previous = find_checkpoint(out)[0]
+        sizes = sorted((previous / name).stat().st_size for name in ("model.safetensors", "train_state.pt"))
+        if how == "fsize":
+            limit = sizes[0] - 1 if failing == "model.safetensors" else (sizes[0] + sizes[1]) // 2
+            handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+            try:
+                return real_save(out_dir, model, optimizer, tokenizer, state, d)
+            finally:
+                resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+                signal.signal(signal.SIGXFSZ, handler)
+        if failing == "model.safetensors":
+            def full(tensors, path, metadata=None):
+                raise safetensors.SafetensorError(
+                    "Error while serializing: I/O error: No space left on device (os error 28)")
+            monkeypatch.setattr(safetensors.torch, "save_file", full)
+        else:
+            class FullFile(io.BytesIO):
+                def write(self, data):
+                    raise OSError(errno.ENOSPC, "No space left on device")
+
+            monkeypatch.setattr(checkpoint, "open", lambda path, mode: FullFile(), raising=False)
+        try:
+            return real_save(out_dir, model, optimizer, tokenizer, state, d)
+        finally:
+            monkeypatch.setattr(safetensors.torch, "save_file", real_file_save)
+            monkeypatch.delattr(checkpoint, "open", raising=False)
+
+    monkeypatch.setattr(train_module, "save_checkpoint", save)
+
+
+@pytest.mark.parametrize("how", ["fsize", "enospc"])
+@pytest.mark.parametrize("failing", ["model.safetensors", "train_state.pt"])
+def test_a_failed_write_of_weights_or_optimizer_is_one_line_and_leaves_no_partial(
+        shards, tmp_path, reference, monkeypatch, capsys, failing, how):  # noqa: F811
+    """Issue 20 item 15: the writers' own errors (not OSError) ended in "internal error", exit 1,
+    with the .partial-step directory left behind."""
+    out = tmp_path / "run"
+    fail_writes_in_save_of_step_4(monkeypatch, out, failing, how)
+    err = train_error(["--config", "tiny", *tiny_args(shards, out), *SETTINGS], capsys)
+    if how == "enospc":
+        assert err.startswith("error: not enough disk space to save the checkpoint of step 4")
+    else:
+        assert err.startswith("error: cannot write the checkpoint of step 4") and "File too large" in err
+    assert "the last good checkpoint (step 2) is kept" in err, err
+    assert saved_step(out) == 2 and not list((out / "checkpoints").glob(".partial-*"))
+    monkeypatch.undo()
+    assert main(["--resume", str(out)]) == 0 and same_weights(out, reference)
+
+
+def flip_bytes(path: Path, n: int = 64) -> None:
+    """Invert n bytes near the end of a file (tensor data, past any header)."""
+    data = bytearray(path.read_bytes())
+    for i in range(len(data) - 3 * n, len(data) - 2 * n):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def rewrite_manifest(ckpt: Path, **changes) -> None:
+    """The manifest as a careful forger would leave it: sizes and checksums of the files now there."""
+    import json
+
+    manifest = json.loads((ckpt / "manifest.json").read_text())
+    for name in manifest["files"]:
+        manifest["files"][name] = (ckpt / name).stat().st_size
+        manifest["sha256"][name] = checkpoint.sha256_file(ckpt / name)
+    manifest.update(changes)
+    (ckpt / "manifest.json").write_text(json.dumps(manifest))
+
+
+def damage_checkpoint(ckpt: Path, previous: Path, damage: str) -> None:
+    from safetensors.torch import save_file
+
+    if damage == "weights-bit-flip":
+        flip_bytes(ckpt / "model.safetensors")
+    elif damage == "state-bit-flip":
+        flip_bytes(ckpt / "train_state.pt")
+    elif damage == "nan-weights-rechecksummed":
+        weights = load_file(str(ckpt / "model.safetensors"))
+        name = sorted(weights)[0]
+        weights[name].view(-1)[0] = float("nan")
+        save_file(weights, str(ckpt / "model.safetensors"), metadata={"format": "pt"})
+        rewrite_manifest(ckpt)
+    elif damage == "optimizer-of-another-step":
+        shutil.copy(previous / "train_state.pt", ckpt / "train_state.pt")
+        rewrite_manifest(ckpt)
+
+
+@pytest.mark.parametrize("damage", ["weights-bit-flip", "state-bit-flip", "nan-weights-rechecksummed",
+                                    "optimizer-of-another-step"])
+def test_resume_checks_the_checkpoint_and_falls_back_to_the_previous_good_one(
+        shards, tmp_path, reference, capsys, damage):  # noqa: F811
+    """Issue 20 item 16: a damaged newest checkpoint was loaded unchecked (NaN: then blamed on the
+    learning rate; a step mismatch advised --overwrite, which discards the good one)."""
+    out = tmp_path / "run"
+    run(tiny(shards, out, *SETTINGS))  # checkpoints of steps 4 and 5
+    root = out / "checkpoints"
+    damage_checkpoint(root / "step-00000005", root / "step-00000004", damage)
+    capsys.readouterr()
+    assert main(["--resume", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("note: checkpoint ") and err.count("\n") == 1, err
+    assert "is damaged" in err and "resuming from step 4 instead" in err
+    assert same_weights(out, reference)  # step 5 trained again from step 4's good checkpoint
+    assert saved_step(out) == 5 and (root / "damaged-step-00000005").is_dir()
+
+
+def test_no_good_checkpoint_and_an_edited_manifest_step(shards, tmp_path, reference, capsys):  # noqa: F811
+    out = tmp_path / "run"
+    run(tiny(shards, out, *SETTINGS))
+    root = out / "checkpoints"
+    # The step in a manifest edited (with its checksums made right): not trusted, and the newest
+    # checkpoint (step 5) is resumed, not step 4 as "step 9", which then pruned step 5.
+    rewrite_manifest(root / "step-00000004", step=9)
+    capsys.readouterr()
+    assert main(["--resume", str(out)]) == 0
+    assert "is already at step 5 of 5" in capsys.readouterr().out
+    assert (root / "step-00000005").is_dir() and same_weights(out, reference)
+
+    # Nothing good left: one line naming what is wrong with each, never advising --overwrite.
+    shutil.copy(root / "step-00000004" / "train_state.pt", root / "step-00000005" / "train_state.pt")
+    rewrite_manifest(root / "step-00000005")
+    err = train_error(["--resume", str(out)], capsys)
+    assert "no checkpoint in" in err and "can be resumed" in err and "--overwrite" not in err, err
+    assert "step-00000005: the checkpoint in" in err and "weights at step 5, optimizer at step 4" in err
+    assert "step-00000004: its manifest.json says step 9" in err
+
+
+def test_malformed_metrics_lines_are_skipped_with_a_warning_on_resume(shards, tmp_path, capsys):  # noqa: F811
+    """Issue 20 item 17: a metrics.jsonl line that is JSON but not a record (a list, NaN, a step
+    that is not a number) made --resume fail with "internal error"; every good line is kept."""
+    out = tmp_path / "run"
+    run(tiny(shards, out, "train.max_steps=4", "train.ckpt_every=2", "train.eval_every=0"))
+    good = (out / "metrics.jsonl").read_bytes().splitlines()
+    bad = [b"[1, 2]", b"NaN", b'{"step": "three"}', b'{"step": null}', b"\xff\xfe not utf-8",
+           b'{"step": 4, "loss": 1.', b"[" * 100_000]
+    mixed = [good[0], *bad[:4], *good[1:3], *bad[4:], *good[3:]]
+    (out / "metrics.jsonl").write_bytes(b"\n".join(mixed) + b"\n")
+    capsys.readouterr()
+    assert main(["--resume", str(out), "train.max_steps=6"]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith(f"warning: {out / 'metrics.jsonl'}: skipped 7 malformed line(s) "
+                          "(line 2, 3, 4, 5, 8, 9, 10)")
+    assert err.count("\n") == 1, err
+    lines = (out / "metrics.jsonl").read_bytes().splitlines()
+    assert lines[:len(good)] == good
+    assert [json.loads(x)["step"] for x in lines[len(good):]] == [5, 6, 6]  # 6: train and val
+
+
+def test_a_second_trainer_on_the_same_run_directory_is_refused(shards, tmp_path, reference, capsys):  # noqa: F811
+    """Issue 20 item 18: two trainers on one out_dir (the second with --overwrite) both ran,
+    the second removing the first's checkpoints, their metrics interleaved."""
+    out = tmp_path / "run"
+    second = []
+
+    def start_another(step: int) -> None:
+        if step == 2:
+            second.append(main(["--config", "tiny", *tiny_args(shards, out), *SETTINGS, "--overwrite"]))
+            second.append(capsys.readouterr().err)
+
+    run(tiny(shards, out, *SETTINGS), on_step=start_another)
+    code, err = second
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"error: {out} is in use by another training run (pid {os.getpid()}, "), err
+    steps = [r["step"] for r in records(out) if "loss" in r]
+    assert steps == [1, 2, 3, 4, 5] and same_weights(out, reference)  # the first run, undisturbed
+
+    # The lock goes with its process, however it ends (here as kill -9 would, at step 3).
+    def die_at_step_3():
+        run(tiny(shards, tmp_path / "killed", *SETTINGS), on_step=lambda s: s == 3 and os._exit(137))
+
+    assert os.WEXITSTATUS(in_child(die_at_step_3)) == 137
+    assert main(["--resume", str(tmp_path / "killed")]) == 0
+    assert same_weights(tmp_path / "killed", reference)

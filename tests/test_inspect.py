@@ -207,25 +207,38 @@ def test_fingerprint_sees_data_edits_and_the_bank_is_rebuilt(tiny_model, tiny_to
 
 
 def _tamper(path, change, checksum="recompute"):
-    """Rewrite a cached bank file: `change(senses) -> senses`; the checksum kept, recomputed,
-    altered or dropped."""
+    """Rewrite a cached bank file: `change(senses) -> senses`; the signature kept, recomputed
+    (by someone who can read the cache's secret), forged (without it: a plain crc32 as before
+    issue 20, or a signature under another secret), altered or dropped."""
+    import zlib
+
     from safetensors import safe_open
     from safetensors.torch import save_file
+
+    from backpack_core.interpret.sense_bank import cache_secret
 
     with safe_open(str(path), framework="pt") as f:
         meta, senses = f.metadata(), f.get_tensor("senses")
     senses = change(senses.clone()).contiguous()
     if checksum == "recompute":
-        meta["crc32"] = SenseBank(senses).checksum()
+        meta["hmac_sha256"] = SenseBank(senses).signature(cache_secret(path.parent))
+    elif checksum == "forge":
+        meta["crc32"] = f"{zlib.crc32(senses.view(torch.uint8).numpy().data):08x}"
+        meta["hmac_sha256"] = SenseBank(senses).signature(b"\0" * 32)
     elif checksum == "alter":
-        meta["crc32"] = "%08x" % (int(meta["crc32"], 16) ^ 1)
+        meta["hmac_sha256"] = meta["hmac_sha256"][:-1] + ("0" if meta["hmac_sha256"][-1] != "0" else "1")
     elif checksum == "drop":
-        del meta["crc32"]
+        del meta["hmac_sha256"]
     save_file({"senses": senses}, str(path), metadata=meta)
 
 
 def _nan(s):
     s[5, 1, 2] = float("nan")
+    return s
+
+
+def _one_row(s):
+    s[300] += 0.5 * s[300].abs().amax()
     return s
 
 
@@ -237,8 +250,11 @@ def _nan(s):
     (lambda s: s[:, :, :-1], "recompute", "shape"),
     (lambda s: s, "drop", "no checksum"),
     (lambda s: s, "alter", "checksum"),
+    # issue 20 item 19: one row altered (a row the old fixed-seed sample never checked)
+    (_one_row, "forge", "does not match its checksum"),  # checksum redone without the secret
+    (_one_row, "recompute", "senses of token 300 do not match the model"),  # with it
 ], ids=["permuted", "permuted-rechecksummed", "nan", "wrong-vocab", "wrong-d",
-        "checksum-missing", "checksum-altered"])
+        "checksum-missing", "checksum-altered", "one-row-forged", "one-row-resigned"])
 def test_sense_bank_cache_is_checked_on_load(tiny_model, tmp_path, monkeypatch, capsys,
                                              change, checksum, reason):
     """Issue 13: a cache file with the right key but wrong contents is rebuilt, not served."""
@@ -258,6 +274,16 @@ def test_sense_bank_cache_is_checked_on_load(tiny_model, tmp_path, monkeypatch, 
     again = SenseBank.for_model(tiny_model, directory=tmp_path, progress=False)
     assert capsys.readouterr().err == ""
     torch.testing.assert_close(again.senses, good.senses, rtol=0, atol=0)
+
+
+def test_sense_bank_rows_checked_on_load_are_drawn_afresh(tiny_model):
+    """Issue 20 item 19: the rows recomputed on load were drawn with a fixed seed, so an altered
+    row outside them was served; now they are drawn afresh on every load."""
+    bank = SenseBank.build(tiny_model, progress=False)
+    assert torch.equal(bank.spot_check(tiny_model), torch.arange(512))  # a small vocabulary: all
+    first, second = bank.spot_check(tiny_model, n=16), bank.spot_check(tiny_model, n=16)
+    assert len(first) == len(second) == 16 and {0, 511} <= set(first.tolist())
+    assert not torch.equal(first, second)
 
 
 def test_float16_bank_passes_its_own_checks(tiny_model, tmp_path, monkeypatch, capsys):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import struct
+from pathlib import Path
 
 import pytest
 import torch
@@ -171,7 +172,7 @@ def test_long_word_is_refused_fast(tiny_model_dir, tiny_tokenizer, capsys):
     with pytest.raises(WordError, match=r"the word is too long: 100,000 characters; the limit is 200"):
         resolve_word(tiny_tokenizer, "a" * 100_000)
     refused(["--model", str(tiny_model_dir), "--word", "b" * 20_000], capsys,
-            "the word is too long: 20,001 characters", "limit")  # read as " bbb..."
+            "the word is too long: 20,000 characters", "limit")  # read as " bbb...": the space not counted
 
 
 def test_edit_set_limits(tmp_path):
@@ -252,3 +253,191 @@ def test_app_edit_set_link_is_bounded(monkeypatch, tiny_model_dir):
     at = app_test({"edits": link, "text": "The bank"}, "steer", monkeypatch, tiny_model_dir)
     assert not at.exception and at.session_state["edit_set"]["edits"] == []
     assert "the limit is 1,000 edits per set" in " ".join(str(e.value) for e in [*at.error, *at.warning])
+
+
+# ----------------------------------------------------------------------------------------------
+# Issue 20 item 20: bounded reading and nesting, bounded topic control, stdout errors, the word
+# ----------------------------------------------------------------------------------------------
+
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+def cli_refusal(module, argv: list[str], capsys) -> str:
+    """Exit 2 and one line on stderr (never "internal error"); the line."""
+    code = run(module.main, argv, prog=module.__name__.rsplit(".", 1)[-1])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "internal error" not in err, err
+    return err
+
+
+def test_deeply_nested_json_is_malformed_json_everywhere(tiny_model_dir, tmp_path, capsys):
+    """RecursionError ("internal error") from --careers, --topics-file, --edits-file, a prompts
+    line and a model's config.json; nesting past MAX_JSON_DEPTH is malformed JSON everywhere."""
+    from analyses import evaluate_edits, gender_bias, knowledge_edit, topic_control
+    from backpack_core.common.files import parse_json
+
+    for depth in (101, 100_000):
+        with pytest.raises(json.JSONDecodeError, match="nested more than 100 levels deep"):
+            parse_json("[" * depth + "]" * depth)
+    assert parse_json("[" * 100 + "]" * 100) == json.loads("[" * 100 + "]" * 100)
+    deep = tmp_path / "deep.json"
+    deep.write_text(DEEP)
+    model = ["--model", str(tiny_model_dir)]
+    nested = "is not valid JSON: nested more than 100 levels deep"
+    assert nested in cli_refusal(gender_bias, [*model, "--careers", str(deep)], capsys)
+    assert nested in cli_refusal(topic_control, [*model, "--topic", "science", "--topics-file",
+                                                 str(deep)], capsys)
+    assert nested in cli_refusal(knowledge_edit, [*model, "--edits-file", str(deep)], capsys)
+    edits = tmp_path / "edits.json"
+    edits.write_text(json.dumps({"version": 1, "edits": []}))
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "The", "target": " bank"}\n' + DEEP + "\n")
+    err = cli_refusal(evaluate_edits, [*model, "--edits", str(edits), "--dataset", "ptb",
+                                       "--prompts", str(prompts)], capsys)
+    assert "line 2: not valid JSON (nested more than 100 levels deep" in err
+    path = damaged(tiny_model_dir, tmp_path, "deep-config")
+    (path / "config.json").write_text(DEEP)
+    refused(["--model", str(path), "--word", "bank"], capsys,
+            "config.json is not valid JSON: nested more than 100 levels deep", "checkpoint")
+    with pytest.raises(EditError, match="nested"):
+        EditSet.from_json(DEEP)
+
+
+@pytest.mark.skipif(not Path("/dev/zero").is_char_device(), reason="needs /dev/zero")
+def test_devices_are_read_no_further_than_the_limits(tiny_model_dir, tmp_path, capsys):
+    """/dev/zero (size 0 to stat) as --edits, --text, --data, a prompts or data file was read
+    without bound until MemoryError; now never past the limit (at most 80 MB, for a corpus)."""
+    from analyses import evaluate_edits, gender_bias, perplexity, steer
+
+    model = ["--model", str(tiny_model_dir)]
+    assert "the edit set is too long: 1,000,001 bytes" in cli_refusal(
+        steer, [*model, "--text", "The bank", "--edits", "/dev/zero"], capsys)
+    assert "--text '/dev/zero' is too long: more than 80,000,000 bytes" in cli_refusal(
+        perplexity, [*model, "--text", "/dev/zero"], capsys)
+    edits = tmp_path / "edits.json"
+    edits.write_text(json.dumps({"version": 1, "edits": []}))
+    assert "/dev/zero has 10,000,001 bytes, more than the limit" in cli_refusal(
+        evaluate_edits, [*model, "--edits", str(edits), "--dataset", "ptb", "--prompts", "/dev/zero"],
+        capsys)
+    assert "corpus file '/dev/zero' is too long: more than 80,000,000 bytes" in cli_refusal(
+        evaluate_edits, [*model, "--edits", str(edits), "--data", "/dev/zero"], capsys)
+    assert "the careers file '/dev/zero' is too long: more than 10,000,000 bytes" in cli_refusal(
+        gender_bias, [*model, "--careers", "/dev/zero"], capsys)
+
+
+def test_topic_control_counts_are_bounded(tiny_model, tiny_tokenizer, capsys):
+    """--samples 10**9 and --top-senses 10**12 allocated until MemoryError."""
+    from analyses import topic_control
+    from backpack_core.experiments.topic_control import topic_control as core_topic_control
+
+    err = cli_refusal(topic_control, ["--topic", "science", "--samples", str(10**9),
+                                      "--prompts", "The"], capsys)
+    assert "1,000,000,000 samples (prompts x --samples) is more than the limit of 1,000" in err
+    err = cli_refusal(topic_control, ["--topic", "science", "--top-senses", str(10**12)], capsys)
+    assert "1,000,000,000,000 topic senses is more than the limit of 1,000" in err
+    with pytest.raises(limits.LimitError, match="topic senses"):
+        core_topic_control(tiny_model, tiny_tokenizer, [" bank"], 3.0, ["The"], top_senses=10**12)
+
+
+def run_to_stdout(tiny_model_dir, tmp_path, stdout, preexec_fn=None):
+    """sense_topk --json in a process whose stdout is `stdout`: (exit code, stderr)."""
+    import subprocess
+    import sys
+
+    from tests.test_analyses import REPO, env
+
+    proc = subprocess.run([sys.executable, "-m", "analyses.sense_topk", "--model", str(tiny_model_dir),
+                           "--word", "bank", "--json"], cwd=REPO, env=env(tmp_path), stdout=stdout,
+                          stderr=subprocess.PIPE, text=True, timeout=300, preexec_fn=preexec_fn)
+    return proc.returncode, proc.stderr
+
+
+def test_output_into_a_closed_pipe_or_a_full_file_is_one_line(tiny_model_dir, tmp_path):
+    """--json into a closed pipe or /dev/full printed a traceback ("Exception ignored ...")."""
+    import os
+    import resource
+    import signal
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # closed before the command writes: its first write fails, every time
+    try:
+        code, err = run_to_stdout(tiny_model_dir, tmp_path, write_end)
+    finally:
+        os.close(write_end)
+    assert code == 2 and err == "sense_topk: error: cannot write the output (stdout): the pipe was closed\n"
+
+    def no_file_space():  # the kernel refuses every write to a regular file: EFBIG, as ENOSPC would
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (0, resource.RLIM_INFINITY))
+
+    with open(tmp_path / "out.json", "w") as out:
+        code, err = run_to_stdout(tiny_model_dir, tmp_path, out, no_file_space)
+    assert code == 2 and err == "sense_topk: error: cannot write the output (stdout): File too large\n"
+    if Path("/dev/full").is_char_device():
+        with open("/dev/full", "w") as out:
+            code, err = run_to_stdout(tiny_model_dir, tmp_path, out)
+        assert code == 2 and err == ("sense_topk: error: cannot write the output (stdout): "
+                                     "No space left on device\n")
+
+
+def test_a_word_of_exactly_the_limit_is_accepted(tiny_tokenizer, tiny_model_dir, capsys):
+    """--word adds the space that marks a word's start: 200 characters were refused as 201."""
+    assert resolve_word(tiny_tokenizer, " " + "b" * 200).query == " " + "b" * 200
+    resolve_word(tiny_tokenizer, "b" * 200)
+    with pytest.raises(WordError, match="201 characters; the limit is 200"):
+        resolve_word(tiny_tokenizer, " " + "b" * 201)
+    code, out, err = run_topk(["--model", str(tiny_model_dir), "--word", "b" * 200, "--json"], capsys)
+    assert "too long" not in err and "too long" not in out, err
+
+
+# ----------------------------------------------------------------------------------------------
+# Issue 20 item 21: huge edit numbers are bounded, and a NaN is never shown as a result
+# ----------------------------------------------------------------------------------------------
+
+HUGE = {"kind": "scale_sense", "word": " bank", "sense": 0, "factor": 1e38}
+
+
+def test_huge_edit_factors_are_refused(tiny_model_dir, tmp_path, capsys):
+    """A factor of 1e38 gave NaN probabilities, a bogus "entered the top" list and an empty
+    generation, without a word."""
+    from analyses import steer
+
+    with pytest.raises(EditError, match=r"'factor' is 1e\+38: numbers in an edit must be between "
+                                        r"-1,000,000 and 1,000,000 \(BACKPACK_MAX_EDIT_NUMBER"):
+        EditSet.from_dict({"version": 1, "edits": [HUGE]})
+    for kind, field in (("replace_sense", "vector"), ("replace_contextualization", "value")):
+        with pytest.raises(EditError, match="numbers in an edit must be between"):
+            value = [1e39] * 32 if field == "vector" else 1e39
+            EditSet.from_dict({"version": 1, "edits": [{"kind": kind, "word": " bank", "sense": 0,
+                                                        field: value}]})
+    assert EditSet.from_dict({"version": 1, "edits": [{**HUGE, "factor": -1e6}]})  # the bound itself
+    path = tmp_path / "huge.json"
+    path.write_text(json.dumps({"version": 1, "edits": [HUGE]}))
+    err = cli_refusal(steer, ["--model", str(tiny_model_dir), "--text", "The bank", "--edits",
+                              str(path), "--generate", "3"], capsys)
+    assert "'factor' is 1e+38" in err
+
+
+def test_edits_that_compound_past_float32_are_an_error_not_nan(tiny_model, tiny_tokenizer,
+                                                                 tiny_model_dir, monkeypatch):
+    """Eight scalings of one sense by 1e6 (each within the bound) multiply to 1e48: the CLI's,
+    the core's and the dashboard's predictions and generations refuse, never show NaN."""
+    from backpack_core.edit.generation import generate
+    from backpack_core.interpret.session import ContextSession
+
+    many = {"version": 1, "edits": [{**HUGE, "factor": 1e6}] * 8}
+    session = ContextSession(tiny_model, tiny_tokenizer, "The bank of the river")
+    assert session.compare({"version": 1, "edits": [{**HUGE, "factor": 1e6}]}).kl >= 0  # one: fine
+    with pytest.raises(EditError, match="the edits make the model's numbers overflow"):
+        session.compare(many)
+    with pytest.raises(EditError, match="the edits make the model's numbers overflow"):
+        generate(tiny_model, tiny_tokenizer, "The bank", many, max_new_tokens=3)
+    at = app_test({}, "steer", monkeypatch, tiny_model_dir)  # puts app/ on sys.path
+    import state  # app/state.py
+
+    at = app_test({"edits": state.encode_edits(many), "text": "The bank"}, "steer", monkeypatch,
+                  tiny_model_dir)
+    assert not at.exception
+    shown = " ".join(str(e.value) for e in [*at.error, *at.warning])
+    assert "the edits make the model's numbers overflow" in shown, shown
+    assert not any(bool(frame.value.isna().any().any()) for frame in at.dataframe), "NaN shown"

@@ -22,7 +22,8 @@ EXIT_INTERNAL = 1
 EXIT_INTERRUPTED = 130
 
 # Exception class name (anywhere in its MRO) -> the "kind" of a JSON error; first match wins.
-KINDS = (("UsageError", "usage"), ("LimitError", "limit"), ("DiskFullError", "disk_full"),
+KINDS = (("OutputError", "output"), ("BrokenPipeError", "output"),
+         ("UsageError", "usage"), ("LimitError", "limit"), ("DiskFullError", "disk_full"),
          ("NonFiniteLoss", "nonfinite"), ("CheckpointError", "checkpoint"),
          ("ConfigError", "config"), ("DataError", "data"), ("EditError", "edit"),
          ("WordError", "word"), ("UnicodeError", "input"), ("ValueError", "input"),
@@ -31,6 +32,10 @@ KINDS = (("UsageError", "usage"), ("LimitError", "limit"), ("DiskFullError", "di
 
 class UsageError(ValueError):
     """Bad command-line arguments (what argparse would print before exiting)."""
+
+
+class OutputError(OSError):
+    """stdout cannot be written: a closed pipe, a full disk (/dev/full)."""
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -98,9 +103,30 @@ def json_text(obj: Any) -> str:
     return json.dumps(json_safe(obj), ensure_ascii=False, allow_nan=False)
 
 
+def write_stdout(text: str) -> None:
+    """Write and flush `text` to stdout; OutputError (one line, no traceback) when it cannot be
+    written."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except OSError as err:
+        reason = "the pipe was closed" if isinstance(err, BrokenPipeError) else err.strerror or err
+        raise OutputError(f"cannot write the output (stdout): {reason}") from None
+
+
 def print_json(obj: Any) -> None:
-    sys.stdout.write(json_text(obj) + "\n")
-    sys.stdout.flush()
+    write_stdout(json_text(obj) + "\n")
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null: what is still buffered for a closed pipe or a full disk must
+    not fail again when the interpreter flushes it at exit ("Exception ignored ...")."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 def wants_json(argv: Sequence[str] | None) -> bool:
@@ -113,7 +139,9 @@ def run_main(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[
     error object on stdout); returns the exit code."""
     as_json = wants_json(argv) if json_errors is None else json_errors
     try:
-        return int(main(argv) or 0)
+        code = int(main(argv) or 0)
+        write_stdout("")  # flush what main printed: a failed write is reported here, not at exit
+        return code
     except KeyboardInterrupt:
         message, kind, code = "interrupted", "interrupted", EXIT_INTERRUPTED
     except SystemExit:
@@ -127,8 +155,16 @@ def run_main(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[
             message = (f"internal error: {type(err).__name__}: {message} (this is a bug; rerun with "
                        "BACKPACK_DEBUG=1 for the traceback and report it)")
             code = EXIT_INTERNAL
+        if isinstance(err, BrokenPipeError) and not isinstance(err, OutputError):  # a plain print()
+            message = "cannot write the output: the pipe was closed"
+    if kind == "output":  # stdout is gone: say so on stderr only
+        _drop_stdout()
+        as_json = False
     if os.environ.get("RANK", "0") == "0":  # under torchrun every rank meets it: say it once
-        print(f"{prog}: error: {message}" if prog else f"error: {message}", file=sys.stderr)
-        if as_json:
-            print_json({"error": message, "kind": kind})
+        try:
+            print(f"{prog}: error: {message}" if prog else f"error: {message}", file=sys.stderr)
+            if as_json:
+                print_json({"error": message, "kind": kind})
+        except OSError:  # stdout or stderr itself cannot be written: the exit code still says it
+            _drop_stdout()
     return code

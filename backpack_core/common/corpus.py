@@ -31,7 +31,8 @@ from pathlib import Path
 
 import torch
 
-from backpack_core.common.limits import check_corpus_chars
+from backpack_core.common.files import read_prefix
+from backpack_core.common.limits import MAX_CORPUS_CHARS, LimitError, check_corpus_chars
 
 SOURCES_HELP = ('a path to a UTF-8 text file, "ptb" (the Penn Treebank test split) or '
                 '"validation" (the held-out split of the training corpus, if built)')
@@ -125,7 +126,11 @@ def _read_text(path: str | Path, prefix_bytes: int | None = None) -> tuple[str, 
                 return decode_text(f.read(prefix_bytes), str(path), truncated=True), False
         # more than 4 bytes a character is impossible: a file past this is surely too long
         check_corpus_chars(-(-size // 4), f"corpus file {str(path)!r}")
-        raw = path.read_bytes()
+        raw = read_prefix(path, 4 * MAX_CORPUS_CHARS)  # a device (/dev/zero) reports no size
+        if len(raw) > 4 * MAX_CORPUS_CHARS:
+            raise LimitError(f"corpus file {str(path)!r} is too long: more than {4 * MAX_CORPUS_CHARS:,} "
+                             f"bytes, past the limit of {MAX_CORPUS_CHARS:,} characters "
+                             "(BACKPACK_MAX_CORPUS_CHARS); read a part with --max-tokens")
     except IsADirectoryError:
         raise CorpusError(f"corpus {str(path)!r} is a directory; give {SOURCES_HELP}") from None
     except FileNotFoundError:

@@ -14,6 +14,16 @@ the core all refuse past them with a message naming the limit (`LimitError`).
                           24 bytes x vocab x senses x N
     MAX_BATCH_WINDOWS     windows read in one forward pass by the corpus commands (--batch-size):
                           each holds its (senses, seq, seq) weights and (seq, vocab) logits
+    MAX_JSON_DEPTH        nesting of any JSON read (data files, edit sets, prompts lines,
+                          config.json): deeper input is refused, never a RecursionError
+    MAX_DATA_FILE_BYTES   a JSON data file (careers, topics, candidate edits, config.json, a run
+                          config), read at most this far (a device such as /dev/zero has no size)
+    MAX_EDIT_NUMBER       the magnitude of any number in an edit (factor, value, vector entry,
+                          weight): past about 1e38 float32 overflows to inf and the results
+                          are NaN; bounded as the sweep strengths are (1e6)
+    MAX_TOPIC_SAMPLES     generations of one topic-control run (prompts x samples per prompt)
+    MAX_TOPIC_SENSES      (word, sense) pairs topic control turns up: their candidates are
+                          scored against the whole vocabulary, 2 x 20 x N x vocab floats
     model size            a config's parameters must fit the memory available (checked before
                           anything is allocated): `check_model_fits`
 
@@ -51,6 +61,11 @@ MAX_LINK_CHARS = _limit("MAX_LINK_CHARS", 16_000)
 MAX_CORPUS_CHARS = _limit("MAX_CORPUS_CHARS", 20_000_000)
 MAX_ATLAS_TOP_N = _limit("MAX_ATLAS_TOP_N", 100)
 MAX_BATCH_WINDOWS = _limit("MAX_BATCH_WINDOWS", 64)
+MAX_JSON_DEPTH = _limit("MAX_JSON_DEPTH", 100)
+MAX_DATA_FILE_BYTES = _limit("MAX_DATA_FILE_BYTES", 10_000_000)
+MAX_EDIT_NUMBER = _limit("MAX_EDIT_NUMBER", 1_000_000)
+MAX_TOPIC_SAMPLES = _limit("MAX_TOPIC_SAMPLES", 1_000)
+MAX_TOPIC_SENSES = _limit("MAX_TOPIC_SENSES", 1_000)
 
 
 def check_size(size: int, limit: int, what: str, unit: str, setting: str,
@@ -62,7 +77,10 @@ def check_size(size: int, limit: int, what: str, unit: str, setting: str,
 
 
 def check_word(word: str, error: type[Exception] = LimitError) -> None:
-    check_size(len(word), MAX_WORD_CHARS, "the word", "characters", "MAX_WORD_CHARS", error)
+    """The word's length as typed: the one space that marks the start of a word (" science",
+    added by --word) is not counted."""
+    check_size(len(word) - word.startswith(" "), MAX_WORD_CHARS, "the word", "characters",
+               "MAX_WORD_CHARS", error)
 
 
 def check_text(text: str, what: str = "the text", error: type[Exception] = LimitError) -> None:
@@ -94,6 +112,24 @@ def check_atlas_top_n(n: int, error: type[Exception] = LimitError) -> None:
     if n > MAX_ATLAS_TOP_N:
         raise error(f"{n:,} top contexts per (word, sense) is more than the limit of "
                     f"{MAX_ATLAS_TOP_N:,} (BACKPACK_MAX_ATLAS_TOP_N)")
+
+
+def check_edit_number(number: float, name: str, error: type[Exception] = LimitError) -> None:
+    """A (finite) number of an edit, at most MAX_EDIT_NUMBER in magnitude."""
+    if abs(number) > MAX_EDIT_NUMBER:
+        raise error(f"'{name}' is {number:g}: numbers in an edit must be between {-MAX_EDIT_NUMBER:,} "
+                    f"and {MAX_EDIT_NUMBER:,} (BACKPACK_MAX_EDIT_NUMBER; past about 1e38 the model's "
+                    "numbers overflow and every result is NaN)")
+
+
+def check_topic_request(samples: int, top_senses: int, error: type[Exception] = LimitError) -> None:
+    """A topic-control run of `samples` generations turning up `top_senses` (word, sense) pairs."""
+    if samples > MAX_TOPIC_SAMPLES:
+        raise error(f"{samples:,} samples (prompts x --samples) is more than the limit of "
+                    f"{MAX_TOPIC_SAMPLES:,} (BACKPACK_MAX_TOPIC_SAMPLES)")
+    if top_senses > MAX_TOPIC_SENSES:
+        raise error(f"{top_senses:,} topic senses is more than the limit of {MAX_TOPIC_SENSES:,} "
+                    "(BACKPACK_MAX_TOPIC_SENSES)")
 
 
 def check_batch_windows(n: int, error: type[Exception] = LimitError) -> None:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from backpack_core.edit.specs import to_intervention
+from backpack_core.edit.specs import check_edited_logits, to_intervention
 
 if TYPE_CHECKING:  # pragma: no cover
     from backpack_core.model.backpack import Backpack
@@ -97,6 +97,11 @@ def generate(model: Backpack, tokenizer: Tokenizer, prompt: str, edits: Any = No
     if do_sample:
         generator = torch.Generator(device=device).manual_seed(seed)
         kwargs["logits_processor"] = _seeded_sampling(temperature, top_k, top_p, generator)
+    if intervention is not None:  # edits that overflow: an error, never an empty generation
+        from transformers import LogitsProcessorList
+
+        kwargs["logits_processor"] = LogitsProcessorList(
+            [lambda input_ids, scores: check_edited_logits(scores), *kwargs.get("logits_processor", [])])
     with torch.inference_mode():
         out = lm.generate(input_ids, intervention=intervention, **kwargs)
     return tokenizer.decode(out[0, len(ids):].tolist(), skip_special_tokens=True)

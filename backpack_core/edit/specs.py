@@ -44,7 +44,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from backpack_core.common.limits import LimitError, check_edit_count, check_edit_set_bytes
+from backpack_core.common.files import parse_json, read_prefix
+from backpack_core.common.limits import (
+    MAX_EDIT_SET_BYTES,
+    LimitError,
+    check_edit_count,
+    check_edit_number,
+    check_edit_set_bytes,
+)
 from backpack_core.model.backpack import Intervention
 from backpack_core.model.vocab import WordError, single_token_id
 
@@ -97,6 +104,7 @@ def _check_number(value: Any, name: str, minimum: float | None = None) -> float:
                         "refused)")
     if minimum is not None and number < minimum:
         raise EditError(f"'{name}' must be >= {minimum}, got {number}")
+    check_edit_number(number, name, EditError)
     return number
 
 
@@ -961,7 +969,7 @@ class EditSet:
         if not isinstance(text, str):
             raise EditError(f"expected JSON text, got {type(text).__name__}")
         try:
-            data = json.loads(text)
+            data = parse_json(text)
         except json.JSONDecodeError as err:
             raise EditError(f"malformed JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
         except RecursionError:
@@ -975,7 +983,7 @@ class EditSet:
     def load(cls, path: str | os.PathLike) -> EditSet:
         try:
             check_edit_set_bytes(Path(path).stat().st_size, EditLimitError)  # before reading it
-            text = Path(path).read_bytes()
+            text = read_prefix(path, MAX_EDIT_SET_BYTES)  # a device (/dev/zero) has no size
         except OSError as err:
             raise EditError(f"cannot read the edits file {str(path)!r}: {err.strerror or err}") from None
         try:
@@ -1047,7 +1055,18 @@ def to_intervention(edits: Any, model: Backpack, tokenizer: Tokenizer | None
     return as_edit_set(edits).compile(model, tokenizer)
 
 
+def check_edited_logits(logits: torch.Tensor) -> torch.Tensor:
+    """`logits` under edits, or EditError when they hold NaN or infinity: each number of an edit
+    is bounded (limits.MAX_EDIT_NUMBER), but edits compound (several scalings of one word
+    multiply), and a NaN must never be shown as a result."""
+    if not bool(torch.isfinite(logits).all()):
+        raise EditError("the edits make the model's numbers overflow (NaN or infinite logits): "
+                        "their factors compound, several edits of one word multiplying; use "
+                        "smaller factors or fewer edits of the same word")
+    return logits
+
+
 __all__ = ["SCHEMA_VERSION", "AblateSense", "AddSense", "CompiledEdits", "EDIT_KINDS", "Edit", "EditError",
            "EditSet", "KnowledgeEdit", "ReplaceContextualization", "ReplaceSense",
-           "ScaleContextualization", "ScaleSense", "SenseRef", "as_edit_set", "edit_from_dict",
-           "fields_of_kind", "to_intervention"]
+           "ScaleContextualization", "ScaleSense", "SenseRef", "as_edit_set",
+           "check_edited_logits", "edit_from_dict", "fields_of_kind", "to_intervention"]

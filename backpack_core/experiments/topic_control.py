@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from backpack_core.common.limits import check_topic_request
 from backpack_core.common.progress import progress_bar
 from backpack_core.edit.specs import EditSet, ScaleContextualization
 from backpack_core.experiments.words import (
@@ -189,6 +190,7 @@ def topic_control(model: Backpack, tokenizer: Tokenizer, words: Sequence[str], s
         raise ValueError(f"strength must be a finite number >= 0, got {strength}")
     if samples_per_prompt < 1 or not prompts:
         raise ValueError("need at least one prompt and one sample per prompt")
+    check_topic_request(len(prompts) * samples_per_prompt, top_senses)
     senses = topic_senses(model, tokenizer, words, top=top_senses, bank=bank, progress=progress)
     edits = senses.edit_set(strength)
     intervention = edits.compile(model, tokenizer)

@@ -45,10 +45,15 @@ alpha[l, i, j] E_w . C(x_j)_l) is computed on query, by re-running only the wind
 
 Cached on disk (safetensors, the metadata as JSON inside it) under `sense_bank.cache_dir()`,
 keyed by the full model fingerprint (config and every weight), the corpus sha256, seq_len and N.
+A cache file is checked on load (`check_tables`: the sha256 of its tables and metadata written
+beside them, dtypes, finite numbers, counts summing to the corpus's tokens, every top context's
+offset and query inside the corpus and its window) and rebuilt, with one line on stderr, when
+anything is off.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -287,6 +292,52 @@ class WordReport:
                 "senses": [s.to_dict() for s in self.senses]}
 
 
+def tables_sha256(tensors: dict[str, torch.Tensor], meta_json: str) -> str:
+    """sha256 over the metadata (as stored) and every table's name, dtype, shape and bytes."""
+    digest = hashlib.sha256(meta_json.encode())
+    for name in TENSORS:
+        t = tensors[name].contiguous()
+        digest.update(f"\n{name} {t.dtype} {tuple(t.shape)}\n".encode())
+        digest.update(t.view(torch.uint8).numpy().data if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def check_tables(tensors: dict[str, torch.Tensor], meta: dict[str, Any], corpus: Corpus | None = None
+                 ) -> None:
+    """ValueError unless the tables (with shapes already checked) are what `build_atlas` makes:
+    integer ids and positions, finite weights (a top weight may be -inf: an empty slot), each
+    word's counts summing to the corpus's tokens, every top context at an offset of its word
+    (with `corpus`) inside the corpus and its query in the same window, at or after it."""
+    ints = ("token_ids", "counts", "top_offset", "top_query")
+    for name in TENSORS:
+        if (tensors[name].dtype == torch.long) != (name in ints):
+            raise ValueError(f"table {name} holds {tensors[name].dtype} numbers")
+    for name in ("total", "peak", "top_query_weight", "sense_weight", "sense_norm_weight",
+                 "sense_self_weight", "sense_distance"):
+        if not bool(torch.isfinite(tensors[name]).all()):
+            raise ValueError(f"table {name} holds NaN or infinite numbers")
+    weight, offset, query = tensors["top_weight"], tensors["top_offset"], tensors["top_query"]
+    empty = weight == float("-inf")
+    if weight.isnan().any() or (weight == float("inf")).any():
+        raise ValueError("table top_weight holds NaN or +inf")
+    ids, counts, n = tensors["token_ids"], tensors["counts"], int(meta["tokens"])
+    vocab, seq_len = int(meta["vocab_size"]), int(meta["seq_len"])
+    if len(ids) and not (0 <= int(ids[0]) and int(ids[-1]) < vocab and bool((ids[1:] > ids[:-1]).all())):
+        raise ValueError(f"token_ids are not increasing ids below {vocab}")
+    if bool((counts < 1).any()) or int(counts.sum()) != n:
+        raise ValueError(f"counts sum to {int(counts.sum()):,}, not the corpus's {n:,} tokens")
+    window_end = torch.clamp(offset - offset % seq_len + seq_len, max=n)
+    placed = (offset >= 0) & (offset < n) & (query >= offset) & (query < window_end)
+    if not bool(torch.where(empty, (offset == -1) & (query == -1), placed).all()):
+        raise ValueError("a top context lies outside the corpus or its window")
+    if corpus is not None:
+        if len(corpus) != n:
+            raise ValueError(f"it read {n:,} tokens, the corpus has {len(corpus):,}")
+        at = corpus.token_ids[offset.clamp(min=0)]
+        if not bool(torch.where(empty, True, at == ids[:, None, None]).all()):
+            raise ValueError("a top context is not at an occurrence of its word")
+
+
 class SenseAtlas:
     """The atlas's tables (CPU tensors, rows = the token ids that occurred, `token_ids`) and
     `meta`; `model`, `tokenizer` and `corpus` are attached for snippets and predictions."""
@@ -336,7 +387,8 @@ class SenseAtlas:
         return base / "atlas" / f"atlas-{model_key_[:16]}-{corpus_sha[:16]}-s{seq_len}-n{top_n}.safetensors"
 
     def save(self, path: str | os.PathLike) -> Path:
-        """safetensors, written atomically; the metadata as JSON under the key "atlas"."""
+        """safetensors, written atomically; the metadata as JSON under the key "atlas", the
+        sha256 of both (`tables_sha256`) under "sha256"."""
         from safetensors.torch import save_file
 
         from backpack_core.common.files import atomic_write
@@ -344,7 +396,8 @@ class SenseAtlas:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {n: self.tensors[n].contiguous() for n in TENSORS}
-        metadata = {"atlas": json.dumps(self.meta, sort_keys=True)}
+        meta_json = json.dumps(self.meta, sort_keys=True)
+        metadata = {"atlas": meta_json, "sha256": tables_sha256(tensors, meta_json)}
         atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
         return path
 
@@ -352,11 +405,13 @@ class SenseAtlas:
     def load(cls, path: str | os.PathLike, expected: dict[str, Any] | None = None, model=None,
              tokenizer=None, corpus: Corpus | None = None) -> SenseAtlas:
         """Read an atlas; ValueError if its metadata differs from `expected` (model key, corpus
-        hash, seq_len, ...) or its tensors have the wrong keys or shapes."""
+        hash, seq_len, ...), it does not match its sha256, or its tables are not an atlas's
+        (`check_tables`)."""
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as f:
-            meta = json.loads((f.metadata() or {}).get("atlas", "null"))
+            metadata = f.metadata() or {}
+            meta = json.loads(metadata.get("atlas", "null"))
             if not isinstance(meta, dict):
                 raise ValueError(f"{path} is not a sense atlas")
             for key, value in (expected or {}).items():
@@ -365,7 +420,16 @@ class SenseAtlas:
             if set(f.keys()) != set(TENSORS):
                 raise ValueError(f"{path}: tensors {sorted(f.keys())}, expected {sorted(TENSORS)}")
             tensors = {n: f.get_tensor(n) for n in TENSORS}
-        return cls(tensors, meta, model, tokenizer, corpus)
+        if "sha256" not in metadata:
+            raise ValueError(f"{path} has no checksum (written by an older version)")
+        if metadata["sha256"] != tables_sha256(tensors, metadata["atlas"]):
+            raise ValueError(f"{path} does not match its checksum (altered or corrupt)")
+        atlas = cls(tensors, meta, model, tokenizer, corpus)  # checks the shapes
+        try:
+            check_tables(tensors, meta, corpus)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
+        return atlas
 
     @classmethod
     def for_corpus(cls, model: Backpack, tokenizer: Tokenizer, corpus: Corpus,

@@ -79,6 +79,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from backpack_core.common.files import parse_json, read_prefix
 from backpack_core.common.limits import check_batch_windows
 from backpack_core.edit.specs import CompiledEdits, EditSet, as_edit_set
 from backpack_core.model.backpack import Backpack, Intervention, next_token_loss
@@ -209,7 +210,8 @@ def read_prompts(source: str | os.PathLike | bytes, name: str | None = None) -> 
         name = name or str(source)
         try:
             size = Path(source).stat().st_size
-            raw = Path(source).read_bytes() if size <= MAX_PROMPTS_BYTES else b""
+            raw = read_prefix(source, MAX_PROMPTS_BYTES) if size <= MAX_PROMPTS_BYTES else b""
+            size = max(size, len(raw))  # a device (/dev/zero) reports no size: what was read
         except OSError as err:
             raise PromptError(f"cannot read the prompts file {name!r}: {err.strerror or err}") from None
     if size > MAX_PROMPTS_BYTES:
@@ -226,7 +228,7 @@ def read_prompts(source: str | os.PathLike | bytes, name: str | None = None) -> 
             continue
         where = f"{name}, line {lineno}"
         try:
-            item = json.loads(line)
+            item = parse_json(line)
         except json.JSONDecodeError as err:
             raise PromptError(f"{where}: not valid JSON ({err.msg} at column {err.colno}); each line "
                               "must be an object like {\"prompt\": \"It happened last\", \"target\": "

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from backpack_core.edit.specs import EditSet, as_edit_set, to_intervention
+from backpack_core.edit.specs import EditSet, as_edit_set, check_edited_logits, to_intervention
 from backpack_core.interpret.compare import Comparison, compare_logits, kl_divergence
 from backpack_core.interpret.readouts import Attribution, ContextReadout, Prediction, top_tokens
 from backpack_core.model.backpack import Intervention
@@ -197,6 +197,7 @@ class ContextSession:
                 out = self.base_logits[query]
             else:
                 out = self.model.output_logits(self._mixed(intervention, query))[0]  # (p, vocab)
+                check_edited_logits(out)  # never a NaN shown as a prediction
         return out[0] if _is_scalar(positions) else out
 
     def kl(self, edits: Any, positions: int | Sequence[int] | None = None) -> torch.Tensor:

@@ -11,7 +11,10 @@ server must not become a way to read its own files. The operator sets:
                            BACKPACK_MODEL, set by the operator, is always allowed.
 
 Paths are resolved (symlinks and `..` followed) before the check, and a refused path gets the
-same message whether or not it exists: nothing about the server's files is revealed.
+same message whether or not it exists, as does a name no file can have (a NUL byte, a component
+longer than the system allows): nothing about the server's files is revealed. A hub id the
+operator allows is accepted as one (`loading.HubId`: downloaded, never read as a local path of
+that name) whether or not such a path exists on the server.
 """
 
 from __future__ import annotations
@@ -20,12 +23,13 @@ import os
 import re
 from pathlib import Path
 
-from backpack_core.model.loading import DEFAULT_MODEL_DIR, REPO_ROOT
+from backpack_core.model.loading import DEFAULT_MODEL_DIR, REPO_ROOT, HubId
 
 ROOTS_ENV = "BACKPACK_MODEL_ROOTS"
 HUB_ENV = "BACKPACK_ALLOW_HUB"
 MODEL_ENV = "BACKPACK_MODEL"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+NAME_MAX = 255  # bytes in one path component (Linux, macOS)
 
 
 class AccessError(ValueError):
@@ -53,10 +57,23 @@ def _refused(what: str) -> AccessError:
 def allowed_path(path: str | os.PathLike, what: str = "this path") -> Path:
     """`path`, resolved, if it lies under an allowed root; else AccessError (same message
     whether or not it exists)."""
-    resolved = Path(path).expanduser().resolve()
+    try:
+        resolved = Path(path).expanduser().resolve()
+    except (OSError, ValueError, RuntimeError):  # a NUL byte, a name too long, a symlink loop
+        raise _refused(what) from None
+    if any(len(os.fsencode(part)) > NAME_MAX for part in resolved.parts):
+        raise _refused(what)  # no file has such a name: refused as any other, even under a root
     if any(resolved == root or resolved.is_relative_to(root) for root in model_roots()):
         return resolved
     raise _refused(what)
+
+
+def _is_dir(path: Path) -> bool:
+    """path.is_dir(), False for a name no file can have (a NUL byte, a component too long)."""
+    try:
+        return path.resolve().is_dir()
+    except (OSError, ValueError, RuntimeError):
+        return False
 
 
 def hub_allowed(hub_id: str) -> bool:
@@ -78,17 +95,15 @@ def allowed_source(source: str | None) -> str | None:
     text = str(source).strip()
     if text == os.environ.get(MODEL_ENV, "").strip():
         return text  # the operator's own default
-    path = Path(text).expanduser()
     looks_local = text.startswith((".", "/", "~", os.sep)) or not HUB_ID.match(text)
-    if looks_local or path.resolve().is_dir():
+    if looks_local:
+        return str(allowed_path(text, "this model directory"))
+    if _is_dir(Path(text).expanduser()):  # a run under the roots named like a hub id: runs/x
         try:
-            return str(allowed_path(path, "this model directory"))
+            return str(allowed_path(text, "this model directory"))
         except AccessError:
-            if looks_local:
-                raise
+            pass  # outside the roots: answered as the hub id it looks like, never as a path
     if hub_allowed(text):
-        if path.exists():  # the loader would read the local path, not the hub
-            raise _refused("this model directory")
-        return text
+        return HubId(text)  # downloaded: a local path of the same name is never read
     raise AccessError(f"loading models from the hub is not enabled on this server (the operator "
                       f"allows hub ids with {HUB_ENV}); choose the shipped model or a local run")

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from backpack_core.common.files import atomic_write, write_text_atomic
-from backpack_core.common.limits import check_model_fits
+from backpack_core.common.files import atomic_write, parse_json, read_bounded, write_text_atomic
+from backpack_core.common.limits import MAX_DATA_FILE_BYTES, check_model_fits
 from backpack_core.model.backpack import Backpack
 from backpack_core.model.config import ModelConfig, published_gpt2_details
 from backpack_core.model.tokenizer import TOKENIZER_FILE, Tokenizer, gpt2_tokenizer
@@ -195,7 +195,15 @@ def _download(hub_id: str) -> Path:
     return Path(path)
 
 
+class HubId(str):
+    """A model hub id the server's allow-list accepted (`access.allowed_source`): downloaded from
+    the hub, never read as a local path of the same name (that would read the server's files,
+    and answer differently for a name that exists there and one that does not)."""
+
+
 def resolve_source(source: str | os.PathLike | None) -> Path:
+    if isinstance(source, HubId):
+        return _download(str(source))
     if source is None:
         if not (DEFAULT_MODEL_DIR / "config.json").is_file():
             raise CheckpointError(f"the shipped default model is missing at {DEFAULT_MODEL_DIR}; "
@@ -283,7 +291,8 @@ def read_config(directory: Path) -> dict:
     if not config_path.is_file():
         raise CheckpointError(f"{directory} has no config.json")
     try:
-        raw_config = json.loads(config_path.read_text(encoding="utf-8"))
+        raw_config = parse_json(read_bounded(config_path, MAX_DATA_FILE_BYTES, str(config_path),
+                                             "MAX_DATA_FILE_BYTES", CheckpointError).decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{config_path} is not valid JSON: {err}") from err
     except OSError as err:

@@ -13,9 +13,9 @@ mem_gib is the peak of GPU memory allocated, or on a CPU the peak resident memor
 from __future__ import annotations
 
 import json
-import math
 import os
 import resource
+import sys
 from pathlib import Path
 
 import torch
@@ -59,24 +59,40 @@ def memory_gib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
+def record_step(line: bytes) -> int | None:
+    """The step of one metrics.jsonl line, or None when the line is not a record (cut short by a
+    crash, edited, not UTF-8, not an object with an integer step)."""
+    try:
+        record = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    step = record.get("step") if isinstance(record, dict) else None
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
+
+
 class MetricsLog:
     """Appends records to out_dir/metrics.jsonl (rank 0 only). Resuming at step N first drops the
-    records past N, which the resumed run writes again; a fresh run starts an empty file."""
+    records past N, which the resumed run writes again, and malformed lines (with a one-line
+    warning naming them); a fresh run starts an empty file."""
 
     def __init__(self, path: Path, enabled: bool, resume_step: int | None):
         self.path, self.enabled = path, enabled
         if not enabled:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        kept = []
+        kept, malformed = [], []
         if resume_step is not None and path.is_file():
-            for line in path.read_text().splitlines():
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut short by a crash
-                if record.get("step", math.inf) <= resume_step:
-                    kept.append(line)
+            for number, raw in enumerate(path.read_bytes().splitlines(), 1):
+                step = record_step(raw)
+                if step is None:
+                    if raw.strip():
+                        malformed.append(number)
+                elif step <= resume_step:
+                    kept.append(raw.decode("utf-8"))
+        if malformed:
+            shown = ", ".join(map(str, malformed[:10])) + (", ..." if len(malformed) > 10 else "")
+            print(f"warning: {path}: skipped {len(malformed)} malformed line(s) (line {shown}); "
+                  "the other records are kept", file=sys.stderr, flush=True)
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text("".join(f"{line}\n" for line in kept))
         os.replace(tmp, path)

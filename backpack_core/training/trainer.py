@@ -28,22 +28,17 @@ import torch
 from torch import nn
 
 from backpack_core.common import cli
-from backpack_core.common.files import write_text_atomic
-from backpack_core.common.limits import check_model_fits
-from backpack_core.model.backpack import (
-    Backpack,
-    count_parameters,
-    flops_per_token,
-    next_token_loss,
-)
+from backpack_core.common.files import locked, parse_json, read_bounded, read_prefix, write_text_atomic
+from backpack_core.common.limits import MAX_DATA_FILE_BYTES, check_model_fits
+from backpack_core.model.backpack import Backpack, count_parameters, flops_per_token, next_token_loss
 from backpack_core.model.loading import CheckpointError
 from backpack_core.training import distributed
 from backpack_core.training.checkpoint import (
     find_checkpoint,
     load_checkpoint,
     point_to,
-    read_train_state,
     remove_checkpoints,
+    resume_point,
     save_checkpoint,
 )
 from backpack_core.training.config import (
@@ -150,7 +145,8 @@ def read_run_config(run_dir: Path) -> dict:
     """run_config.json of a run directory, or CheckpointError saying what is wrong with it."""
     path = run_dir / RUN_CONFIG
     try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
+        saved = parse_json(read_bounded(path, MAX_DATA_FILE_BYTES, str(path), "MAX_DATA_FILE_BYTES",
+                                        CheckpointError).decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{path} is damaged (not valid JSON: {err}); give the config again with "
                               f"--config FILE --resume {run_dir}") from None
@@ -163,7 +159,7 @@ def read_run_config(run_dir: Path) -> dict:
 def describe_changes(out_dir: Path, cfg: RunConfig) -> list[str]:
     """Settings of the saved run_config.json that this resumed run changes (allowed, reported)."""
     try:
-        old = json.loads((out_dir / RUN_CONFIG).read_text())
+        old = parse_json(read_prefix(out_dir / RUN_CONFIG, MAX_DATA_FILE_BYTES))
     except (OSError, json.JSONDecodeError):
         return []
     new = cfg.to_dict()
@@ -231,8 +227,10 @@ def setup(cfg: RunConfig, d: distributed.Dist, resume: bool, overwrite: bool) ->
     identity = {"model": model_config.to_dict(), "seq_len": seq_len, "seed": t.seed,
                 "global_batch": plan.global_batch, "train_tokens_in_data": int(len(shards.train)),
                 "tokenizer_sha256": shards.manifest.get("tokenizer_sha256")}
-    state = read_train_state(prior[0]) if resume else {}
-    if resume:
+    state, weights = {}, None
+    if resume:  # the newest checkpoint that is whole (a damaged one is skipped, with a note)
+        ckpt, state, weights = resume_point(out_dir, move_aside=d.is_main)
+        prior = (ckpt, int(state["step"]))
         check_resumable(state.get("identity", {}), identity, out_dir)
 
     if d.is_main:
@@ -248,7 +246,7 @@ def setup(cfg: RunConfig, d: distributed.Dist, resume: bool, overwrite: bool) ->
     train_model = distributed.wrap_model(model, d, t.fsdp, should_compile(t.compile, plan.max_steps), bf16)
     optimizer = build_optimizer(model, t, d.device)
     if resume:
-        load_checkpoint(prior[0], model, optimizer, state)
+        load_checkpoint(prior[0], model, optimizer, state, weights)
         if d.is_main and prior[0] != out_dir:
             point_to(out_dir, prior[0])  # the run directory loads as the checkpoint resumed from
     job = Job(cfg, d, plan, model, train_model, optimizer, shards,
@@ -371,7 +369,10 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
     after every step, before the stop check (tests use it to send a signal at a chosen step)."""
     d = distributed.setup(cfg.train.device)
     try:
-        return loop(setup(cfg, d, resume, overwrite), on_step)
+        if d.is_main:  # one trainer per run directory: a second (even with --overwrite) is refused
+            check_writable(cfg.out_dir)
+        with locked(cfg.out_dir, "another training run") if d.is_main else contextlib.nullcontext():
+            return loop(setup(cfg, d, resume, overwrite), on_step)
     finally:
         distributed.teardown(d)
 
