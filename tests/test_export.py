@@ -508,3 +508,13 @@ def test_card_and_pack_keep_the_edit_sets_provenance(tiny_model, tiny_tokenizer,
     pack = EditSet.load(tmp_path / "out" / PACK_FILE)
     assert pack.provenance == learned["provenance"]
     assert '"method": "sense finetuning"' in (tmp_path / "out" / "README.md").read_text()
+
+
+def test_compounding_edits_that_overflow_are_refused(tiny_model, tiny_tokenizer, tmp_path):
+    """Each factor is within the limits, but seven scalings of one word by 1e6 reach infinity:
+    the export is refused (a model with infinite weights would not even load)."""
+    edits = {"version": 1, "edits": [{"kind": "scale_sense", "word": " bank", "sense": 0,
+                                      "factor": 1e6}] * 7}
+    with pytest.raises(ExportError, match="overflow"):
+        export_edited_model(tiny_model, tiny_tokenizer, edits, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

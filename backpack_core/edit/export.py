@@ -300,6 +300,10 @@ def override_tables(model: Backpack, tokenizer: Tokenizer, edits: Any) -> Overri
         mask = (edited != raw).any(-1)  # (n, k): rows that differ from the network's
         keep = mask.any(-1)
         scaled = (factors != 1).any(-1).nonzero().flatten()
+    if not (bool(torch.isfinite(edited[keep]).all()) and bool(torch.isfinite(factors).all())):
+        raise ExportError("the edits make the model's numbers overflow (infinite sense vectors or "
+                          "scales): their factors compound, several edits of one word "
+                          "multiplying; use smaller factors or fewer edits of the same word")
     return OverrideTables(sense_token_ids=ids[keep].cpu(), senses=edited[keep].float().cpu(),
                           sense_mask=mask[keep].cpu(), scale_token_ids=scaled.cpu(),
                           scales=factors[scaled].cpu())
