@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from backpack_core import load_backpack
 from backpack_core.corpus import read_corpus
 from backpack_core.edit_evaluation import (
     PromptError,
@@ -368,8 +369,7 @@ APP = REPO / "app"
 PAGE_TEXT = "The MacBook is made by Apple. The bank by the river has money. The MacBook is good."
 
 
-def test_steer_page_evaluates_the_edit_set_on_a_dataset(tiny_model_dir, tiny_model, tiny_tokenizer,
-                                                       tmp_path, monkeypatch):
+def test_steer_page_evaluates_the_edit_set_on_a_dataset(tiny_model_dir, tmp_path, monkeypatch):
     pytest.importorskip("streamlit")
     from streamlit.testing.v1 import AppTest
 
@@ -396,9 +396,16 @@ def test_steer_page_evaluates_the_edit_set_on_a_dataset(tiny_model_dir, tiny_mod
     at.button(key="steer:evaluate").click().run()
     assert not at.exception and not at.error, [e.value for e in [*at.exception, *at.error]]
 
+    # The page calls the same core function (evaluation_view.evaluate -> evaluate_edits) on the
+    # model as the app loads it: memory-mapped from model.safetensors, so its weights sit at
+    # 8-byte-aligned addresses where tiny_model's are 64-byte aligned, and the BLAS kernel of a
+    # one-row product (output_logits of one edited position) rounds differently for the two
+    # (6e-7 on a logit, 2.3e-5 relative on a loss change of 1e-3). The reference is therefore
+    # computed on the model loaded the same way.
     path = tmp_path / "page.txt"
     path.write_text(PAGE_TEXT)
-    expected = evaluate_edits(tiny_model, tiny_tokenizer, edits, read_corpus(str(path), tiny_tokenizer),
+    loaded, loaded_tokenizer = load_backpack(tiny_model_dir, device="cpu", dtype="float32")
+    expected = evaluate_edits(loaded, loaded_tokenizer, edits, read_corpus(str(path), loaded_tokenizer),
                               prompts=read_prompts(prompts), strengths=[0, 2], progress=False)
     shown = {m.label: m.value for m in at.metric}
     assert shown["blast radius"] == f"{len(expected.blast_radius):,}" and expected.blast_radius
@@ -408,7 +415,12 @@ def test_steer_page_evaluates_the_edit_set_on_a_dataset(tiny_model_dir, tiny_mod
                  if "Success vs loss" in c.proto.spec]
     points = figure["data"][0]
     assert points["y"] == [r.success_rate for r in expected.sweep]
-    assert points["x"] == pytest.approx([r.loss_change["inside"] or 0.0 for r in expected.sweep])
+    # Tolerance: each x is a mean of differences of float32 cross-entropies of a few nats
+    # (rounding ~5e-7 each), and which kernel a product uses may depend on the thread running it
+    # (the page runs in a script thread), so 1e-6 nats/token absolute; the values themselves are
+    # 1e-3 to 5e-3 apart, so a point of another strength or another loss fails it.
+    assert points["x"] == pytest.approx([r.loss_change["inside"] or 0.0 for r in expected.sweep],
+                                        rel=0, abs=1e-6)
     assert points["text"] == ["0", "1", "2"]
     (sweep,) = [d.value for d in at.dataframe if "blast radius" in d.value.columns]
     assert sweep["blast radius"].tolist() == [r.radius for r in expected.sweep]
