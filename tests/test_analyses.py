@@ -23,7 +23,7 @@ import torch
 
 from backpack_core.evaluation import load_benchmark, spearman
 from backpack_core.inspect import token_text
-from tests.conftest import strict_json
+from tests.conftest import HANG_S, strict_json
 
 REPO = Path(__file__).resolve().parent.parent
 MODULES = ("sense_topk", "lexsim", "topic_control", "gender_bias", "knowledge_edit", "perplexity",
@@ -119,7 +119,7 @@ def batch(tiny_model_dir, files):
     spec_path, out_path = files / "spec.json", files / "results.json"
     spec_path.write_text(json.dumps(spec))
     proc = subprocess.run([sys.executable, "-c", RUNNER, str(spec_path), str(out_path)],
-                          capture_output=True, text=True, cwd=REPO, env=env(files), timeout=600)
+                          capture_output=True, text=True, cwd=REPO, env=env(files), timeout=HANG_S)
     assert proc.returncode == 0, proc.stderr
     return json.loads(out_path.read_text())
 
@@ -364,11 +364,11 @@ def test_real_python_m(tiny_model_dir, files):
     """The same entry points as `python -m` in a fresh process: a lookup and a refusal."""
     proc = subprocess.run([sys.executable, "-m", "analyses.sense_topk", "--model", str(tiny_model_dir),
                            "--word", "river", "--k", "2", "--json"], capture_output=True, text=True,
-                          cwd=REPO, env=env(files), timeout=300)
+                          cwd=REPO, env=env(files), timeout=HANG_S)
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert data["tokens"] == [" river"] and all(len(s["top"]) == 2 for s in data["senses"])
     proc = subprocess.run([sys.executable, "-m", "analyses.knowledge_edit", "--model", str(tiny_model_dir),
                            "--word", "MacBook", "--remove", " Apple"], capture_output=True, text=True,
-                          cwd=REPO, env=env(files), timeout=300)
+                          cwd=REPO, env=env(files), timeout=HANG_S)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "single token" in proc.stderr

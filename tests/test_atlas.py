@@ -15,7 +15,7 @@ import torch
 
 from backpack_core.atlas import DEAD_THRESHOLD, SenseAtlas, build_atlas, model_key
 from backpack_core.corpus import Corpus, CorpusError, read_corpus
-from tests.conftest import TINY_CORPUS, strict_json
+from tests.conftest import HANG_S, TINY_CORPUS, strict_json
 from tests.test_analyses import REPO, RUNNER, env
 
 TEXT = " ".join(TINY_CORPUS * 3)
@@ -316,7 +316,7 @@ def cli(tiny_model_dir, text_file, tmp_path_factory):
     ]
     (tmp / "spec.json").write_text(json.dumps(spec))
     proc = subprocess.run([sys.executable, "-c", RUNNER, str(tmp / "spec.json"), str(tmp / "out.json")],
-                          capture_output=True, text=True, cwd=REPO, env=env(tmp), timeout=600)
+                          capture_output=True, text=True, cwd=REPO, env=env(tmp), timeout=HANG_S)
     assert proc.returncode == 0, proc.stderr
     return tmp, json.loads((tmp / "out.json").read_text())
 
@@ -421,7 +421,7 @@ def test_bench_atlas_smoke(tiny_model_dir, tmp_path):
     out = tmp_path / "atlas.json"
     proc = subprocess.run([sys.executable, "bench/bench_atlas.py", "--smoke", "--model", str(tiny_model_dir),
                            "--threads", "1", "--out", str(out)], capture_output=True, text=True,
-                          cwd=REPO, env=env(tmp_path), timeout=300)
+                          cwd=REPO, env=env(tmp_path), timeout=HANG_S)
     assert proc.returncode == 0, proc.stderr
     data = json.loads(out.read_text())
     assert data["bench"] == "atlas" and [r["tokens"] for r in data["results"]] == [600, 1200]

@@ -8,12 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.conftest import HANG_S
+
 REPO = Path(__file__).resolve().parent.parent
 
 
 def run_smoke(script: str) -> dict:
     proc = subprocess.run([sys.executable, f"bench/{script}", "--smoke"], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=HANG_S)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

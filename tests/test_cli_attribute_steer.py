@@ -14,7 +14,7 @@ from analyses import attribute as attribute_cli
 from analyses import steer as steer_cli
 from analyses._cli import run
 from backpack_core.session import attribute
-from tests.conftest import strict_json
+from tests.conftest import HANG_S, strict_json
 
 REPO = Path(__file__).resolve().parent.parent
 TEXT = "The MacBook is made by"
@@ -23,7 +23,7 @@ TEXT = "The MacBook is made by"
 def cli(module: str, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
-                          cwd=REPO, env=env, timeout=120)
+                          cwd=REPO, env=env, timeout=HANG_S)
 
 
 def test_attribute_json_sums_to_the_logit(tiny_model_dir, tiny_model, tiny_tokenizer):

@@ -27,7 +27,7 @@ from backpack_core.edit_evaluation import (
     read_prompts,
 )
 from backpack_core.edits import EditSet
-from tests.conftest import TINY_CORPUS, strict_json
+from tests.conftest import HANG_S, TINY_CORPUS, strict_json
 
 REPO = Path(__file__).resolve().parent.parent
 SEQ, BATCH = 24, 3  # several batches of windows, and a short last window
@@ -337,7 +337,7 @@ def test_cli_real_python_m_help_is_fast(tmp_path):
     proc = subprocess.run([sys.executable, "-c", "import runpy, sys; sys.argv = ['x', '--help'];\n"
                            "try:\n    runpy.run_module('analyses.evaluate_edits', run_name='__main__')\n"
                            "except SystemExit:\n    pass\nprint('torch' in sys.modules)"],
-                          capture_output=True, text=True, cwd=REPO, timeout=120)
+                          capture_output=True, text=True, cwd=REPO, timeout=HANG_S)
     assert proc.returncode == 0 and "--strengths" in proc.stdout
     assert proc.stdout.strip().endswith("False")
 
@@ -354,7 +354,7 @@ def test_shipped_example_files_read(tmp_path):
 def test_bench_smoke(tmp_path):
     out = tmp_path / "sweep.json"
     proc = subprocess.run([sys.executable, "bench/bench_edit_sweep.py", "--smoke", "--out", str(out)],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+                          cwd=REPO, capture_output=True, text=True, timeout=HANG_S)
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads(out.read_text())
     assert data == json.loads(proc.stdout)
@@ -382,7 +382,7 @@ def test_steer_page_evaluates_the_edit_set_on_a_dataset(tiny_model_dir, tmp_path
     monkeypatch.setenv(state.DTYPE_ENV, "float32")
     monkeypatch.setenv("BACKPACK_CACHE", str(tmp_path / "cache"))
     edits = edit_set("knowledge_edit")
-    at = AppTest.from_file(str(APP / "Home.py"), default_timeout=120)
+    at = AppTest.from_file(str(APP / "Home.py"), default_timeout=HANG_S)
     at.query_params["text"] = PAGE_TEXT
     at.switch_page("app_pages/steer.py")
     at.session_state["edit_set"] = edits
