@@ -108,7 +108,11 @@ def batch(tiny_model_dir, files):
         # refusals: exit 2, one paragraph, no traceback
         ("err_empty_word", ["analyses.sense_topk", *m, "--word", "", "--json"]),
         ("err_sense_range", ["analyses.sense_topk", *m, "--word", "bank", "--senses", "0,9"]),
-        ("err_png", ["analyses.sense_topk", *m, "--word", "bank", "--plot", str(files / "x.png")]),
+        ("topk_png", ["analyses.sense_topk", *m, "--word", "bank", "--k", "4", "--plot",
+                      str(files / "senses.png")]),
+        ("gender_png", ["analyses.gender_bias", *m, "--careers", str(files / "careers.json"),
+                        "--factors", "0,1", "--plot", str(files / "gender.png"), "--json"]),
+        ("err_plot_type", ["analyses.sense_topk", *m, "--word", "bank", "--plot", str(files / "x.svg")]),
         ("err_no_model", ["analyses.lexsim", "--model", str(files / "nope"), "--json"]),
         ("err_no_text", ["analyses.perplexity", *m, "--text", str(files / "missing.txt")]),
         ("err_topic", ["analyses.topic_control", *m, "--topic", "astrology", "--strength", "2"]),
@@ -344,7 +348,7 @@ def test_knowledge_edit_moves_the_targets(batch, tiny_model, tiny_tokenizer):
 @pytest.mark.parametrize("name, message", [
     ("err_empty_word", "empty"),
     ("err_sense_range", "0..3"),
-    ("err_png", "kaleido"),
+    ("err_plot_type", "write a .html (Plotly) or .png (Pillow) file"),
     ("err_no_model", "not a directory"),
     ("err_no_text", "cannot read --text"),
     ("err_topic", "unknown topic 'astrology'"),
@@ -372,3 +376,36 @@ def test_real_python_m(tiny_model_dir, files):
                            "--word", "MacBook", "--remove", " Apple"], capture_output=True, text=True,
                           cwd=REPO, env=env(files), timeout=HANG_S)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "single token" in proc.stderr
+
+
+def test_figures_draw_offline_and_png_needs_no_kaleido(batch, files):
+    """Issue 20.5: the HTML figures loaded plotly.js from a CDN (blank offline) and
+    `sense_topk --plot x.png` needed kaleido while sense_atlas drew PNG with Pillow. Now one way
+    for every command (analyses._cli.write_plot): HTML with plotly.min.js written beside it, PNG
+    drawn with Pillow."""
+    import re
+
+    from PIL import Image
+
+    for name in ("senses.html", "gender.html"):
+        html = (files / name).read_text()
+        assert re.findall(r'<script[^>]*\bsrc="([^"]+)"', html) == ["plotly.min.js"], name
+        assert "cdn.plot.ly" not in html and "Plotly.newPlot" in html
+    assert "plotly.js v" in (files / "plotly.min.js").read_text()[:1000]
+    for run, name in (("topk_png", "senses.png"), ("gender_png", "gender.png")):
+        assert batch[run]["code"] == 0, batch[run]["stderr"]
+        with Image.open(files / name) as img:
+            colours = img.convert("RGB").getcolors(maxcolors=1 << 16)
+            assert img.format == "PNG" and img.width >= 1000 and colours and len(colours) > 10, name
+
+
+def test_docs_figures_load_nothing_from_the_network():
+    """Every script a figure under docs/ loads is a file beside it (issue 20.5)."""
+    import re
+
+    pages = sorted((REPO / "docs").rglob("*.html"))
+    assert pages
+    for page in pages:
+        sources = re.findall(r'<script[^>]*\bsrc="([^"]+)"', page.read_text())
+        for src in sources:
+            assert "://" not in src and (page.parent / src).is_file(), (page, src)
