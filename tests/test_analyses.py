@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -244,6 +245,14 @@ def test_topic_control_json(batch, tiny_model, tiny_tokenizer):
         mass = logits.softmax(-1)[..., ids].sum(-1)  # (V, k)
         direction = (E[ids] - E.mean(0)).sum(0)
         projection = tiny_model.sense_vectors(torch.arange(n)) @ direction
+        # only whole words (issue 20.4): ' ' + letters, after which the model expects a word end
+        begins = torch.tensor([not token_text(tiny_tokenizer, i)[:1].isalnum() for i in range(n)])
+        alone = torch.tensor([[tiny_model.config.eos_token_id, t] for t in range(n)])
+        ends = tiny_model(alone).logits[:, -1, :n].softmax(-1)[:, begins].sum(-1)  # (V,)
+    whole = torch.tensor([bool(re.fullmatch(r" [A-Za-z]+", token_text(tiny_tokenizer, t))) and ends[t] >= 0.5
+                          for t in range(n)])
+    assert 0 < int(whole.sum()) < n
+    mass = mass.masked_fill(~whole[:, None], -1.0)
     best = mass.flatten().topk(6)
     k = tiny_model.config.num_senses
     assert [(h["token_id"], h["sense"]) for h in data["senses"]] == [divmod(i, k) for i in
@@ -261,10 +270,52 @@ def test_topic_control_json(batch, tiny_model, tiny_tokenizer):
             found = {w.strip() for w in s[f"{side}_topic_words"]}
             assert found <= {"bank", "money", "river"}
             assert all(w in s[side].lower() for w in found)
-    # strength 1 changes nothing: the same seed gives the same text
+    # strength 1 changes nothing: the same seed gives the same text, and a note says why
     same = ok(batch, "topic_identity")
     assert len(same["samples"]) == 2 and all(s["before"] == s["after"] for s in same["samples"])
     assert same["before"] == same["after"]
+    assert same["samples_changed"] == 0 and same["notes"] == [
+        "strength 1 leaves every weight as it is: no sample can change"]
+
+
+def test_topic_control_says_when_its_senses_cannot_matter(tiny_model, tiny_tokenizer):
+    """Issue 20.4: with no edited word in the context the samples cannot change; the result
+    says so instead of showing identical samples without a word. One new token from a prompt
+    without the edited word: the edit cannot act. The same prompt followed by the edited word:
+    it does."""
+    from backpack_core.experiments import topic_control, topic_senses
+
+    words = [" bank", " money", " river"]
+    (hit,) = topic_senses(tiny_model, tiny_tokenizer, words, top=1, progress=False).hits
+    prompt = "The MacBook is made by"
+    assert hit.token_id not in tiny_tokenizer.encode(prompt)
+    kwargs = dict(samples_per_prompt=3, max_new_tokens=1, top_senses=1, progress=False)
+    cannot = topic_control(tiny_model, tiny_tokenizer, words, 50.0, [prompt], **kwargs)
+    assert cannot.samples_changed == 0 and all(not s.edited_words_in_context for s in cannot.samples)
+    assert len(cannot.notes) == 1 and cannot.notes[0].startswith(
+        "none of the 1 edited words occurred in a prompt or a sample, so no sample changed")
+    can = topic_control(tiny_model, tiny_tokenizer, words, 50.0, [prompt + hit.token], **kwargs)
+    assert all(s.edited_words_in_context == [hit.token] for s in can.samples)
+    assert not any("occurred" in note for note in can.notes)
+
+
+@pytest.mark.slow
+def test_readme_topic_control_example_changes_samples():
+    """Issue 20.4: the README's topic_control example left every sample identical. Run as the
+    README writes it, on the shipped model (whichever is shipped: the property, not the text):
+    some sample changes and no note says the edit could not act."""
+    import shlex
+
+    (line,) = [line for line in (REPO / "README.md").read_text().splitlines()
+               if line.startswith("| `topic_control ")]
+    command = shlex.split(line.split("`")[1])
+    proc = subprocess.run([sys.executable, "-m", f"analyses.{command[0]}", *command[1:], "--json"],
+                          capture_output=True, text=True, cwd=REPO, timeout=HANG_S)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = strict_json(proc.stdout)
+    changed = [s for s in data["samples"] if s["before"] != s["after"]]
+    assert data["samples_changed"] == len(changed) > 0 and not data["notes"], data["notes"]
+    assert all(s["edited_words_in_context"] for s in changed)
 
 
 def gaps_by_forward(model, tokenizer, templates, careers, he, she):
