@@ -569,3 +569,26 @@ def test_corpus_from_choice_takes_uploads_and_text_but_never_a_path(tiny_tokeniz
         corpus_from_choice("text", tiny_tokenizer, text="  ")
     with pytest.raises(CorpusError, match="unknown corpus choice"):  # a server path is no choice
         corpus_from_choice(str(text_file), tiny_tokenizer)
+
+
+def test_progress_shows_on_stderr_when_it_is_not_a_terminal(cli):
+    """Issue 20.6: a long command showed no progress when its output went to a file or a pipe
+    (tqdm disabled off a terminal). The bar goes to stderr always; stdout stays the JSON."""
+    _, results = cli
+    r = results["word"]  # --json, stdout and stderr captured (not a terminal)
+    assert r["code"] == 0 and "sense atlas:" in r["stderr"] and "100%" in r["stderr"], r["stderr"]
+    strict_json(r["stdout"])
+
+
+def test_progress_bar_writes_to_a_log(monkeypatch):
+    import io
+
+    from backpack_core.experiments import progress_bar
+
+    log = io.StringIO()  # not a terminal
+    monkeypatch.setattr(sys, "stderr", log)
+    assert list(progress_bar(range(5), "counting")) == list(range(5))
+    assert "counting: 100%" in log.getvalue() and "5/5" in log.getvalue()
+    log.truncate(0)
+    assert list(progress_bar(range(5), "counting", enabled=False)) == list(range(5))
+    assert log.getvalue() == ""
