@@ -313,7 +313,7 @@ def test_dashboard_cmd_is_healthy(venv, tmp_path):
             time.sleep(1)
         page = subprocess.run([str(bindir / "python"), "-c",
                                f"import urllib.request; print(urllib.request.urlopen("
-                               f"'http://localhost:{port}/', timeout=HANG_S).status)"],
+                               f"'http://localhost:{port}/', timeout={HANG_S}).status)"],
                               env=env, capture_output=True, text=True, timeout=HANG_S)
         assert page.stdout.strip() == "200", page.stdout + page.stderr
     finally:  # the server and anything it started (its own session and process group)
