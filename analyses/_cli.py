@@ -41,6 +41,43 @@ def read_json(path: str, what: str) -> Any:
     return read_bounded_json(path, what)
 
 
+PLOT_SUFFIXES = (".html", ".htm", ".png")
+
+
+def add_plot(p: argparse.ArgumentParser, what: str) -> None:
+    """--plot FILE, the same for every command that draws a figure (see `write_plot`)."""
+    p.add_argument("--plot", default=None, metavar="FILE",
+                   help=f"also write a figure of {what}: FILE.html (Plotly; plotly.min.js is written "
+                        "beside it once, so it opens offline) or FILE.png (drawn with Pillow)")
+
+
+def check_plot(path: str | None) -> None:
+    """--plot's file type and directory, checked before the model loads (one-line error)."""
+    from pathlib import Path
+
+    if path is None:
+        return
+    if Path(path).suffix.lower() not in PLOT_SUFFIXES:
+        raise ValueError(f"--plot {path!r}: write a .html (Plotly) or .png (Pillow) file")
+    if not Path(path).absolute().parent.is_dir():
+        raise ValueError(f"--plot {path!r}: no such directory {str(Path(path).parent)!r}")
+
+
+def write_plot(path: str, figure: Callable[[], Any], png: Callable[[str], None]) -> str:
+    """The one way every command writes its figure: FILE.png drawn by `png(path)` with Pillow
+    (analyses._png; no kaleido), else `figure()` (a Plotly Figure) as HTML that loads plotly.js
+    from plotly.min.js beside it (written there once, 4.8 MB, shared by the figures of that
+    directory), never from a CDN: it draws without a network. Returns the path."""
+    from pathlib import Path
+
+    check_plot(path)
+    if Path(path).suffix.lower() == ".png":
+        png(path)
+    else:
+        figure().write_html(path, include_plotlyjs="directory")
+    return path
+
+
 def emit(args: argparse.Namespace, data: Any, render: Callable[[Any], str],
          write_plot: Callable[[Any, str], None] | None = None) -> int:
     """Print `data` as JSON with --json, else as the command's readable rendering; with

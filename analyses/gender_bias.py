@@ -50,8 +50,7 @@ def build_parser():
                    help="a Transformer twin (same tokenizer) for the embedding-projection baseline")
     p.add_argument("--single-token-only", action="store_true",
                    help="use only careers that are one token in the vocabulary")
-    p.add_argument("--plot", default=None, metavar="FILE.html",
-                   help="also write a Plotly figure: the fit curve and the per-career gaps")
+    _cli.add_plot(p, "the fit curve and the per-career gaps")
     p.add_argument("--show", type=int, default=10, help="careers to list in the table (default 10)")
     _cli.add_threads(p)
     return p
@@ -116,20 +115,46 @@ def render(data: dict, show: int) -> str:
     return "\n".join(lines)
 
 
-def write_plot(data: dict, path: str) -> None:
+def write_plot(data: dict, path: str) -> str:
     """Left: bias ratio on the training prompts against the factor. Right: per career, the mean
-    held-out logit gap (he - she) before and after."""
-    if Path(path).suffix.lower() not in (".html", ".htm"):
-        raise ValueError(f"--plot {path!r}: write an .html file (static images need kaleido)")
+    held-out logit gap (he - she) before and after. .html: Plotly; .png: Pillow."""
+    return _cli.write_plot(path, lambda: _figure(data), lambda out: _write_png(data, out))
+
+
+def _titles(data: dict) -> tuple[str, str, str]:
+    h = data["heldout"]
+    return (f"Gender bias: held-out bias ratio {h['before']:.3f} unedited, {h['after']:.3f} after, "
+            f"{h['projection_baseline']:.3f} with he-she projected out of the career embeddings",
+            f"bias ratio on training prompts, sense {data['sense']} weight x factor",
+            "held-out logit(he) - logit(she) per career")
+
+
+def _write_png(data: dict, path: str) -> None:
+    from analyses import _png
+
+    rows = sorted(data["per_career"], key=lambda r: r["gap_before"])
+    title, left, right = _titles(data)
+    img, draw = _png.canvas(1300, 480, title, f"orange: the chosen factor {data['factor']:g}")
+    fit = data["fit"]
+    _png.bars(draw, (20, 70, 440, 460), [f"{r['factor']:g}" for r in fit],
+              [("", [r["bias_ratio"] for r in fit],
+                [_png.ORANGE if r["factor"] == data["factor"] else _png.BLUE for r in fit])], title=left)
+    _png.bars(draw, (470, 70, 1280, 460), [r["career"] for r in rows],
+              [("unedited", [r["gap_before"] for r in rows], _png.BLUE),
+               (f"sense {data['sense']} x{data['factor']:g}", [r["gap_after"] for r in rows], _png.ORANGE)],
+              title=right)
+    img.save(path)
+
+
+def _figure(data: dict):
     try:
         import plotly.graph_objects as go
         from plotly.subplots import make_subplots
     except ImportError:
-        raise ValueError("--plot needs plotly: pip install plotly") from None
+        raise ValueError("--plot FILE.html needs plotly: pip install plotly") from None
     rows = sorted(data["per_career"], key=lambda r: r["gap_before"])
-    fig = make_subplots(rows=1, cols=2, column_widths=[0.35, 0.65], subplot_titles=(
-        f"bias ratio on training prompts, sense {data['sense']} weight x factor",
-        "held-out logit(he) - logit(she) per career"))
+    title, left, right = _titles(data)
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.35, 0.65], subplot_titles=(left, right))
     fig.add_trace(go.Scatter(x=[r["factor"] for r in data["fit"]],
                              y=[r["bias_ratio"] for r in data["fit"]], mode="lines+markers",
                              name="bias ratio (train)"), 1, 1)
@@ -140,18 +165,14 @@ def write_plot(data: dict, path: str) -> None:
     fig.add_trace(go.Bar(x=names, y=[r["gap_after"] for r in rows],
                          name=f"sense {data['sense']} x{data['factor']:g}"), 1, 2)
     fig.update_xaxes(title_text="factor", row=1, col=1)
-    h = data["heldout"]
-    fig.update_layout(barmode="group", height=480, width=1300, title=(
-        f"Gender bias: held-out bias ratio {h['before']:.3f} unedited, {h['after']:.3f} after, "
-        f"{h['projection_baseline']:.3f} with he-she projected out of the career embeddings"))
-    fig.write_html(path, include_plotlyjs="cdn")
+    fig.update_layout(barmode="group", height=480, width=1300, title=title)
+    return fig
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     spec = read_careers(args.careers)
-    if args.plot and Path(args.plot).suffix.lower() not in (".html", ".htm"):
-        raise ValueError(f"--plot {args.plot!r}: write an .html file (static images need kaleido)")
+    _cli.check_plot(args.plot)
     factors = parse_factors(args.factors)
     from backpack_core.common.progress import set_threads
 

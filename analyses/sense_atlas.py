@@ -54,8 +54,7 @@ def build_parser():
     p.add_argument("--top-n", type=int, default=10,
                    help="contexts kept per (word, sense) in the atlas (default 10)")
     p.add_argument("--rebuild", action="store_true", help="rebuild the atlas even if cached")
-    p.add_argument("--plot", default=None, metavar="FILE",
-                   help="also write a figure of the words' sense usage: FILE.html or FILE.png")
+    _cli.add_plot(p, "the words' sense usage")
     _cli.add_threads(p, default=None)
     return p
 
@@ -71,14 +70,11 @@ def check_args(args) -> list[str]:
     if args.top > args.top_n:
         raise ValueError(f"--top {args.top} is more than the --top-n {args.top_n} contexts the "
                          "atlas keeps; raise --top-n")
-    if args.plot and Path(args.plot).suffix.lower() not in (".html", ".htm", ".png"):
-        raise ValueError(f"--plot {args.plot!r}: write a .html (Plotly) or .png (Pillow) file")
+    _cli.check_plot(args.plot)
     if args.plot and not args.word:
         raise ValueError("--plot draws the words' senses: give --word too")
     if args.sense is not None and not args.word:
         raise ValueError("--sense shows one sense of the --word words: give --word too")
-    if args.plot and not Path(args.plot).absolute().parent.is_dir():
-        raise ValueError(f"--plot {args.plot!r}: no such directory {str(Path(args.plot).parent)!r}")
     if args.data is not None and not Path(args.data).is_file():
         what = "is a directory" if Path(args.data).is_dir() else "does not exist"
         raise ValueError(f"--data {args.data!r} {what}; give a UTF-8 text file, or --dataset ptb")
@@ -168,8 +164,10 @@ def write_plot(data: dict, path: str) -> str:
         raise ValueError("none of the words occurs in this corpus: nothing to plot")
     title = (f"Sense atlas on {data['atlas']['corpus']} ({data['atlas']['tokens']:,} tokens): mean "
              "contextualization weight per occurrence, by sense")
-    if Path(path).suffix.lower() == ".png":
-        return _write_png(words, title, path)
+    return _cli.write_plot(path, lambda: _figure(words, title), lambda out: _write_png(words, title, out))
+
+
+def _figure(words: list[dict], title: str):
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -184,8 +182,7 @@ def write_plot(data: dict, path: str) -> str:
                       annotation_text="1 = mean over all positions")
     fig.update_layout(title={"text": title, "font": {"size": 14}}, height=260 * len(words) + 80,
                       width=900, margin={"l": 50, "r": 20, "t": 90, "b": 30})
-    fig.write_html(path, include_plotlyjs="cdn")
-    return path
+    return fig
 
 
 def _caption(w: dict) -> str:
@@ -198,41 +195,18 @@ def _caption(w: dict) -> str:
     return line
 
 
-def _write_png(words: list[dict], title: str, path: str) -> str:
-    try:
-        from PIL import Image, ImageDraw, ImageFont
-    except ImportError:
-        raise ValueError("--plot FILE.png needs Pillow (pip install pillow); or write .html") from None
+def _write_png(words: list[dict], title: str, path: str) -> None:
+    from analyses import _png
+
     width, panel, top = 1100, 260, 70
-    img = Image.new("RGB", (width, top + panel * len(words)), "white")
-    draw = ImageDraw.Draw(img)
-    font, small = ImageFont.load_default(size=15), ImageFont.load_default(size=12)
-    draw.text((20, 18), title, fill="black", font=font)
-    draw.text((20, 38), "dashed: 1, the mean weight over all positions; grey: dead senses",
-              fill=(214, 39, 40), font=small)
+    img, draw = _png.canvas(width, top + panel * len(words), title,
+                            "dashed: 1, the mean weight over all positions; grey: dead senses")
     for n, w in enumerate(words):
         y0 = top + n * panel
-        draw.text((20, y0 + 5), _caption(w).replace("⏎", "/"), fill="black", font=small)
-        values = _mean_weights(w)
-        vmax = max(max(values), 1.05)  # room for the reference line at 1
-        x0, x1, base, height = 70, width - 20, y0 + panel - 40, panel - 80
-        draw.line((x0, base, x1, base), fill="black")
-        draw.line((x0, base, x0, base - height), fill="black")
-        for frac in (0.5, 1.0):
-            yy = base - frac * height
-            draw.text((20, yy - 7), f"{frac * vmax:.2f}", fill="black", font=small)
-            draw.line((x0 - 4, yy, x0, yy), fill="black")
-        one = base - height / vmax  # the mean weight of all positions: 1
-        for xx in range(x0, x1, 12):
-            draw.line((xx, one, min(xx + 6, x1), one), fill=(214, 39, 40))
-        step = (x1 - x0) / len(values)
-        for s, v in zip(w["senses"], values):
-            left = x0 + s["sense"] * step + step * 0.15
-            colour = (187, 187, 187) if s["dead"] else (31, 119, 180)
-            draw.rectangle((left, base - v / vmax * height, left + step * 0.7, base), fill=colour)
-            draw.text((left + step * 0.2, base + 6), f"s{s['sense']}", fill="black", font=small)
+        colours = [_png.GREY if s["dead"] else _png.BLUE for s in w["senses"]]
+        _png.bars(draw, (20, y0 + 5, width - 20, y0 + panel - 15), [f"s{s['sense']}" for s in w["senses"]],
+                  [("", _mean_weights(w), colours)], title=_caption(w).replace("⏎", "/"), hline=1.0)
     img.save(path)
-    return path
 
 
 def main(argv: Sequence[str] | None = None) -> int:

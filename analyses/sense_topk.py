@@ -1,6 +1,6 @@
 """Sense visualization: per sense of a word, the top and bottom words of E . C(word)_l.
 
-    python -m analyses.sense_topk --word science [--k 10] [--senses 0,3,12] [--plot out.html]
+    python -m analyses.sense_topk --word science [--k 10] [--senses 0,3,12] [--plot out.html|out.png]
         [--json] [--model DIR]
 
 The word is read in its in-text form: "science" is looked up as " science" (with the leading
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from analyses import _cli
 
@@ -29,8 +28,7 @@ def build_parser():
     p.add_argument("--k", type=int, default=10, help="top and bottom words per sense (default 10)")
     p.add_argument("--senses", default=None,
                    help="comma-separated sense indices to show, e.g. 0,3,12 (default: all)")
-    p.add_argument("--plot", default=None, metavar="FILE",
-                   help="also write a Plotly figure: FILE.html (or .png, which needs kaleido)")
+    _cli.add_plot(p, "the top and bottom words of each sense")
     return p
 
 
@@ -87,21 +85,45 @@ def render(data: dict, width: int = 14) -> str:
     return "\n".join(lines)
 
 
+def _labels(data: dict) -> list[str]:
+    return [f"{r['token']!r} s{r['index']}" if data["multi_token"] else f"sense {r['index']}"
+            for r in data["senses"]]
+
+
+def _title(data: dict) -> str:
+    return f"Senses of {data['word']!r}: top and bottom words of E · C(x)_l"
+
+
 def write_plot(data: dict, path: str) -> str:
     """Heatmaps (one row per sense, one column per rank) of the top and bottom words; the cell
-    text is the word and its colour the score. Returns the path written."""
-    suffix = Path(path).suffix.lower()
-    if suffix not in (".html", ".htm", ".png", ".svg", ".pdf", ".jpg", ".jpeg", ".webp"):
-        raise ValueError(f"--plot {path!r}: use a .html file (or .png/.svg, which need kaleido)")
+    text is the word and its colour the score. .html: Plotly; .png: Pillow. Returns the path."""
+    return _cli.write_plot(path, lambda: _figure(data), lambda out: _write_png(data, out))
+
+
+def _write_png(data: dict, path: str) -> None:
+    from analyses import _png
+
+    rows, k = data["senses"], max(len(data["senses"][0]["top"]), 1)
+    width, height = max(1000, 2 * 95 * k + 200), 90 + 26 * len(rows)
+    img, draw = _png.canvas(width, height, _title(data).replace("·", "."),
+                            "cell shade: the score (darker = larger in size)")
+    half = (width - 20) // 2
+    for n, (side, colour) in enumerate((("top", _png.BLUE), ("bottom", _png.RED))):
+        cells = [[(repr(t)[1:-1].strip() or repr(t), score) for t, score in r[side]] for r in rows]
+        _png.heat_table(draw, (20 + n * half, 60, 10 + (n + 1) * half, height - 10), _labels(data),
+                        cells, colour, f"{side} words")
+    img.save(path)
+
+
+def _figure(data: dict):
     try:
         import plotly.graph_objects as go
         from plotly.subplots import make_subplots
     except ImportError:
-        raise ValueError("--plot needs plotly: pip install plotly") from None
+        raise ValueError("--plot FILE.html needs plotly: pip install plotly") from None
 
     rows = data["senses"]
-    labels = [f"{r['token']!r} s{r['index']}" if data["multi_token"] else f"sense {r['index']}"
-              for r in rows]
+    labels = _labels(data)
     k = max(len(rows[0]["top"]), 1)
     fig = make_subplots(rows=1, cols=2, subplot_titles=("top words", "bottom words"),
                         horizontal_spacing=0.04)
@@ -113,19 +135,9 @@ def write_plot(data: dict, path: str) -> str:
             colorscale=scale, showscale=False, textfont={"size": 10},
             hovertemplate="%{y} %{x}: %{text}<br>E_w · C(x)_l = %{z:.2f}<extra></extra>"), 1, col)
     fig.update_yaxes(autorange="reversed")
-    fig.update_layout(title=f"Senses of {data['word']!r}: top and bottom words of E · C(x)_l",
-                      height=120 + 34 * len(rows), width=max(900, 190 * k), margin={"l": 90})
-    try:
-        if suffix in (".html", ".htm"):
-            fig.write_html(path, include_plotlyjs="cdn")
-        else:
-            fig.write_image(path)
-    except (ImportError, ValueError, RuntimeError) as err:
-        if "kaleido" in str(err).lower() or suffix != ".html":
-            raise ValueError(f"cannot write {path!r}: static images need the kaleido package "
-                             f"(pip install kaleido); write an .html file instead ({err})") from None
-        raise
-    return path
+    fig.update_layout(title=_title(data), height=120 + 34 * len(rows), width=max(900, 190 * k),
+                      margin={"l": 90})
+    return fig
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -134,12 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise ValueError(f"--k must be >= 1, got {args.k}")
     if not args.word.strip():
         raise ValueError("--word is empty: give a word such as science (read as ' science')")
-    if args.plot and Path(args.plot).suffix.lower() not in (".html", ".htm"):
-        import importlib.util
-
-        if importlib.util.find_spec("kaleido") is None:  # fail before loading anything
-            raise ValueError(f"--plot {args.plot!r}: static images need the kaleido package, which "
-                             "is not installed (pip install kaleido); or write an .html file")
+    _cli.check_plot(args.plot)  # before loading anything
     model, tokenizer = _cli.load(args)
     if not model.config.is_backpack:
         raise ValueError("this model is a Transformer twin: it has no senses to read")

@@ -7,15 +7,18 @@
 religion, computing, war) or a comma-separated word list (" " is added before each word).
 The --top-senses (word, sense) pairs of the vocabulary whose sense_logits put the most
 probability mass on the topic words (softmax(E . C(x)_l) summed over them; candidates from the
-sense bank along sum_w E_w - mean E) get their contextualization weight multiplied by
+sense bank along sum_w E_w - mean E; only whole words, not word pieces such as ' regul',
+unless --word-pieces) get their contextualization weight multiplied by
 --strength wherever the word occurs (the paper's edit; rows are not renormalised).
 From each prompt, --samples continuations are sampled with and without the edit (same seeds).
 Topic success: the fraction of continuations holding a topic word. Fluency: perplexity of the
-continuations under the unedited model (lower is more fluent).
+continuations under the unedited model (lower is more fluent). The edit acts only where one of
+its words is in the context: when no sample changed, a note says why.
 JSON output: {"topic", "strength", "words", "skipped_words", "senses": [{"token", "token_id",
-"sense", "mass", "projection"}], "before": {"topic_success", "topic_words_per_sample", "perplexity",
-"tokens"}, "after": {...}, "settings", "samples": [{"prompt", "seed", "before", "after",
-"before_topic_words", "after_topic_words"}]}.
+"sense", "mass", "projection"}], "notes", "samples_changed", "before": {"topic_success",
+"topic_words_per_sample", "perplexity", "tokens"}, "after": {...}, "settings", "samples": [{"prompt",
+"seed", "before", "after",
+"before_topic_words", "after_topic_words", "edited_words_in_context"}]}.
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ def build_parser():
     p.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling (default 0.9)")
     p.add_argument("--seed", type=int, default=0, help="first seed; sample s uses seed + s")
     p.add_argument("--topics-file", default=str(TOPICS_FILE), help="topic lists (JSON)")
+    p.add_argument("--word-pieces", action="store_true",
+                   help="also turn up senses of word pieces (' regul'), not only of whole words")
     _cli.add_threads(p)
     return p
 
@@ -78,7 +83,9 @@ def render(data: dict, show: int = 4) -> str:
     if data["skipped_words"]:
         lines.append(f"skipped (several tokens): {', '.join(repr(d['word']) for d in data['skipped_words'])}")
     lines += [f"turned up x{data['strength']:g}: {len(data['senses'])} (word, sense) pairs, "
-              f"best: {senses}", "",
+              f"best: {senses}"]
+    lines += [f"note: {n}" for n in data["notes"]]
+    lines += [f"samples changed by the edit: {data['samples_changed']} of {len(data['samples'])}", "",
               f"{'':<10}{'topic success':>15}{'topic words/sample':>20}{'perplexity':>12}"]
     for side in ("before", "after"):
         s = data[side]
@@ -116,7 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = topic_control(model, tokenizer, words, args.strength, prompts,
                            samples_per_prompt=args.samples, max_new_tokens=args.tokens,
                            top_senses=args.top_senses, temperature=args.temperature,
-                           top_p=args.top_p, seed=args.seed, topic_name=name)
+                           top_p=args.top_p, seed=args.seed, topic_name=name,
+                           whole_words=not args.word_pieces)
     data = result.to_dict()
     return _cli.emit(args, data, render)
 

@@ -27,7 +27,9 @@ REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = os.environ.get("BACKPACK_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-STARTUP_S, STEP_MS = 90, 30_000
+# Hang guards, not time budgets: every wait is for a condition (the server healthy, an element
+# drawn, a rerun finished), and a loaded 2-core machine can take minutes for one (30 s timed out)
+STARTUP_S, STEP_MS = 600, 300_000
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 

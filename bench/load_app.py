@@ -1,13 +1,15 @@
 """Load test of the real dashboard: N concurrent sessions making edits against `streamlit run`.
 
     python bench/load_app.py [--sessions 20] [--duration 60] [--out bench/results/load_app.json]
-    python bench/load_app.py --smoke          # 2 sessions, a few seconds (what the tests run)
+    python bench/load_app.py --smoke          # 2 sessions, 3 rounds each (what the tests run)
 
 Starts `streamlit run app/Home.py` on a free loopback port (the shipped model, BACKPACK_THREADS=1)
 and opens --sessions browser sessions at once, each speaking Streamlit's own websocket protocol
 (`/_stcore/stream`, the BackMsg / ForwardMsg protobufs of the installed streamlit), as a browser
 tab does. Each session opens the Steer page, then for --duration seconds applies edit sets of its
-own through the page's "Edit set as JSON" box and "Apply the JSON" button: every edit set is
+own through the page's "Edit set as JSON" box and "Apply the JSON" button (or, with --rounds,
+for that many rounds each, whatever they take: the smoke test is bounded by work, not by the
+machine's speed): every edit set is
 unique to its (session, round), a `scale_sense` of " bank" with a factor only that session uses.
 One round = one widget interaction = one script run, timed from the message sent to the server's
 `script_finished`.
@@ -170,8 +172,9 @@ def edits_in_url(query: str) -> dict | None:
     return json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
 
 
-async def user(port: int, name: int, until: float, stats: dict) -> None:
-    """One session: open the Steer page, then apply its own edit sets until `until`."""
+async def user(port: int, name: int, until: float, stats: dict, rounds: int | None = None) -> None:
+    """One session: open the Steer page, then apply its own edit sets until `until` (time.time()),
+    or `rounds` of them when given."""
     s = Session(port, name)
     try:
         await s.connect()
@@ -186,7 +189,7 @@ async def user(port: int, name: int, until: float, stats: dict) -> None:
         if not json_id or not apply_id:
             raise RuntimeError(f"JSON box not found; widgets: {sorted(s.widgets)[:20]}")
         round_ = 0
-        while time.time() < until:
+        while (round_ < rounds) if rounds is not None else (time.time() < until):
             wanted = edit_set(name, round_)
             started = time.perf_counter()
             seen = await s.rerun(s.pages["steer"], query=s.query, widgets=[
@@ -209,7 +212,9 @@ async def user(port: int, name: int, until: float, stats: dict) -> None:
         await s.close()
 
 
-async def phase(port: int, sessions: int, seconds: float, server: subprocess.Popen) -> dict:
+async def phase(port: int, sessions: int, seconds: float, server: subprocess.Popen,
+                rounds: int | None = None) -> dict:
+    """`sessions` users at once for `seconds`, or for `rounds` rounds each when given."""
     stats = {"rounds": 0, "errors": 0, "leaks": 0, "missing": 0, "latencies_ms": [],
              "error_messages": []}
     rss = []
@@ -222,7 +227,7 @@ async def phase(port: int, sessions: int, seconds: float, server: subprocess.Pop
     sampler = asyncio.create_task(sample())
     started = time.time()
     until = started + seconds
-    await asyncio.gather(*(user(port, i, until, stats) for i in range(sessions)))
+    await asyncio.gather(*(user(port, i, until, stats, rounds) for i in range(sessions)))
     elapsed = time.time() - started
     sampler.cancel()
     lat = sorted(stats.pop("latencies_ms"))
@@ -244,12 +249,16 @@ def main(argv=None) -> int:
     p.add_argument("--sessions", type=int, default=20)
     p.add_argument("--duration", type=float, default=60.0, help="seconds of the concurrent phase")
     p.add_argument("--baseline-seconds", type=float, default=10.0, help="one session alone, first")
-    p.add_argument("--smoke", action="store_true", help="2 sessions for a few seconds (tests)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="rounds per session instead of --duration (a fixed amount of work)")
+    p.add_argument("--smoke", action="store_true", help="2 sessions, 3 rounds each (tests)")
     p.add_argument("--out", default=None, help="JSON file (default bench/results/load_app.json; "
                                                "none in --smoke mode)")
     args = p.parse_args(argv)
     if args.smoke:
-        args.sessions, args.duration, args.baseline_seconds = 2, 2.0, 0.0
+        args.sessions, args.rounds, args.baseline_seconds = 2, 3, 0.0
+    if args.rounds is not None and args.rounds < 1:
+        p.error(f"--rounds must be >= 1, got {args.rounds}")
     port = free_port()
     server = start_server(port)
     try:
@@ -261,7 +270,7 @@ def main(argv=None) -> int:
             start_rss = rss_mb(server.pid)
             baseline = (await phase(port, 1, args.baseline_seconds, server)
                         if args.baseline_seconds > 0 else None)
-            loaded = await phase(port, args.sessions, args.duration, server)
+            loaded = await phase(port, args.sessions, args.duration, server, args.rounds)
             return start_rss, baseline, loaded
 
         start_rss, baseline, loaded = asyncio.run(run_all())

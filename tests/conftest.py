@@ -25,6 +25,11 @@ TINY_CORPUS = [
     "He said that the doctor is good. She said that the nurse is good.",
 ]
 
+# Every timeout in the tests is a hang guard, never a time budget: far above what the slowest run
+# takes on a loaded 2-core machine, so that a test is bounded by the work it does, not the speed of
+# the machine (tests/test_timeouts.py checks that no smaller timeout creeps in).
+HANG_S = 900
+
 # single tokens of the tiny tokenizer, used by the tests
 TINY_WORDS = (" MacBook", " Apple", " HP", " bank", " river", " money", " science", " laptop",
               " the", " is", " made", " by")
@@ -78,12 +83,12 @@ def overlay_venv():
     import sysconfig
 
     def make(root: Path) -> Path:
-        subprocess.run([sys.executable, "-m", "venv", str(root)], check=True, timeout=180,
+        subprocess.run([sys.executable, "-m", "venv", str(root)], check=True, timeout=HANG_S,
                        capture_output=True)
         bindir = root / "bin"
         probe = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
         (site,) = subprocess.run([str(bindir / "python"), "-c", probe], check=True, text=True,
-                                 capture_output=True, timeout=60).stdout.split()
+                                 capture_output=True, timeout=HANG_S).stdout.split()
         outer = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
         Path(site, "_outer_site.pth").write_text("\n".join(outer) + "\n")
         return bindir

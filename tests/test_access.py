@@ -12,6 +12,7 @@ import pytest
 
 from backpack_core.model import access
 from backpack_core.model.loading import DEFAULT_MODEL_DIR
+from tests.conftest import HANG_S
 
 
 @pytest.fixture
@@ -81,7 +82,7 @@ def test_models_page_refuses_paths_outside_the_roots(tiny_model_dir, monkeypatch
     monkeypatch.setenv(access.MODEL_ENV, str(tiny_model_dir))
     monkeypatch.setenv("BACKPACK_DEVICE", "cpu")
     monkeypatch.setenv(access.ROOTS_ENV, str(tiny_model_dir))
-    at = AppTest.from_file(str(app / "Home.py"), default_timeout=60)
+    at = AppTest.from_file(str(app / "Home.py"), default_timeout=HANG_S)
     at.switch_page("app_pages/models.py")
     at.run()
     at.radio(key="models:kind").set_value("directory").run()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +25,7 @@ import torch
 from backpack_core.common.datasets import load_benchmark
 from backpack_core.model.evaluation import spearman
 from backpack_core.model.vocab import token_text
-from tests.conftest import strict_json
+from tests.conftest import HANG_S, strict_json
 
 REPO = Path(__file__).resolve().parent.parent
 MODULES = ("sense_topk", "lexsim", "topic_control", "gender_bias", "knowledge_edit", "perplexity",
@@ -109,7 +110,11 @@ def batch(tiny_model_dir, files):
         # refusals: exit 2, one paragraph, no traceback
         ("err_empty_word", ["analyses.sense_topk", *m, "--word", "", "--json"]),
         ("err_sense_range", ["analyses.sense_topk", *m, "--word", "bank", "--senses", "0,9"]),
-        ("err_png", ["analyses.sense_topk", *m, "--word", "bank", "--plot", str(files / "x.png")]),
+        ("topk_png", ["analyses.sense_topk", *m, "--word", "bank", "--k", "4", "--plot",
+                      str(files / "senses.png")]),
+        ("gender_png", ["analyses.gender_bias", *m, "--careers", str(files / "careers.json"),
+                        "--factors", "0,1", "--plot", str(files / "gender.png"), "--json"]),
+        ("err_plot_type", ["analyses.sense_topk", *m, "--word", "bank", "--plot", str(files / "x.svg")]),
         ("err_no_model", ["analyses.lexsim", "--model", str(files / "nope"), "--json"]),
         ("err_no_text", ["analyses.perplexity", *m, "--text", str(files / "missing.txt")]),
         ("err_topic", ["analyses.topic_control", *m, "--topic", "astrology", "--strength", "2"]),
@@ -120,7 +125,7 @@ def batch(tiny_model_dir, files):
     spec_path, out_path = files / "spec.json", files / "results.json"
     spec_path.write_text(json.dumps(spec))
     proc = subprocess.run([sys.executable, "-c", RUNNER, str(spec_path), str(out_path)],
-                          capture_output=True, text=True, cwd=REPO, env=env(files), timeout=600)
+                          capture_output=True, text=True, cwd=REPO, env=env(files), timeout=HANG_S)
     assert proc.returncode == 0, proc.stderr
     return json.loads(out_path.read_text())
 
@@ -241,6 +246,14 @@ def test_topic_control_json(batch, tiny_model, tiny_tokenizer):
         mass = logits.softmax(-1)[..., ids].sum(-1)  # (V, k)
         direction = (E[ids] - E.mean(0)).sum(0)
         projection = tiny_model.sense_vectors(torch.arange(n)) @ direction
+        # only whole words (issue 20.4): ' ' + letters, after which the model expects a word end
+        begins = torch.tensor([not token_text(tiny_tokenizer, i)[:1].isalnum() for i in range(n)])
+        alone = torch.tensor([[tiny_model.config.eos_token_id, t] for t in range(n)])
+        ends = tiny_model(alone).logits[:, -1, :n].softmax(-1)[:, begins].sum(-1)  # (V,)
+    whole = torch.tensor([bool(re.fullmatch(r" [A-Za-z]+", token_text(tiny_tokenizer, t))) and ends[t] >= 0.5
+                          for t in range(n)])
+    assert 0 < int(whole.sum()) < n
+    mass = mass.masked_fill(~whole[:, None], -1.0)
     best = mass.flatten().topk(6)
     k = tiny_model.config.num_senses
     assert [(h["token_id"], h["sense"]) for h in data["senses"]] == [divmod(i, k) for i in
@@ -258,10 +271,52 @@ def test_topic_control_json(batch, tiny_model, tiny_tokenizer):
             found = {w.strip() for w in s[f"{side}_topic_words"]}
             assert found <= {"bank", "money", "river"}
             assert all(w in s[side].lower() for w in found)
-    # strength 1 changes nothing: the same seed gives the same text
+    # strength 1 changes nothing: the same seed gives the same text, and a note says why
     same = ok(batch, "topic_identity")
     assert len(same["samples"]) == 2 and all(s["before"] == s["after"] for s in same["samples"])
     assert same["before"] == same["after"]
+    assert same["samples_changed"] == 0 and same["notes"] == [
+        "strength 1 leaves every weight as it is: no sample can change"]
+
+
+def test_topic_control_says_when_its_senses_cannot_matter(tiny_model, tiny_tokenizer):
+    """Issue 20.4: with no edited word in the context the samples cannot change; the result
+    says so instead of showing identical samples without a word. One new token from a prompt
+    without the edited word: the edit cannot act. The same prompt followed by the edited word:
+    it does."""
+    from backpack_core.experiments.topic_control import topic_control, topic_senses
+
+    words = [" bank", " money", " river"]
+    (hit,) = topic_senses(tiny_model, tiny_tokenizer, words, top=1, progress=False).hits
+    prompt = "The MacBook is made by"
+    assert hit.token_id not in tiny_tokenizer.encode(prompt)
+    kwargs = dict(samples_per_prompt=3, max_new_tokens=1, top_senses=1, progress=False)
+    cannot = topic_control(tiny_model, tiny_tokenizer, words, 50.0, [prompt], **kwargs)
+    assert cannot.samples_changed == 0 and all(not s.edited_words_in_context for s in cannot.samples)
+    assert len(cannot.notes) == 1 and cannot.notes[0].startswith(
+        "none of the 1 edited words occurred in a prompt or a sample, so no sample changed")
+    can = topic_control(tiny_model, tiny_tokenizer, words, 50.0, [prompt + hit.token], **kwargs)
+    assert all(s.edited_words_in_context == [hit.token] for s in can.samples)
+    assert not any("occurred" in note for note in can.notes)
+
+
+@pytest.mark.slow
+def test_readme_topic_control_example_changes_samples():
+    """Issue 20.4: the README's topic_control example left every sample identical. Run as the
+    README writes it, on the shipped model (whichever is shipped: the property, not the text):
+    some sample changes and no note says the edit could not act."""
+    import shlex
+
+    (line,) = [line for line in (REPO / "README.md").read_text().splitlines()
+               if line.startswith("| `topic_control ")]
+    command = shlex.split(line.split("`")[1])
+    proc = subprocess.run([sys.executable, "-m", f"analyses.{command[0]}", *command[1:], "--json"],
+                          capture_output=True, text=True, cwd=REPO, timeout=HANG_S)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = strict_json(proc.stdout)
+    changed = [s for s in data["samples"] if s["before"] != s["after"]]
+    assert data["samples_changed"] == len(changed) > 0 and not data["notes"], data["notes"]
+    assert all(s["edited_words_in_context"] for s in changed)
 
 
 def gaps_by_forward(model, tokenizer, templates, careers, he, she):
@@ -345,7 +400,7 @@ def test_knowledge_edit_moves_the_targets(batch, tiny_model, tiny_tokenizer):
 @pytest.mark.parametrize("name, message", [
     ("err_empty_word", "empty"),
     ("err_sense_range", "0..3"),
-    ("err_png", "kaleido"),
+    ("err_plot_type", "write a .html (Plotly) or .png (Pillow) file"),
     ("err_no_model", "not a directory"),
     ("err_no_text", "cannot read --text"),
     ("err_topic", "unknown topic 'astrology'"),
@@ -365,11 +420,44 @@ def test_real_python_m(tiny_model_dir, files):
     """The same entry points as `python -m` in a fresh process: a lookup and a refusal."""
     proc = subprocess.run([sys.executable, "-m", "analyses.sense_topk", "--model", str(tiny_model_dir),
                            "--word", "river", "--k", "2", "--json"], capture_output=True, text=True,
-                          cwd=REPO, env=env(files), timeout=300)
+                          cwd=REPO, env=env(files), timeout=HANG_S)
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert data["tokens"] == [" river"] and all(len(s["top"]) == 2 for s in data["senses"])
     proc = subprocess.run([sys.executable, "-m", "analyses.knowledge_edit", "--model", str(tiny_model_dir),
                            "--word", "MacBook", "--remove", " Apple"], capture_output=True, text=True,
-                          cwd=REPO, env=env(files), timeout=300)
+                          cwd=REPO, env=env(files), timeout=HANG_S)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "single token" in proc.stderr
+
+
+def test_figures_draw_offline_and_png_needs_no_kaleido(batch, files):
+    """Issue 20.5: the HTML figures loaded plotly.js from a CDN (blank offline) and
+    `sense_topk --plot x.png` needed kaleido while sense_atlas drew PNG with Pillow. Now one way
+    for every command (analyses._cli.write_plot): HTML with plotly.min.js written beside it, PNG
+    drawn with Pillow."""
+    import re
+
+    from PIL import Image
+
+    for name in ("senses.html", "gender.html"):
+        html = (files / name).read_text()
+        assert re.findall(r'<script[^>]*\bsrc="([^"]+)"', html) == ["plotly.min.js"], name
+        assert "cdn.plot.ly" not in html and "Plotly.newPlot" in html
+    assert "plotly.js v" in (files / "plotly.min.js").read_text()[:1000]
+    for run, name in (("topk_png", "senses.png"), ("gender_png", "gender.png")):
+        assert batch[run]["code"] == 0, batch[run]["stderr"]
+        with Image.open(files / name) as img:
+            colours = img.convert("RGB").getcolors(maxcolors=1 << 16)
+            assert img.format == "PNG" and img.width >= 1000 and colours and len(colours) > 10, name
+
+
+def test_docs_figures_load_nothing_from_the_network():
+    """Every script a figure under docs/ loads is a file beside it (issue 20.5)."""
+    import re
+
+    pages = sorted((REPO / "docs").rglob("*.html"))
+    assert pages
+    for page in pages:
+        sources = re.findall(r'<script[^>]*\bsrc="([^"]+)"', page.read_text())
+        for src in sources:
+            assert "://" not in src and (page.parent / src).is_file(), (page, src)

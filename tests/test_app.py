@@ -30,8 +30,10 @@ if str(APP) not in sys.path:  # the pages `import state`, as under `streamlit ru
 import state  # noqa: E402
 import views  # noqa: E402
 
+from tests.conftest import HANG_S  # noqa: E402
+
 TEXT = "The MacBook is made by Apple. The bank by the river has money."
-TIMEOUT = 60
+TIMEOUT = HANG_S  # a hang guard: a run on a loaded machine may take minutes
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import torch
 
 from backpack_core.common.corpus import Corpus, CorpusError, read_corpus
 from backpack_core.interpret.atlas import DEAD_THRESHOLD, SenseAtlas, build_atlas, model_key
-from tests.conftest import TINY_CORPUS, strict_json
+from tests.conftest import HANG_S, TINY_CORPUS, strict_json
 from tests.test_analyses import REPO, RUNNER, env
 
 TEXT = " ".join(TINY_CORPUS * 3)
@@ -395,7 +395,7 @@ def cli(tiny_model_dir, text_file, tmp_path_factory):
     ]
     (tmp / "spec.json").write_text(json.dumps(spec))
     proc = subprocess.run([sys.executable, "-c", RUNNER, str(tmp / "spec.json"), str(tmp / "out.json")],
-                          capture_output=True, text=True, cwd=REPO, env=env(tmp), timeout=600)
+                          capture_output=True, text=True, cwd=REPO, env=env(tmp), timeout=HANG_S)
     assert proc.returncode == 0, proc.stderr
     return tmp, json.loads((tmp / "out.json").read_text())
 
@@ -500,7 +500,7 @@ def test_bench_atlas_smoke(tiny_model_dir, tmp_path):
     out = tmp_path / "atlas.json"
     proc = subprocess.run([sys.executable, "bench/bench_atlas.py", "--smoke", "--model", str(tiny_model_dir),
                            "--threads", "1", "--out", str(out)], capture_output=True, text=True,
-                          cwd=REPO, env=env(tmp_path), timeout=300)
+                          cwd=REPO, env=env(tmp_path), timeout=HANG_S)
     assert proc.returncode == 0, proc.stderr
     data = json.loads(out.read_text())
     assert data["bench"] == "atlas" and [r["tokens"] for r in data["results"]] == [600, 1200]
@@ -648,3 +648,26 @@ def test_corpus_from_choice_takes_uploads_and_text_but_never_a_path(tiny_tokeniz
         corpus_from_choice("text", tiny_tokenizer, text="  ")
     with pytest.raises(CorpusError, match="unknown corpus choice"):  # a server path is no choice
         corpus_from_choice(str(text_file), tiny_tokenizer)
+
+
+def test_progress_shows_on_stderr_when_it_is_not_a_terminal(cli):
+    """Issue 20.6: a long command showed no progress when its output went to a file or a pipe
+    (tqdm disabled off a terminal). The bar goes to stderr always; stdout stays the JSON."""
+    _, results = cli
+    r = results["word"]  # --json, stdout and stderr captured (not a terminal)
+    assert r["code"] == 0 and "sense atlas:" in r["stderr"] and "100%" in r["stderr"], r["stderr"]
+    strict_json(r["stdout"])
+
+
+def test_progress_bar_writes_to_a_log(monkeypatch):
+    import io
+
+    from backpack_core.common.progress import progress_bar
+
+    log = io.StringIO()  # not a terminal
+    monkeypatch.setattr(sys, "stderr", log)
+    assert list(progress_bar(range(5), "counting")) == list(range(5))
+    assert "counting: 100%" in log.getvalue() and "5/5" in log.getvalue()
+    log.truncate(0)
+    assert list(progress_bar(range(5), "counting", enabled=False)) == list(range(5))
+    assert log.getvalue() == ""

@@ -14,7 +14,7 @@ from analyses import attribute as attribute_cli
 from analyses import steer as steer_cli
 from analyses._cli import run
 from backpack_core.interpret.session import attribute
-from tests.conftest import strict_json
+from tests.conftest import HANG_S, strict_json
 
 REPO = Path(__file__).resolve().parent.parent
 TEXT = "The MacBook is made by"
@@ -23,14 +23,17 @@ TEXT = "The MacBook is made by"
 def cli(module: str, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
-                          cwd=REPO, env=env, timeout=120)
+                          cwd=REPO, env=env, timeout=HANG_S)
 
 
-def test_attribute_json_sums_to_the_logit(tiny_model_dir, tiny_model, tiny_tokenizer):
-    proc = cli("analyses.attribute", "--model", str(tiny_model_dir), "--text", TEXT,
-               "--target", " Apple", "--position", "-1", "--json")
-    assert proc.returncode == 0, proc.stderr
-    data = strict_json(proc.stdout)
+def test_attribute_json_sums_to_the_logit(tiny_model_dir, tiny_model, tiny_tokenizer, capsys):
+    # in process (the command's main through the one error handler); the real `python -m` entry
+    # is run below, by the refusal test, and for every analysis by test_analyses
+    code = run(attribute_cli.main, ["--model", str(tiny_model_dir), "--text", TEXT,
+                                    "--target", " Apple", "--position", "-1", "--json"], prog="attribute")
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    data = strict_json(out.out)
     assert isinstance(data["logit"], float)
     values = [c["value"] for c in data["contributions"]]
     assert sum(values) == pytest.approx(data["logit"], abs=1e-4)
@@ -40,14 +43,15 @@ def test_attribute_json_sums_to_the_logit(tiny_model_dir, tiny_model, tiny_token
     assert [c["token"] for c in data["contributions"][:: tiny_model.config.num_senses]] == expected.tokens
 
 
-def test_steer_json(tiny_model_dir, tmp_path):
+def test_steer_json(tiny_model_dir, tmp_path, capsys):
     edits = tmp_path / "edits.json"
     edits.write_text(json.dumps({"version": 1, "edits": [
         {"kind": "knowledge_edit", "word": " MacBook", "remove": " Apple", "add": " HP"}]}))
-    proc = cli("analyses.steer", "--model", str(tiny_model_dir), "--text", TEXT, "--edits", str(edits),
-               "--top", "7", "--words", " HP", " Apple", "--json")
-    assert proc.returncode == 0, proc.stderr
-    data = strict_json(proc.stdout)
+    code = run(steer_cli.main, ["--model", str(tiny_model_dir), "--text", TEXT, "--edits", str(edits),
+                                "--top", "7", "--words", " HP", " Apple", "--json"], prog="steer")
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    data = strict_json(out.out)
     for side in ("before", "after"):
         probs = [t["prob"] for t in data[side]]
         assert len(probs) == 7 and probs == sorted(probs, reverse=True)

@@ -19,7 +19,7 @@ from backpack_core.training.loader import (
     eval_windows,
     read_manifest,
 )
-from backpack_core.training.prepare import in_val_split, main, prepare, token_dtype
+from backpack_core.training.prepare import in_val_split, main, prepare, token_dtype, val_score
 
 DOCS = ["The cat sat on the mat.", "A second document,\nwith two lines.", "Third: numbers 1 2 3!"]
 
@@ -145,3 +145,34 @@ def test_eval_windows_fixed_and_disjoint():
     assert len(starts) == 10 and np.all(np.diff(starts) >= 32) and starts[-1] + 32 <= 1000
     assert len(eval_windows(tokens, 32, 1000)) == 1000 // 32
     assert len(eval_windows(tokens[:10], 32, 4)) == 0
+
+
+def test_a_small_folder_still_gets_a_validation_split(tmp_path, capsys):
+    """Issue 20.7: 3 documents at the default 1% fraction made an empty val split without a word
+    (training then had no validation curve). The document of lowest hash is held out, with a note;
+    the choice does not depend on the input order; one document alone is a warning."""
+    texts = ["The first small document.", "A second one, about rivers.", "Third: the bank of the river."]
+    assert not any(in_val_split(t, 0.01) for t in texts)  # the fraction alone catches none
+    nearest = min(texts, key=val_score)
+    for name, order in (("a", texts), ("b", texts[::-1])):
+        folder = tmp_path / f"in-{name}"
+        folder.mkdir()
+        for i, text in enumerate(order):
+            (folder / f"{i}.txt").write_text(text)
+        manifest, _ = prepare(tmp_path / f"out-{name}", [folder], tokenizer="gpt2", progress=False)
+        assert manifest["splits"]["val"]["documents"] == 1 and manifest["splits"]["train"]["documents"] == 2
+        shards = ShardSet(tmp_path / f"out-{name}")
+        assert split_docs(np.asarray(shards.val), 50256) == [gpt2_tokenizer().encode(nearest)]
+        err = capsys.readouterr().err
+        assert "note: --val-fraction 0.01 held out none of the 3 documents" in err, err
+    # a clear warning when nothing can be held out, and when the user asked for no split
+    (tmp_path / "one").mkdir()
+    (tmp_path / "one" / "only.txt").write_text(texts[0])
+    manifest, _ = prepare(tmp_path / "out-one", [tmp_path / "one"], tokenizer="gpt2", progress=False)
+    assert manifest["splits"]["val"]["documents"] == 0 and manifest["splits"]["train"]["documents"] == 1
+    err = capsys.readouterr().err
+    assert "warning: the validation split is empty (1 document(s), fewer than 2 distinct" in err, err
+    assert "--val-input" in err
+    assert main(["--input", str(tmp_path / "in-a"), "--val-fraction", "0", "--out",
+                 str(tmp_path / "out-zero"), "--quiet"]) == 0
+    assert "warning: the validation split is empty (--val-fraction 0)" in capsys.readouterr().err

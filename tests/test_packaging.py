@@ -26,6 +26,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / ".ci"))
 from readme_commands import readme_commands  # noqa: E402
 
+from tests.conftest import HANG_S  # noqa: E402
+
 REQUIREMENT = re.compile(r"^([A-Za-z0-9_.\-]+)\s*(\[[^\]]*\])?\s*([^#;]*)")
 
 
@@ -112,7 +114,7 @@ def wheel(tmp_path_factory) -> Path:
         kwargs = {"ignore": shutil.ignore_patterns("__pycache__")} if (REPO / name).is_dir() else {}
         copy(REPO / name, source / name, **kwargs)
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                           "-w", str(out), str(source)], capture_output=True, text=True, timeout=300,
+                           "-w", str(out), str(source)], capture_output=True, text=True, timeout=HANG_S,
                           cwd=out)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (path,) = out.glob("backpack_workbench-*.whl")
@@ -154,14 +156,14 @@ print(json.dumps({"core": backpack_core.__file__, "analyses": analyses.__file__,
 def test_installed_wheel_works_from_another_directory(wheel, overlay_venv, tmp_path):
     bindir = overlay_venv(tmp_path / "venv")
     proc = subprocess.run([str(bindir / "python"), "-m", "pip", "install", "-q", "--no-deps", str(wheel)],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=HANG_S)
     assert proc.returncode == 0, proc.stderr[-3000:]
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     env["HF_HUB_OFFLINE"] = "1"
     run = lambda *args: subprocess.run([str(bindir / "python"), *args], cwd=elsewhere, env=env,  # noqa: E731
-                                       capture_output=True, text=True, timeout=300)
+                                       capture_output=True, text=True, timeout=HANG_S)
     proc = run("-c", INSTALLED)
     assert proc.returncode == 0, proc.stderr[-3000:]
     info = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -185,5 +187,5 @@ def test_readme_python_examples_run_as_written(index, tmp_path):
     code = readme_python_blocks()[index]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=HANG_S)
     assert proc.returncode == 0, f"README example {index}:\n{code}\n{proc.stderr[-3000:]}"

@@ -21,7 +21,7 @@ from backpack_core.model.backpack import Backpack, count_parameters
 from backpack_core.model.config import PRESETS, ModelConfig
 from backpack_core.model.loading import CheckpointError, load_backpack, resolve_device
 from backpack_core.model.vocab import WordError, resolve_word
-from tests.conftest import strict_json
+from tests.conftest import HANG_S, strict_json
 
 
 def run_topk(argv: list[str], capsys) -> tuple[int, str, str]:
@@ -218,7 +218,7 @@ def app_test(query: dict[str, str], page: str, monkeypatch, tiny_model_dir):
         sys.path.insert(0, str(app))
     monkeypatch.setenv("BACKPACK_MODEL", str(tiny_model_dir))
     monkeypatch.setenv("BACKPACK_DEVICE", "cpu")
-    at = AppTest.from_file(str(app / "Home.py"), default_timeout=60)
+    at = AppTest.from_file(str(app / "Home.py"), default_timeout=HANG_S)
     for key, value in query.items():
         at.query_params[key] = value
     at.switch_page(f"app_pages/{page}.py")

@@ -24,6 +24,7 @@ from backpack_core.training.loader import ShardSet, eval_windows, gather
 from backpack_core.training.prepare import prepare
 from backpack_core.training.schedule import lr_at
 from backpack_core.training.trainer import main, run
+from tests.conftest import HANG_S
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -139,7 +140,7 @@ def test_two_gloo_processes_match_one(shards, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "backpack_core.train", "--config", "tiny", f"data.dir={shards}",
            f"train.out_dir={tmp_path / 'two'}", "train.log_every=1", "train.batch_size=4", *steps]
-    proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=HANG_S)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     one, two = records(tmp_path / "one"), records(tmp_path / "two")
     assert [sorted(r) for r in one] == [sorted(r) for r in two]  # rank 0 alone wrote: no duplicates

@@ -24,6 +24,7 @@ from backpack_core import Backpack, BackpackLM, ModelConfig
 from backpack_core.model.config import PRESETS
 from backpack_core.model.hf import CACHE_NAME
 from backpack_core.model.loading import DEFAULT_MODEL_DIR
+from tests.conftest import HANG_S
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -115,7 +116,7 @@ CLIENT = textwrap.dedent("""
 def test_plain_transformers_client_on_the_shipped_model(tmp_path):
     """A fresh process, as a user's script: import backpack_core, then only transformers' API."""
     proc = subprocess.run([sys.executable, "-c", CLIENT, str(DEFAULT_MODEL_DIR)], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300,
+                          capture_output=True, text=True, timeout=HANG_S,
                           env=client_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -127,7 +128,7 @@ def test_plain_transformers_client_on_the_shipped_model(tmp_path):
 def test_registration_when_transformers_came_first():
     code = ("import transformers; from transformers import AutoConfig; import backpack_core; "
             "print(type(AutoConfig.for_model('backpack')).__name__)")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=HANG_S,
                           env=client_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.split()[-1] == "BackpackConfig"

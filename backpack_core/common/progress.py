@@ -15,16 +15,18 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def progress_bar(iterable: Iterable, desc: str, total: int | None = None, enabled: bool | None = None):
-    """tqdm on stderr; enabled=None shows it only on a terminal, False never."""
+    """tqdm on stderr, also when stderr is not a terminal (a log, a pipe: then an update every
+    10 s, and the last one stays); enabled=False: none. stdout (the result, --json) is untouched."""
     from tqdm.auto import tqdm
 
-    return tqdm(iterable, desc=desc, total=total, file=sys.stderr, leave=False,
-                disable=None if enabled is None or enabled else True)
+    terminal = sys.stderr.isatty()
+    return tqdm(iterable, desc=desc, total=total, file=sys.stderr, leave=not terminal,
+                mininterval=0.1 if terminal else 10.0, disable=enabled is False)
 
 
 def track(iterable: Iterable, desc: str, total: int,
           progress: bool | Callable[[int, int], None] | None = True) -> Iterator:
-    """`iterable` with progress: a tqdm bar (True/None: on a terminal; False: none), or a
+    """`iterable` with progress: a tqdm bar on stderr (True/None; False: none), or a
     callback `progress(done, total)` called after each item has been processed (the app's bar)."""
     if not callable(progress):
         return iter(progress_bar(iterable, desc, total=total, enabled=progress))

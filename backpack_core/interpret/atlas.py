@@ -154,7 +154,7 @@ def build_atlas(model: Backpack, tokenizer: Tokenizer, corpus: Corpus, top_n: in
                 progress: bool | Callable | None = True) -> SenseAtlas:
     """One pass over `corpus` in windows of `seq_len` (default: the model's context).
 
-    progress: True/None (a tqdm bar on stderr; None only on a terminal), False, or a callable
+    progress: True/None (a tqdm bar on stderr, also when it is not a terminal), False, or a callable
     `progress(done_batches, total_batches)` (the app's progress bar)."""
     model = _unwrap(model)
     cfg = model.config

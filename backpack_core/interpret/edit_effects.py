@@ -431,7 +431,7 @@ def evaluate_edits(model: Backpack, tokenizer: Tokenizer | None, edits: Any, cor
     (default 0, 0.5, 1, 2; strength 1 is always added). The model runs once per window of
     `seq_len` tokens (default: its context), `batch_size` windows at a time; every strength
     is evaluated from the cached contextualization and senses. See the module docstring for
-    the definitions. `progress`: True (a bar on a terminal), False, or a callback (done, total)
+    the definitions. `progress`: True (a bar on stderr), False, or a callback (done, total)
     called after each batch."""
     if not model.config.is_backpack:
         raise ValueError("this model is a Transformer twin: it has no senses to edit")

@@ -11,7 +11,10 @@ one document (its "text" field, or --text-field). Directories are searched recur
 taken in sorted order. Each document is tokenized and followed by EOS.
 
 Held-out split: the documents of --val-input, or else a fraction of the documents chosen by a
-hash of their text (stable across runs and input order; duplicates land on the same side).
+hash of their text (stable across runs and input order; duplicates land on the same side). When
+that fraction catches none of two or more distinct documents (a small folder), the one whose hash
+is nearest to it is held out, with a note; with a single document the validation split stays
+empty, with a warning (training then has no validation curve).
 
 Tokenizer: `gpt2`, a directory holding a `tokenizer.json` (or the file itself), or `bpe:N` to
 train our own N-token byte-level BPE on the training documents.
@@ -93,12 +96,15 @@ def read_documents(path: Path, text_field: str = "text") -> Iterator[tuple[str, 
             yield text, len(raw)
 
 
+def val_score(text: str) -> float:
+    """A hash of a document's text as a number in [0, 1): held out when below the fraction."""
+    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") / 2**64
+
+
 def in_val_split(text: str, fraction: float) -> bool:
     """Whether a document is held out: a hash of its text, as a number in [0, 1), < fraction."""
-    if fraction <= 0:
-        return False
-    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "little") / 2**64 < fraction
+    return fraction > 0 and val_score(text) < fraction
 
 
 def file_record(path: Path, previous: dict[str, dict]) -> dict:
@@ -293,54 +299,80 @@ def prepare(
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)  # until the new one is written, nothing looks complete
     say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if progress else (lambda msg: None)
+    forced: float | None = None  # val_score of the document held out when the fraction caught none
+
+    def held_out(text: str) -> bool:
+        return in_val_split(text, val_fraction) or (forced is not None and val_score(text) == forced)
 
     def documents() -> Iterator[tuple[str, str, int]]:
         """(split, text, bytes read) of every document, in order; one pass over the inputs."""
         if dataset:
             docs, _ = dataset_documents(dataset, dataset_config, dataset_split, text_field)
             for text, n in docs:
-                yield ("val" if in_val_split(text, val_fraction) else "train"), text, n
+                yield ("val" if held_out(text) else "train"), text, n
             return
         for path in train_files:
             for text, n in read_documents(path, text_field):
-                yield ("val" if in_val_split(text, val_fraction) else "train"), text, n
+                yield ("val" if held_out(text) else "train"), text, n
         for path in val_files:
             for text, n in read_documents(path, text_field):
                 yield "val", text, n
 
-    if tok is None:  # bpe:N, trained on the training documents only
-        size = bpe_vocab_size(tokenizer)
-        say(f"training a {size}-token byte-level BPE on the training documents")
-        tok = train_bpe((text for split, text, _ in documents() if split == "train" and text.strip()),
-                        size)
-    dtype = token_dtype(len(tok))
-    eos = tok.eos_token_id
-
     started = time.time()
     total = None if dataset else sum(r["bytes"] for r in train_records + val_records)
-    writers = {split: SplitWriter(out / f"{split}.bin", dtype) for split in ("train", "val")}
-    batches: dict[str, list[str]] = {"train": [], "val": []}
-    bar = tqdm(total=total, unit="B" if total else "doc", unit_scale=True, desc="tokenizing",
-               disable=not progress)
-    try:
-        for split, text, n in documents():
-            bar.update(n)
-            if text.strip():  # empty documents are skipped, not turned into a lone EOS
-                batches[split].append(text)
-            if len(batches[split]) >= batch_documents:
-                writers[split].write(tok.encode_batch(batches[split]), eos)
-                batches[split] = []
-        for split, batch in batches.items():
-            writers[split].write(tok.encode_batch(batch), eos)
-    except BaseException:
-        for writer in writers.values():
-            writer.abort()
-        raise
-    finally:
-        bar.close()
+    given_tok = tok
+    while True:  # twice at most: again with one document held out when the fraction caught none
+        tok = given_tok
+        if tok is None:  # bpe:N, trained on the training documents only
+            size = bpe_vocab_size(tokenizer)
+            say(f"training a {size}-token byte-level BPE on the training documents")
+            tok = train_bpe((text for split, text, _ in documents() if split == "train" and text.strip()),
+                            size)
+        dtype = token_dtype(len(tok))
+        eos = tok.eos_token_id
+        writers = {split: SplitWriter(out / f"{split}.bin", dtype) for split in ("train", "val")}
+        batches: dict[str, list[str]] = {"train": [], "val": []}
+        lowest: list[float] = []  # the two smallest distinct val_scores of training documents
+        bar = tqdm(total=total, unit="B" if total else "doc", unit_scale=True, desc="tokenizing",
+                   disable=not progress)
+        try:
+            for split, text, n in documents():
+                bar.update(n)
+                if text.strip():  # empty documents are skipped, not turned into a lone EOS
+                    batches[split].append(text)
+                    if split == "train" and val_fraction > 0:
+                        lowest = sorted({*lowest, val_score(text)})[:2]
+                if len(batches[split]) >= batch_documents:
+                    writers[split].write(tok.encode_batch(batches[split]), eos)
+                    batches[split] = []
+            for split, batch in batches.items():
+                writers[split].write(tok.encode_batch(batch), eos)
+        except BaseException:
+            for writer in writers.values():
+                writer.abort()
+            raise
+        finally:
+            bar.close()
+        if writers["val"].documents == 0 and forced is None and len(lowest) == 2:
+            for writer in writers.values():
+                writer.abort()
+            forced = lowest[0]
+            print(f"note: --val-fraction {val_fraction:g} held out none of the "
+                  f"{writers['train'].documents:,} documents; holding out the one nearest to it "
+                  "(its hash is the lowest)", file=sys.stderr, flush=True)
+            continue
+        break
     splits = {split: writer.commit() for split, writer in writers.items()}
     if splits["train"]["tokens"] == 0:
         raise DataError("no training documents: every input document was empty or held out")
+    if splits["val"]["tokens"] == 0:
+        why = (f"--val-fraction {val_fraction:g}" if not val_files and val_fraction == 0
+               else "the --val-input files hold no text" if val_files
+               else f"{splits['train']['documents']} document(s), fewer than 2 distinct: none can be "
+                    "held out")
+        print(f"warning: the validation split is empty ({why}); training will have no validation "
+              "loss. Give held-out files with --val-input, or more documents.", file=sys.stderr,
+              flush=True)
 
     tok.save(out)
     manifest = {
