@@ -34,7 +34,7 @@ from backpack_core.edit.specs import EditError, EditSet, as_edit_set
 from backpack_core.model.config import PRESETS
 from backpack_core.model.fingerprint import weights_fingerprint
 from backpack_core.model.loading import DEFAULT_MODEL_DIR
-from tests.conftest import TINY_CORPUS
+from tests.conftest import HANG_S, TINY_CORPUS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -161,7 +161,7 @@ def transformers_client(directory: Path, prompt: str, cwd: Path) -> dict:
     """What a fresh process sees through transformers alone (after `import backpack_core`)."""
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, "-c", CLIENT, str(directory), prompt], cwd=cwd,
-                          capture_output=True, text=True, timeout=300, env=env)
+                          capture_output=True, text=True, timeout=HANG_S, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -353,7 +353,7 @@ def test_export_applies_a_pack_anyway_and_lists_the_rest(tiny_model, tiny_tokeni
 def run_cli(*argv: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "analyses.export_edited", *argv], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=300, env=env)
+                          capture_output=True, text=True, timeout=HANG_S, env=env)
 
 
 def test_cli_refusal_is_one_line(tiny_model_dir, tmp_path):
@@ -473,7 +473,7 @@ def test_cli_help_imports_no_torch_and_json_errors(tiny_model_dir, tmp_path):
             "except SystemExit:\n    pass\nprint('torch imported:', 'torch' in sys.modules)")
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=120, env=env)
+                          text=True, timeout=HANG_S, env=env)
     assert "--apply-anyway" in proc.stdout and proc.stdout.strip().endswith("torch imported: False")
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep").write_text("x")
