@@ -518,3 +518,14 @@ def test_compounding_edits_that_overflow_are_refused(tiny_model, tiny_tokenizer,
     with pytest.raises(ExportError, match="overflow"):
         export_edited_model(tiny_model, tiny_tokenizer, edits, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_transformers_model_exports_too(tiny_model, tiny_tokenizer, tmp_path):
+    from backpack_core.model.hf import BackpackLM
+
+    lm = BackpackLM.from_backpack(tiny_model)
+    export_edited_model(lm, tiny_tokenizer, EDITS, tmp_path / "a")
+    export_edited_model(tiny_model, tiny_tokenizer, EDITS, tmp_path / "b")
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == \
+        (tmp_path / "b" / "model.safetensors").read_bytes()
+    assert check_pack(make_pack(EDITS, lm, tiny_tokenizer), tiny_model, tiny_tokenizer).same_model

@@ -78,6 +78,11 @@ class PackError(EditError):
 # Packs
 # ----------------------------------------------------------------------------------------------
 
+def _unwrap(model) -> Backpack:
+    """The plain `Backpack` of a transformers `BackpackLM` (or the model itself)."""
+    return getattr(model, "backpack", model)
+
+
 def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -86,6 +91,7 @@ def make_pack(edits: Any, model: Backpack, tokenizer: Tokenizer, title: str | No
               description: str | None = None, base_model_name: str | None = None) -> EditSet:
     """The edit set as a pack made on `model`: its edits, a title (the edit set's `name`), a
     description, and the fingerprint of `model` and of its tokenizer."""
+    model = _unwrap(model)
     edit_set = as_edit_set(edits)
     pack = {"format": PACK_FORMAT, "base_model": weights_fingerprint(model),
             "tokenizer": tokenizer_identity(tokenizer), "created": _now()}
@@ -137,6 +143,7 @@ def check_pack(edits: Any, model: Backpack, tokenizer: Tokenizer, apply_anyway: 
     `apply_anyway`: then each edit is compiled on its own against this model (every word
     re-resolved with this tokenizer, sense indices and vector lengths checked) and those that
     fail are listed in `unresolved` and left out."""
+    model = _unwrap(model)
     edit_set = as_edit_set(edits)
     if edit_set.pack is None:
         return PackCheck(edit_set, same_model=True)
@@ -268,6 +275,7 @@ def override_tables(model: Backpack, tokenizer: Tokenizer, edits: Any) -> Overri
     Each edit is checked on its own (fields, then probes; ExportError naming it); then the
     sense rows are the whole edit set, applied in order, to the touched tokens' senses, and
     the scales the product of the edits' factors."""
+    model = _unwrap(model)
     edit_set = as_edit_set(edits)
     compiled = edit_set.compile(model, tokenizer)  # validation: EditError per edit
     vocab, device = model.config.vocab_size, model.wte.weight.device
@@ -429,6 +437,7 @@ def export_edited_model(model: Backpack, tokenizer: Tokenizer, edits: Any,
     must be in float32 (its weights are written as loaded). Files: config.json (with
     `edit_overrides`), model.safetensors (the base weights and the tables), tokenizer files,
     edit_pack.json, README.md. Written to a temporary directory beside `out`, then renamed."""
+    model = _unwrap(model)
     out = Path(out).expanduser()
     _check_out(out)
     if model.wte.weight.dtype != torch.float32:
