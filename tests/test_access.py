@@ -145,7 +145,7 @@ def test_a_link_with_a_model_no_file_can_have_is_refused_in_the_sidebar(tiny_mod
     monkeypatch.setenv(access.MODEL_ENV, str(tiny_model_dir))
     monkeypatch.setenv("BACKPACK_DEVICE", "cpu")
     monkeypatch.setenv(access.ROOTS_ENV, str(tiny_model_dir))
-    at = AppTest.from_file(str(app / "Home.py"), default_timeout=60)
+    at = AppTest.from_file(str(app / "Home.py"), default_timeout=HANG_S)
     at.query_params["model"] = model.replace("ROOT", str(tiny_model_dir))  # under the root
     at.run()
     assert not at.exception, at.exception

@@ -348,7 +348,7 @@ def run_to_stdout(tiny_model_dir, tmp_path, stdout, preexec_fn=None):
 
     proc = subprocess.run([sys.executable, "-m", "analyses.sense_topk", "--model", str(tiny_model_dir),
                            "--word", "bank", "--json"], cwd=REPO, env=env(tmp_path), stdout=stdout,
-                          stderr=subprocess.PIPE, text=True, timeout=300, preexec_fn=preexec_fn)
+                          stderr=subprocess.PIPE, text=True, timeout=HANG_S, preexec_fn=preexec_fn)
     return proc.returncode, proc.stderr
 
 
