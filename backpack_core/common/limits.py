@@ -14,6 +14,8 @@ the core all refuse past them with a message naming the limit (`LimitError`).
                           24 bytes x vocab x senses x N
     MAX_BATCH_WINDOWS     windows read in one forward pass by the corpus commands (--batch-size):
                           each holds its (senses, seq, seq) weights and (seq, vocab) logits
+    MAX_PATCH_TOKENS      a prompt pair patched position by position (analyses.patch, the
+                          Context page): (layers + 1) x tokens partial contextualizer passes
     model size            a config's parameters must fit the memory available (checked before
                           anything is allocated): `check_model_fits`
 
@@ -51,6 +53,7 @@ MAX_LINK_CHARS = _limit("MAX_LINK_CHARS", 16_000)
 MAX_CORPUS_CHARS = _limit("MAX_CORPUS_CHARS", 20_000_000)
 MAX_ATLAS_TOP_N = _limit("MAX_ATLAS_TOP_N", 100)
 MAX_BATCH_WINDOWS = _limit("MAX_BATCH_WINDOWS", 64)
+MAX_PATCH_TOKENS = _limit("MAX_PATCH_TOKENS", 128)
 
 
 def check_size(size: int, limit: int, what: str, unit: str, setting: str,
@@ -94,6 +97,10 @@ def check_atlas_top_n(n: int, error: type[Exception] = LimitError) -> None:
     if n > MAX_ATLAS_TOP_N:
         raise error(f"{n:,} top contexts per (word, sense) is more than the limit of "
                     f"{MAX_ATLAS_TOP_N:,} (BACKPACK_MAX_ATLAS_TOP_N)")
+
+
+def check_patch_tokens(n: int, error: type[Exception] = LimitError) -> None:
+    check_size(n, MAX_PATCH_TOKENS, "the prompt to patch", "tokens", "MAX_PATCH_TOKENS", error)
 
 
 def check_batch_windows(n: int, error: type[Exception] = LimitError) -> None:
