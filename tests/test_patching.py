@@ -176,3 +176,12 @@ def test_bad_input_is_one_clear_error(tiny_model, tiny_tokenizer, clean, corrupt
                                       message):
     with pytest.raises(ValueError, match=message):
         patch_prompts(tiny_model, tiny_tokenizer, clean, corrupted, target, foil)
+
+
+def test_token_ids_without_a_tokenizer_give_the_same_result(pair, tiny_model, tiny_tokenizer):
+    by_text = pair.analyse(" Apple", " HP")
+    by_ids = PatchPair(tiny_model, None, pair.clean.token_ids, pair.corrupted.token_ids).analyse(
+        by_text.target_id, by_text.foil_id)
+    for name in ("senses", "weights", "interaction", "layers", "by_sense"):
+        torch.testing.assert_close(getattr(by_ids, name), getattr(by_text, name), rtol=0, atol=1e-6)
+    assert by_ids.clean.tokens[1] == f"<{pair.clean.token_ids[1]}>"

@@ -44,6 +44,7 @@ and every effect is normalised so that the clean run scores 1 and the corrupted 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -91,7 +92,12 @@ class PromptRun:
         return self.contextualization[:, -1, :]
 
 
-def run_prompt(model: Backpack, tokenizer: Tokenizer, text: str, ids: list[int]) -> PromptRun:
+def _tokens(tokenizer: Tokenizer | None, ids: list[int]) -> list[str]:
+    return [token_text(tokenizer, i) if tokenizer is not None else f"<{i}>" for i in ids]
+
+
+def run_prompt(model: Backpack, tokenizer: Tokenizer | None, text: str, ids: list[int]
+               ) -> PromptRun:
     """The forward pass of `Backpack.forward`, step by step, keeping each block's input."""
     ctx, swn = model.contextualizer, model.sense_weight_network
     n = len(ids)
@@ -108,7 +114,7 @@ def run_prompt(model: Backpack, tokenizer: Tokenizer, text: str, ids: list[int])
     contextualization = swn(queries, keys, causal_allowed(0, n, None, device))[0]  # (k, n, n)
     senses = rearrange(model.sense_vectors(token_ids)[0], "n k d -> k n d")
     logits = model.output_logits(einsum(contextualization[:, -1], senses, "k j, k j d -> d"))
-    return PromptRun(text, ids, [token_text(tokenizer, i) for i in ids], torch.stack(residuals),
+    return PromptRun(text, ids, _tokens(tokenizer, ids), torch.stack(residuals),
                      keys_values, keys, senses, contextualization, logits)
 
 
@@ -201,26 +207,42 @@ class PatchPair:
     """A clean and a corrupted prompt of the same token length, each run once; then any patch of
     senses, weights or contextualizer activations is evaluated from these two runs.
 
-    Everything runs without autograd in the model's dtype (float32 by default: exact)."""
+    A prompt is a text, or a sequence of token ids (then `tokenizer` may be None; words are
+    then token ids too). Everything runs without autograd in the model's dtype (float32 by
+    default: exact)."""
 
-    def __init__(self, model: Backpack, tokenizer: Tokenizer, clean: str, corrupted: str):
+    def __init__(self, model: Backpack, tokenizer: Tokenizer | None,
+                 clean: str | Sequence[int], corrupted: str | Sequence[int]):
         if not model.config.is_backpack:
             raise ValueError("patching senses needs a Backpack (this model is a Transformer twin: "
                              "it has no senses)")
         if model.training:
             raise ValueError("the model is in training mode (dropout on): call model.eval() first")
         self.model, self.tokenizer = model, tokenizer
-        ids = {}
+        ids, texts = {}, {}
         for name, text in (("clean", clean), ("corrupted", corrupted)):
-            if not text.strip():
+            if isinstance(text, str):
+                if not text.strip():
+                    raise ValueError(f"the {name} prompt is empty: give a text")
+                if tokenizer is None:
+                    raise ValueError("a text needs a tokenizer; give token ids instead")
+                ids[name] = tokenizer.encode(text)
+            else:
+                ids[name] = [int(i) for i in text]
+                bad = [i for i in ids[name] if not 0 <= i < model.config.vocab_size]
+                if bad:
+                    raise ValueError(f"token id {bad[0]} of the {name} prompt is outside the "
+                                     f"model's vocabulary (0..{model.config.vocab_size - 1})")
+                text = tokenizer.decode(ids[name]) if tokenizer is not None else ""
+            texts[name] = text
+            if not ids[name]:
                 raise ValueError(f"the {name} prompt is empty: give a text")
-            ids[name] = tokenizer.encode(text)
             if len(ids[name]) > model.config.n_positions:
                 raise ValueError(f"the {name} prompt is {len(ids[name])} tokens long; the model "
                                  f"reads at most {model.config.n_positions}")
         a, b = ids["clean"], ids["corrupted"]
         if len(a) != len(b):
-            show = lambda i: _token_list([token_text(tokenizer, t) for t in i])  # noqa: E731
+            show = lambda i: _token_list(_tokens(tokenizer, i))  # noqa: E731
             raise ValueError(f"the clean and corrupted prompts must have the same number of tokens "
                              f"to be patched position by position: clean has {len(a)} {show(a)}, "
                              f"corrupted has {len(b)} {show(b)}")
@@ -229,8 +251,8 @@ class PatchPair:
                              "nothing to patch; change a word of the corrupted one")
         check_patch_tokens(len(a))
         with torch.inference_mode():
-            self.clean = run_prompt(model, tokenizer, clean, a)
-            self.corrupted = run_prompt(model, tokenizer, corrupted, b)
+            self.clean = run_prompt(model, tokenizer, texts["clean"], a)
+            self.corrupted = run_prompt(model, tokenizer, texts["corrupted"], b)
             same = torch.tensor([x == y for x, y in zip(a, b)], device=self.clean.senses.device)
             # context-free senses: equal tokens have equal senses (exact zeros, not rounding)
             self.clean.senses = torch.where(same[None, :, None], self.corrupted.senses,
@@ -310,7 +332,7 @@ class PatchPair:
     def choose_words(self, target: str | int | None, foil: str | int | None) -> tuple[int, int]:
         """Token ids of the target and the foil; by default each prompt's most probable word."""
         vocab = self.model.config.vocab_size
-        n_real = min(len(self.tokenizer), vocab)
+        n_real = min(len(self.tokenizer), vocab) if self.tokenizer is not None else vocab
         ids = []
         for word, run, role in ((target, self.clean, "target"), (foil, self.corrupted, "foil")):
             if word is None:
@@ -318,7 +340,7 @@ class PatchPair:
             else:
                 ids.append(single_token_id(self.tokenizer, word, vocab, role=role))
         if ids[0] == ids[1]:
-            word = token_text(self.tokenizer, ids[0])
+            word = _tokens(self.tokenizer, ids[:1])[0]
             raise ValueError(f"the target and the foil are the same token {word!r} (the default is "
                              "each prompt's most probable next word: both prompts predict it); give "
                              "a target and a foil that differ")
@@ -337,9 +359,9 @@ class PatchPair:
             ld_corr = float((a_corr * s_corr).double().sum())
             scale = ld_clean - ld_corr
             if abs(scale) <= 1e-6 * max(1.0, abs(ld_clean), abs(ld_corr)):
+                target_token, foil_token = _tokens(self.tokenizer, [target_id, foil_id])
                 raise ValueError(
-                    f"the logit difference {token_text(self.tokenizer, target_id)!r} - "
-                    f"{token_text(self.tokenizer, foil_id)!r} is the same on both prompts "
+                    f"the logit difference {target_token!r} - {foil_token!r} is the same on both prompts "
                     f"({ld_clean:.6g}): there is nothing to explain; choose another target or foil")
             d_sense, d_weight = (s_clean - s_corr).double(), (a_clean - a_corr).double()
             senses = (a_corr.double() * d_sense / scale).float().cpu()
@@ -355,11 +377,12 @@ class PatchPair:
                         by_sense[layer, p] = (change * s_corr.double()).sum(-1) / scale
                 layers = by_sense.sum(-1).float()
                 by_sense = by_sense.float()
-        n_real = min(len(self.tokenizer), self.model.config.vocab_size)
+        vocab = self.model.config.vocab_size
+        n_real = min(len(self.tokenizer), vocab) if self.tokenizer is not None else vocab
+        target_token, foil_token = _tokens(self.tokenizer, [target_id, foil_id])
         return Patching(
             clean=clean, corrupted=corrupted,
-            target=token_text(self.tokenizer, target_id), target_id=target_id,
-            foil=token_text(self.tokenizer, foil_id), foil_id=foil_id,
+            target=target_token, target_id=target_id, foil=foil_token, foil_id=foil_id,
             logit_diff_clean=ld_clean, logit_diff_corrupted=ld_corr,
             senses=senses, weights=weights, interaction=interaction, layers=layers,
             by_sense=by_sense,
@@ -367,7 +390,8 @@ class PatchPair:
             top_corrupted=top_tokens(self.tokenizer, corrupted.logits, top, n_real))
 
 
-def patch_prompts(model: Backpack, tokenizer: Tokenizer, clean: str, corrupted: str,
+def patch_prompts(model: Backpack, tokenizer: Tokenizer | None, clean: str | Sequence[int],
+                  corrupted: str | Sequence[int],
                   target: str | int | None = None, foil: str | int | None = None,
                   contextualizer: bool = True) -> Patching:
     """Sense and contextualizer patching of `clean` into `corrupted` (same token length) at the
