@@ -31,7 +31,10 @@ and every effect is normalised so that the clean run scores 1 and the corrupted 
    run's), then ln_f, the sense-weight projection and the final row of weights alpha~[:, i, :].
    The sense vectors do not depend on the contextualizer: they stay the corrupted ones. The
    effect, sum_l sum_j (alpha~ - alpha')[l, i, j] s'[l, j] / (LD_clean - LD'), is split per
-   sense l (`by_sense`, summing to it). Cost per cell: (n_layer - L) blocks over n - p
+   sense l (`by_sense`, summing to it). Positions before the first changed token hold the same
+   residual stream in both runs: their effect is exactly 0, not computed. The other cells of a
+   layer run as one batch, over the positions from the first changed one on (the earlier ones'
+   keys and values are the corrupted run's): per cell (n_layer - L) blocks over n - first
    positions; no sense network, no output layer (bench/bench_patch.py).
 
     pair = PatchPair(model, tokenizer, "The Eiffel Tower is in the city of",
@@ -303,21 +306,29 @@ class PatchPair:
             raise ValueError(f"positions {positions} are outside the prompt (0..{self.n - 1})")
         if not positions:
             return self.corrupted.row
+        return self.contextualizer_rows(layer, [positions])[0]
+
+    def contextualizer_rows(self, layer: int, patches: list[list[int]]) -> torch.Tensor:
+        """(b, k, n): `contextualizer_row` for b patches at once (each a non-empty list of
+        positions), one batch. Positions before the first patched one cannot change: their
+        keys and values at every block are the corrupted run's, and only the later positions
+        are recomputed, from block `layer` on."""
         ctx, swn = self.model.contextualizer, self.model.sense_weight_network
-        start = positions[0]  # nothing before it can change
+        b, start = len(patches), min(min(ps) for ps in patches)
         with torch.inference_mode():
-            x = self.corrupted.residuals[layer, start:].clone()  # (n - start, d)
-            rel = [p - start for p in positions]
-            x[rel] = self.clean.residuals[layer, positions]
-            x = x[None]
-            for index in range(layer, n_layer):
-                k, v = self.corrupted.keys_values[index]
-                past = (k[:, :, :start], v[:, :, :start]) if start else None
+            x = self.corrupted.residuals[layer, start:][None].repeat(b, 1, 1)  # (b, n - start, d)
+            for r, ps in enumerate(patches):
+                x[r, [p - start for p in ps]] = self.clean.residuals[layer, ps]
+            for index in range(layer, self.model.config.n_layer):
+                k, v = self.corrupted.keys_values[index]  # (1, h, n, hd)
+                past = ((k[:, :, :start].expand(b, -1, -1, -1), v[:, :, :start].expand(b, -1, -1, -1))
+                        if start else None)
                 x, _ = ctx.h[index](x, None, past)
-            queries, keys_new = swn.project(ctx.ln_f(x))  # (1, k, n - start, d/k)
-            keys = torch.cat([self.corrupted.sense_keys[:, :, :start], keys_new], dim=2)
+            queries, keys_new = swn.project(ctx.ln_f(x))  # (b, k, n - start, d/k)
+            keys = torch.cat([self.corrupted.sense_keys[:, :, :start].expand(b, -1, -1, -1),
+                              keys_new], dim=2)  # (b, k, n, d/k)
             allowed = causal_allowed(self.n - 1, 1, None, x.device)  # the last query sees all
-            return swn(queries[:, :, -1:], keys, allowed)[0, :, 0]  # (k, n)
+            return swn(queries[:, :, -1:], keys, allowed)[:, :, 0]  # (b, k, n)
 
     def contextualizer_logits(self, layer: int, positions: list[int],
                               senses: torch.Tensor | bool | None = None) -> torch.Tensor:
@@ -369,12 +380,14 @@ class PatchPair:
             interaction = (d_weight * d_sense / scale).float().cpu()
             layers = by_sense = None
             if contextualizer:
-                n_layer = self.model.config.n_layer
+                # positions before the first changed token hold the same residual stream in
+                # both runs: patching them changes nothing (their effect is exactly 0)
+                n_layer, first = self.model.config.n_layer, self.changed[0]
                 by_sense = torch.zeros(n_layer + 1, self.n, s_corr.shape[0], dtype=torch.float64)
                 for layer in range(n_layer + 1):
-                    for p in range(self.n):
-                        change = self.contextualizer_row(layer, [p]).double() - a_corr.double()
-                        by_sense[layer, p] = (change * s_corr.double()).sum(-1) / scale
+                    rows = self.contextualizer_rows(layer, [[p] for p in range(first, self.n)])
+                    change = rows.double() - a_corr.double()  # (n - first, k, n)
+                    by_sense[layer, first:] = (change * s_corr.double()).sum(-1).cpu() / scale
                 layers = by_sense.sum(-1).float()
                 by_sense = by_sense.float()
         vocab = self.model.config.vocab_size
