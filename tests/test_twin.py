@@ -89,3 +89,38 @@ def test_a_twin_with_another_tokenizer_is_refused(tiny_model, tiny_twin, tiny_to
     with pytest.raises(ValueError, match="tokenizer differs"):
         compare_with_twin(tiny_model, tiny_twin, tiny_tokenizer, TEXT, twin_tokenizer=other)
     compare_with_twin(tiny_model, tiny_twin, tiny_tokenizer, TEXT, twin_tokenizer=tiny_tokenizer)
+
+
+def test_a_twin_trained_by_the_trainer(tmp_path):
+    """The mechanism end to end on real training runs: a tiny Backpack and its tiny Transformer
+    twin trained from the same shards (configs/tiny.toml, the twin with model_kind
+    "transformer"), the twin's run directory recorded in the Backpack's config.json."""
+    from backpack_core.model.loading import save_backpack
+    from backpack_core.training.config import load_run_config
+    from backpack_core.training.prepare import prepare
+    from backpack_core.training.trainer import run
+    from tests.test_train import write_corpus
+
+    write_corpus(tmp_path / "docs.jsonl")
+    prepare(tmp_path / "shards", [tmp_path / "docs.jsonl"], tokenizer="bpe:300",
+            val_fraction=0.05, progress=False)
+    runs = {}
+    for kind in ("backpack", "transformer"):
+        out = tmp_path / kind
+        config = load_run_config("tiny", [f"data.dir={tmp_path / 'shards'}", f"train.out_dir={out}",
+                                          f"model.model_kind={kind}", "train.max_steps=60",
+                                          "train.eval_every=0", "train.ckpt_every=60"])
+        assert run(config).exit_code == 0
+        runs[kind] = out
+    model, tokenizer = load_backpack(runs["backpack"])
+    exported = save_backpack(model, tokenizer, tmp_path / "export",
+                             extra_config={"twin": "../transformer"})  # the twin's run directory
+    found = twin_directory(exported)
+    assert found.resolve() == runs["transformer"].resolve()
+    twin, twin_tokenizer = load_twin(found)  # a run directory: its latest checkpoint
+    assert twin.config.model_kind == "transformer"
+    c = compare_with_twin(model, twin, tokenizer, "the cat sees the fish. a dog likes an apple.",
+                          twin_tokenizer=twin_tokenizer)
+    backpack_loss, twin_loss = c.mean_loss()
+    # both learned the tiny grammar: well below the loss of a uniform guess, ln(320) = 5.8
+    assert backpack_loss < 4.5 and twin_loss < 4.5, (backpack_loss, twin_loss)

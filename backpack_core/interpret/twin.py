@@ -41,10 +41,17 @@ TWIN_FIELD = "twin"
 
 
 def twin_directory(model_directory: str | os.PathLike) -> Path | None:
-    """The twin named in `model_directory`/config.json ("twin": a path, relative to that
-    directory or absolute), or None when it names none. ValueError when the path named is not a
+    """The twin named in the model's config.json ("twin": a path, relative to the directory of
+    that config.json, or absolute), or None when it names none. A training run's directory is
+    read at its latest checkpoint, as the loader does. ValueError when the path named is not a
     directory, saying which file names it."""
-    config = Path(model_directory) / "config.json"
+    from backpack_core.model.loading import CHECKPOINTS_DIR, CURRENT_LINK
+
+    model_directory = Path(model_directory)
+    current = model_directory / CHECKPOINTS_DIR / CURRENT_LINK
+    if not (model_directory / "config.json").is_file() and current.is_dir():
+        model_directory = current.resolve()
+    config = model_directory / "config.json"
     try:
         raw = json.loads(config.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -55,7 +62,7 @@ def twin_directory(model_directory: str | os.PathLike) -> Path | None:
     if not isinstance(value, str):
         raise ValueError(f'{config}: "{TWIN_FIELD}" must be a directory path (text), got {value!r}')
     path = Path(value).expanduser()
-    path = path if path.is_absolute() else Path(model_directory) / path
+    path = path if path.is_absolute() else model_directory / path
     if not path.is_dir():
         raise ValueError(f'{config} names its Transformer twin "{value}", but {path} is not a '
                          "directory; train it (configs/transformer-*.toml) or correct the path")
