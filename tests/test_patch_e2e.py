@@ -42,7 +42,7 @@ def test_patching_and_the_twin_on_the_context_page(server, tiny_model, tiny_toke
     result = patch_prompts(tiny_model, tiny_tokenizer, CLEAN, CORRUPTED)
     twin = compare_with_twin(tiny_model, tiny_twin, tiny_tokenizer, CLEAN)
     with sync_api.sync_playwright() as p, browser.chromium(p) as b:
-        page = b.new_page(viewport={"width": 1400, "height": 4200})
+        page = b.new_page(viewport={"width": 1400, "height": 1800})
         page.set_default_timeout(browser.STEP_MS)
         requests = browser.watch_requests(page)
         browser.open_page(page, f"{server}/context?text={quote(CLEAN)}&corrupted={quote(CORRUPTED)}")
