@@ -159,19 +159,20 @@ def patching_section(text: str, session, params: dict) -> None:
         state.show_error(err, "Patching")
         return
     m = st.columns(4)
-    m[0].metric("target − foil", f"{views.show_token(view.target)} − {views.show_token(view.foil)}")
-    m[1].metric("logit difference, text", f"{view.logit_diff['clean']:+.4f}")
-    m[2].metric("logit difference, corrupted", f"{view.logit_diff['corrupted']:+.4f}")
-    m[3].metric("senses / weights / interaction",
-                " / ".join(f"{view.totals[k]:+.2f}" for k in ("senses", "weights", "interaction")))
+    m[0].metric("target", views.show_token(view.target))
+    m[1].metric("foil", views.show_token(view.foil))
+    m[2].metric("logit difference, text", f"{view.logit_diff['clean']:+.4f}")
+    m[3].metric("logit difference, corrupted", f"{view.logit_diff['corrupted']:+.4f}")
+    st.caption("Of the difference between the two (1): clean sense vectors "
+               f"{view.totals['senses']:+.3f}, clean weights {view.totals['weights']:+.3f}, "
+               f"interaction {view.totals['interaction']:+.3f}. One colour scale for all the "
+               "heatmaps; blue moves towards the text's prediction.")
     height = max(300, 60 + 22 * len(view.senses.y))
-    left, right = st.columns(2)
-    left.plotly_chart(ui.heatmap(view.senses, "RdBu", zmid=0.0, cell_text=False, height=height,
-                                 colorbar_title="effect"), key=f"{PAGE}:patch-senses")
-    right.plotly_chart(ui.heatmap(view.weights, "RdBu", zmid=0.0, cell_text=False, height=height,
-                                  colorbar_title="effect"), key=f"{PAGE}:patch-weights")
-    st.plotly_chart(ui.heatmap(view.layers, "RdBu", zmid=0.0, cell_text=False,
-                               height=max(240, 60 + 26 * len(view.layers.y)), colorbar_title="effect"),
+    for name, heat in (("senses", view.senses), ("weights", view.weights)):
+        st.plotly_chart(ui.heatmap(heat, "RdBu", cell_text=False, height=height),
+                        key=f"{PAGE}:patch-{name}")
+    st.plotly_chart(ui.heatmap(view.layers, "RdBu", cell_text=False,
+                               height=max(240, 60 + 26 * len(view.layers.y))),
                     key=f"{PAGE}:patch-layers")
     st.markdown("**Largest (position, sense) cells**")
     st.dataframe(view.top, hide_index=True, key=f"{PAGE}:patch-top")
