@@ -59,3 +59,29 @@ def test_bad_input_is_one_line(tiny_model_dir, capsys, argv, message):
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert "Traceback" not in err
+
+
+def test_as_a_real_command(tiny_model_dir):
+    """`python -m analyses.patch` itself: --help imports no torch; a run prints strict JSON; a
+    refusal is one line on stderr, exit 2, with {"error", "kind"} on stdout under --json."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    probe = ("import runpy, sys\nsys.argv = ['patch', '--help']\ntry:\n"
+             "    runpy.run_module('analyses.patch', run_name='__main__')\nexcept SystemExit:\n"
+             "    pass\nprint('torch imported:', 'torch' in sys.modules)")
+    help_run = subprocess.run([sys.executable, "-c", probe], cwd=repo, capture_output=True,
+                              text=True, timeout=120)
+    assert "--corrupted" in help_run.stdout and "torch imported: False" in help_run.stdout
+    base = [sys.executable, "-m", "analyses.patch", "--model", str(tiny_model_dir), "--json",
+            "--clean", CLEAN]
+    good = subprocess.run(base + ["--corrupted", CORRUPTED], cwd=repo, capture_output=True,
+                          text=True, timeout=300)
+    assert good.returncode == 0, good.stderr
+    assert strict_json(good.stdout)["corrupted"]["text"] == CORRUPTED
+    bad = subprocess.run(base + ["--corrupted", "The bank"], cwd=repo, capture_output=True,
+                         text=True, timeout=300)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+    assert strict_json(bad.stdout)["kind"] == "input"
