@@ -98,3 +98,15 @@ def test_context_page_says_what_is_wrong(app_with_twin):
     assert "Patching" in errors and "same number of tokens" in errors
     at.text_input(key="context:twin-dir").set_value("/etc").run()
     assert "outside the model directories" in " ".join(str(e.value) for e in at.error)
+
+
+def test_another_model_gets_its_own_twin_box(app_with_twin, tiny_model_dir):
+    """The twin box follows the session's model: a model without a recorded twin shows none,
+    not the previous model's."""
+    at = context_page(text=CLEAN)
+    assert at.text_input(key="context:twin-dir").value.endswith("twin")
+    at.session_state["model_choice"] = state.ModelChoice(str(tiny_model_dir), "cpu", "float32")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.text_input(key="context:twin-dir").value == ""
+    assert "names no Transformer twin" in " ".join(c.value for c in at.caption)

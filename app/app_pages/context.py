@@ -192,6 +192,9 @@ def twin_section(text: str, session) -> None:
         state.show_error(err)
         recorded = None
     state.persist(f"{PAGE}:twin-dir", recorded or "")
+    if st.session_state.get(f"{PAGE}:twin-for") != choice.key:  # another model: its own twin
+        st.session_state[f"{PAGE}:twin-dir"] = recorded or ""
+        st.session_state[f"{PAGE}:twin-for"] = choice.key
     source = st.text_input("Transformer twin (a model directory)", key=f"{PAGE}:twin-dir",
                            help='Recorded in the model\'s config.json as "twin" (a path relative to '
                                 "the model's directory), or typed here; a twin has model_kind "
