@@ -137,7 +137,7 @@ def patching_section(text: str, session, params: dict) -> None:
                "text above, 0 on the corrupted prompt. Each sense vector and each weight "
                "alpha[l, i, j] of the text put into the corrupted run, exactly (no transformer "
                "pass); then the contextualizer's residual stream per (layer, position).")
-    if params.get("corrupted") and f"{PAGE}:corrupted" not in st.session_state:
+    if params.get("corrupted"):  # a shared link (read once per session)
         st.session_state[f"{PAGE}:corrupted"] = params["corrupted"]
     for key in ("corrupted", "patch-target", "patch-foil"):
         state.persist(f"{PAGE}:{key}", "")
@@ -149,8 +149,8 @@ def patching_section(text: str, session, params: dict) -> None:
     foil = cols[1].text_input("Foil word (default: the corrupted prompt's top prediction)",
                               key=f"{PAGE}:patch-foil")
     if not corrupted.strip():
-        st.caption(f"The text has {session.n} tokens: {', '.join(session.tokens[:24])}"
-                   f"{' …' if session.n > 24 else ''}")
+        shown = " · ".join(views.show_token(t) for t in session.tokens[:24])
+        st.caption(f"The text has {session.n} tokens: {shown}{' …' if session.n > 24 else ''}")
         return
     try:
         view = state.memo("patching", session, [corrupted, target, foil], lambda: views.patching_view(
