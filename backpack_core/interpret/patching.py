@@ -37,9 +37,9 @@ and every effect is normalised so that the clean run scores 1 and the corrupted 
    keys and values are the corrupted run's): per cell (n_layer - L) blocks over n - first
    positions; no sense network, no output layer (bench/bench_patch.py).
 
-    pair = PatchPair(model, tokenizer, "The Eiffel Tower is in the city of",
-                     "The Colosseum is in the city of")      # same token length
-    result = pair.analyse(target=" Paris", foil=" Rome")      # defaults: each prompt's top word
+    pair = PatchPair(model, tokenizer, "The language of France is",
+                     "The language of Germany is")           # the same number of tokens
+    result = pair.analyse(target=" French", foil=" German")   # defaults: each prompt's top word
     result.senses, result.weights, result.interaction         # (k, n) each, summing to 1
     result.layers, result.by_sense                            # (n_layer + 1, n), (.., n, k)
     result.to_dict()                                          # the JSON of python -m analyses.patch
@@ -101,7 +101,8 @@ def _tokens(tokenizer: Tokenizer | None, ids: list[int]) -> list[str]:
 
 def run_prompt(model: Backpack, tokenizer: Tokenizer | None, text: str, ids: list[int]
                ) -> PromptRun:
-    """The forward pass of `Backpack.forward`, step by step, keeping each block's input."""
+    """The forward pass of `Backpack.forward`, step by step, keeping each block's input (call
+    it under torch.inference_mode; the model in eval mode)."""
     ctx, swn = model.contextualizer, model.sense_weight_network
     n = len(ids)
     device = model.wte.weight.device
