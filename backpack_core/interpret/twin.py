@@ -11,7 +11,7 @@ configs/backpack-mini-cpu.toml). A Backpack directory names its twin in config.j
 next-token predictions and its loss on the token that follows, and where the two next-token
 distributions disagree most (Jensen-Shannon divergence, in nats, symmetric and at most ln 2).
 
-    twin, twin_tokenizer = load_twin(twin_directory("data/backpack-mini"))
+    twin, twin_tokenizer = load_twin(twin_directory("path/to/backpack"))  # None: no twin named
     c = compare_with_twin(model, twin, tokenizer, "The MacBook is made by Apple.")
     c.loss, c.twin_loss          # (n - 1,) each: -log p(x_{i+1} | x_<=i)
     c.divergence                 # (n,) JS(p_backpack || p_twin) at each position
