@@ -167,8 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if twin_tokenizer.backend.get_vocab() != tokenizer.backend.get_vocab():
             raise ValueError("--twin has a different tokenizer than --model; the baseline compares "
                              "the same prompts, so both must share one")
-    from backpack_core.experiments.gender_bias import gender_bias
-    from backpack_core.experiments.topic_control import DEFAULT_FACTORS
+    from backpack_core.experiments.gender_bias import DEFAULT_FACTORS, gender_bias
 
     pronouns = tuple(spec.get("pronouns", (" he", " she")))
     result = gender_bias(model, tokenizer, spec["careers"], spec["templates"]["train"],
