@@ -46,7 +46,7 @@ def test_patching_and_the_twin_on_the_context_page(server, tiny_model, tiny_toke
         page.set_default_timeout(browser.STEP_MS)
         requests = browser.watch_requests(page)
         browser.open_page(page, f"{server}/context?text={quote(CLEAN)}&corrupted={quote(CORRUPTED)}")
-        page.get_by_text("Patching: what was said, and how it was weighted").wait_for()
+        page.get_by_text("Patching: what was said, and how it was weighted").first.wait_for()
         browser.drawn(page)
         metrics = page.locator('[data-testid="stMetric"]')
         corrupted = metrics.filter(has_text="logit difference, corrupted").inner_text()
@@ -54,8 +54,8 @@ def test_patching_and_the_twin_on_the_context_page(server, tiny_model, tiny_toke
         assert f"{twin.mean_loss()[1]:.3f}" in metrics.filter(has_text="mean loss, twin").inner_text()
         # the heatmaps are drawn: the contextualizer grid among them
         assert page.locator(".js-plotly-plot").count() >= 5
-        page.get_by_text("contextualizer: clean residual stream at (layer, position)").wait_for()
-        page.get_by_text("Where they disagree most").wait_for()
+        page.get_by_text("contextualizer: clean residual stream at (layer, position)").first.wait_for()
+        page.get_by_text("Where they disagree most").first.wait_for()
 
         # a corrupted prompt of another length: one message, the rest of the page still there
         box = page.get_by_label("Corrupted prompt (the same number of tokens as the text)")
@@ -65,6 +65,6 @@ def test_patching_and_the_twin_on_the_context_page(server, tiny_model, tiny_toke
         alert = page.locator('[data-testid="stAlert"]').filter(has_text="same number of tokens")
         alert.wait_for()
         assert "Traceback" not in page.locator("body").inner_text()
-        page.get_by_text("Where they disagree most").wait_for()
+        page.get_by_text("Where they disagree most").first.wait_for()
         page.screenshot(path=str(tmp_path / "context-patching.png"), full_page=True)
         assert requests and not browser.remote(requests), browser.remote(requests)
