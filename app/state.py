@@ -230,6 +230,20 @@ def sense_bank():
     return _sense_bank(choice.key, model)
 
 
+@st.cache_resource(show_spinner="Loading the Transformer twin…", max_entries=2)
+def _twin(source: str, device: str, dtype: str):
+    from backpack_core.interpret.twin import load_twin
+
+    return load_twin(source, device=device, dtype=dtype)
+
+
+def load_twin(source: str):
+    """(twin, tokenizer) from a directory the operator allows (BACKPACK_MODEL_ROOTS), on this
+    session's device and dtype; ValueError / OSError if it is refused or fails to load."""
+    choice = model_choice()
+    return _twin(access.allowed_source(source), choice.device, choice.dtype)
+
+
 # ----------------------------------------------------------------------------------------------
 # Per-session state
 # ----------------------------------------------------------------------------------------------

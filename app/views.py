@@ -784,3 +784,114 @@ def find_metrics(*roots: str | Path) -> list[str]:
             if candidate.is_file() and str(candidate) not in found:
                 found.append(str(candidate))
     return found
+
+
+# ----------------------------------------------------------------------------------------------
+# Context page: patching a corrupted prompt, and the Transformer twin beside the Backpack
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class PatchingView:
+    """Sense and contextualizer patching of the page's text (clean) into a corrupted prompt."""
+
+    target: str
+    foil: str
+    logit_diff: dict[str, float]  # {"clean", "corrupted"}
+    totals: dict[str, float]  # {"senses", "weights", "interaction"}: they sum to 1
+    senses: Heatmap  # (k, n)
+    weights: Heatmap
+    interaction: Heatmap
+    layers: Heatmap  # (n_layer + 1, n)
+    top: list[dict[str, Any]]  # the largest (position, sense) cells
+    data: dict[str, Any]  # the JSON of python -m analyses.patch
+
+
+def _patch_labels(clean: list[str], corrupted: list[str]) -> list[str]:
+    return [f"{j} {show_token(a)}" if a == b else f"{j} {show_token(a)}→{show_token(b)}"
+            for j, (a, b) in enumerate(zip(clean, corrupted))]
+
+
+def patching_view(model: Backpack, tokenizer: Tokenizer, clean: str, corrupted: str,
+                  target: str | None = None, foil: str | None = None, top: int = 10) -> PatchingView:
+    """`interpret.patching.patch_prompts` as heatmaps and a table (ValueError: prompts of
+    different token lengths, a target or foil of several tokens, nothing to explain)."""
+    from backpack_core.interpret.patching import patch_prompts
+
+    result = patch_prompts(model, tokenizer, clean, corrupted, target or None, foil or None)
+    x = _patch_labels(result.clean.tokens, result.corrupted.tokens)
+    senses = [f"sense {l}" for l in range(result.senses.shape[0])]
+    n_layer = result.layers.shape[0] - 1
+    layers = [f"block {L} in" for L in range(n_layer)] + ["output"]
+    vmax = max(1e-9, float(torch.stack([result.senses.abs().max(), result.weights.abs().max(),
+                                        result.interaction.abs().max(), result.layers.abs().max()]).max()))
+
+    def heat(matrix: torch.Tensor, y: list[str], title: str) -> Heatmap:
+        return Heatmap(z=matrix.tolist(), x=x, y=y, title=title, x_title="source position j",
+                       zmin=-vmax, zmax=vmax, colorbar="effect")
+
+    cells = sorted(result.sense_rows(), key=lambda r: -max(abs(r["senses"]), abs(r["weights"])))
+    return PatchingView(
+        target=result.target, foil=result.foil,
+        logit_diff={"clean": result.logit_diff_clean, "corrupted": result.logit_diff_corrupted},
+        totals={"senses": float(result.senses.sum()), "weights": float(result.weights.sum()),
+                "interaction": float(result.interaction.sum())},
+        senses=heat(result.senses, senses, "clean sense vector in (weights kept)"),
+        weights=heat(result.weights, senses, "clean weight alpha[l, i, j] in (senses kept)"),
+        interaction=heat(result.interaction, senses, "interaction (both patched)"),
+        layers=heat(result.layers, layers, "contextualizer: clean residual stream at (layer, position)"),
+        top=[{"position": x[r["position"]], "sense": r["sense"], "senses": r["senses"],
+              "weights": r["weights"], "interaction": r["interaction"]} for r in cells[:top]],
+        data=result.to_dict())
+
+
+def recorded_twin(source: str | None) -> str | None:
+    """The Transformer twin recorded in the model's config.json ("twin"), as a path, or None.
+    ValueError when the path recorded is not a directory."""
+    from backpack_core.interpret.twin import twin_directory
+
+    directory = model_directory(source)
+    if directory is None:
+        return None
+    found = twin_directory(directory)
+    return str(found) if found is not None else None
+
+
+@dataclass
+class TwinView:
+    """The Backpack and its twin on the page's text."""
+
+    mean_loss: dict[str, float]  # {"backpack", "twin"}
+    positions: list[str]  # "i token" labels of the predictions 0..n-2 (those with a next token)
+    loss: list[float]  # (n - 1,) the Backpack's loss of the next token
+    twin_loss: list[float]
+    divergence: list[float]  # (n,) Jensen-Shannon divergence, nats
+    rows: list[dict[str, Any]]  # one per position
+    disagreements: list[dict[str, Any]]  # the positions where they disagree most
+
+
+def twin_view(model: Backpack, twin: Backpack, tokenizer: Tokenizer, text: str,
+              twin_tokenizer: Tokenizer | None = None, top: int = 3,
+              most: int = 5) -> TwinView:
+    """`interpret.twin.compare_with_twin` as tables and series (ValueError: not a twin of this
+    model, an empty or too long text)."""
+    from backpack_core.interpret.twin import compare_with_twin
+
+    c = compare_with_twin(model, twin, tokenizer, text, top=top, twin_tokenizer=twin_tokenizer)
+    labels = [f"{i} {readable_token(tokenizer, t)}" for i, t in enumerate(c.token_ids)]
+    words = lambda preds: ", ".join(f"{readable_token(tokenizer, p.token_id)} {p.prob:.2f}"  # noqa: E731
+                                    for p in preds)
+    rows = []
+    for i in range(c.n):
+        nxt = c.token_ids[i + 1] if i + 1 < c.n else None
+        rows.append({"position": i, "token": readable_token(tokenizer, c.token_ids[i]),
+                     "next token": readable_token(tokenizer, nxt) if nxt is not None else "",
+                     "Backpack predicts": words(c.predictions[i]),
+                     "twin predicts": words(c.twin_predictions[i]),
+                     "Backpack loss": float(c.loss[i]) if nxt is not None else None,
+                     "twin loss": float(c.twin_loss[i]) if nxt is not None else None,
+                     "JS divergence": float(c.divergence[i])})
+    backpack_loss, twin_loss = c.mean_loss()
+    return TwinView(
+        mean_loss={"backpack": backpack_loss, "twin": twin_loss}, positions=labels[:-1],
+        loss=c.loss.tolist(), twin_loss=c.twin_loss.tolist(), divergence=c.divergence.tolist(),
+        rows=rows, disagreements=[rows[i] for i in c.disagreements(most)])
