@@ -123,7 +123,7 @@ def render(data: dict, top: int) -> str:
         s, w, i = by_pos[j]
         lines.append(f"   {label:<{width}} {s:>+8.3f} {w:>+8.3f} {i:>+8.3f}")
     rows = sorted(data["senses"]["rows"], key=lambda r: -max(abs(r["senses"]), abs(r["weights"])))
-    lines += ["", f"   largest (position, sense) cells"]
+    lines += ["", "   largest (position, sense) cells"]
     for r in rows[:top]:
         lines.append(f"   {labels[r['position']]:<{width}} sense {r['sense']:>2}: senses "
                      f"{r['senses']:+.3f}, weights {r['weights']:+.3f}, interaction {r['interaction']:+.3f}")
@@ -178,7 +178,7 @@ def write_plot(data: dict, path: str) -> str:
     heights = [len(rows) for _, rows, _ in figures]
     fig = make_subplots(rows=len(figures), cols=1, subplot_titles=[t for t, _, _ in figures],
                         row_heights=heights, vertical_spacing=0.06)
-    for n, (name, rows, matrix) in enumerate(figures, 1):
+    for n, (_name, rows, matrix) in enumerate(figures, 1):
         fig.add_trace(go.Heatmap(z=matrix, x=labels, y=rows, colorscale="RdBu", zmid=0.0,
                                  zmin=-vmax, zmax=vmax, showscale=n == 1, xgap=1, ygap=1,
                                  hovertemplate="%{y}, %{x}: %{z:.4f}<extra></extra>"), n, 1)

@@ -63,7 +63,8 @@ def test_twin_view_is_the_core_comparison(tiny_model, tiny_twin, tiny_tokenizer)
     text = "The bank by the river has money."
     view = views.twin_view(tiny_model, tiny_twin, tiny_tokenizer, text)
     c = compare_with_twin(tiny_model, tiny_twin, tiny_tokenizer, text)
-    assert view.loss == pytest.approx(c.loss.tolist()) and view.twin_loss == pytest.approx(c.twin_loss.tolist())
+    assert view.loss == pytest.approx(c.loss.tolist())
+    assert view.twin_loss == pytest.approx(c.twin_loss.tolist())
     assert [r["position"] for r in view.disagreements] == c.disagreements(5)
 
 

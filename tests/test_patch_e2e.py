@@ -43,7 +43,8 @@ def test_patching_and_the_twin_on_the_context_page(server, tiny_model, tiny_toke
     twin = compare_with_twin(tiny_model, tiny_twin, tiny_tokenizer, CLEAN)
     with sync_api.sync_playwright() as p, browser.chromium(p) as b:
         page = b.new_page(viewport={"width": 1400, "height": 1800})
-        page.set_default_timeout(2 * browser.STEP_MS)  # five charts and a second model: slower on a busy machine
+        # five charts and a second model: slower on a busy machine
+        page.set_default_timeout(2 * browser.STEP_MS)
         requests = browser.watch_requests(page)
         browser.open_page(page, f"{server}/context?text={quote(CLEAN)}&corrupted={quote(CORRUPTED)}")
         page.get_by_text("Patching: what was said, and how it was weighted").first.wait_for()
