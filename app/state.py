@@ -90,7 +90,9 @@ class ModelChoice:
 
     @property
     def name(self) -> str:
-        return self.source if self.source else f"shipped ({DEFAULT_MODEL_DIR.name})"
+        """The model as a visitor sees it: relative to its allowed root, never a server path."""
+        return access.display_source(self.source) if self.source \
+            else f"shipped ({DEFAULT_MODEL_DIR.name})"
 
     @property
     def label(self) -> str:
@@ -187,7 +189,7 @@ def require_model():
     try:
         model, tokenizer = load_model(choice)
     except (ValueError, OSError) as err:
-        st.error(f"Could not load the model {choice.label}: {err}")
+        st.error(f"Could not load the model {views.plain(choice.label)}: {views.plain(err)}")
         st.page_link(MODELS_PAGE, label="Choose a model on the Models page", icon=":material/settings:")
         st.stop()
     return model, tokenizer, choice
@@ -371,19 +373,20 @@ def sidebar() -> None:
         p = next(model.parameters())
         label = f"{choice.name} · {p.device.type} · {str(p.dtype).removeprefix('torch.')}"
     with st.sidebar:
-        st.caption(f"**Model:** {label}")
+        st.caption(f"**Model:** {views.plain(label)}")
         for problem in ("_url_problem", "_url_model_problem"):
             if st.session_state.get(problem):
-                st.warning(st.session_state[problem])
+                st.warning(views.plain(st.session_state[problem]))
         n = len(st.session_state.get("edit_set", EMPTY_EDITS).get("edits", []))
         if n:
             st.caption(f"**Edits:** {n} active (Steer page)")
 
 
 def show_error(err: BaseException, what: str = "") -> None:
-    """A known input error as one message (no traceback)."""
-    message = " ".join(str(err).split())
-    st.error(f"{what}: {message}" if what else message)
+    """A known input error as one message (no traceback), shown as plain text: it may quote
+    what the user typed."""
+    message = views.plain(err)
+    st.error(f"{views.plain(what)}: {message}" if what else message)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -403,11 +406,11 @@ def run_page(navigation) -> None:
     are not Exceptions). An error raised by a widget callback earlier in this run is shown too."""
     failed = st.session_state.pop("_callback_failure", None)
     if failed:
-        st.error(failed, icon=":material/error:")
+        st.error(views.plain(failed), icon=":material/error:")
     try:
         navigation.run()
     except Exception as err:  # noqa: BLE001 - the boundary: anything a page did not handle
-        st.error(failure_message(err, f"page {navigation.url_path or 'home'}"), icon=":material/error:")
+        st.error(views.plain(failure_message(err, f"page {navigation.url_path or 'home'}")), icon=":material/error:")
     finally:
         _keep_persisted()
 

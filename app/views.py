@@ -81,6 +81,29 @@ def text_tokens(session: ContextSession) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------------
+# Text from users, shown as text
+# ----------------------------------------------------------------------------------------------
+
+WORD_JOINER = "\u2060"
+_AUTOLINK = re.compile(r"(?i)://|www\.|@\w")  # the joiner goes before the last character
+_MARKDOWN_SPECIAL = frozenset("\\`*_{}[]()<>#+-.!$~|:&=\"'/@%^?;,")
+
+
+def plain(text: Any) -> str:
+    """`text` made safe to show inside Streamlit's Markdown (st.markdown, st.caption, st.error,
+    ...) as the characters it holds: every Markdown-active ASCII punctuation character is
+    backslash-escaped, so a link `[x](https://...)`, an image `![x](...)` (which the browser
+    would fetch), an autolink, HTML, emphasis or `$math$` in an edit set's name, a word or an
+    error message that quotes them reads as typed and never renders. Newlines become spaces.
+
+    Escapes do not stop GitHub-style autolinks (`https://...`, `www.`, `a@b.c` become links after
+    parsing), so an invisible word joiner (U+2060) breaks those three patterns."""
+    flat = " ".join(str(text).split())
+    flat = _AUTOLINK.sub(lambda m: m.group(0)[:-1] + WORD_JOINER + m.group(0)[-1], flat)
+    return "".join("\\" + c if c in _MARKDOWN_SPECIAL else c for c in flat)
+
+
+# ----------------------------------------------------------------------------------------------
 # Input parsing (widget text -> values the core takes)
 # ----------------------------------------------------------------------------------------------
 
@@ -700,15 +723,18 @@ def model_directory(source: str | None) -> Path | None:
 
 def model_card(source: str | None) -> ModelCard:
     """The model card (README.md) and the numbers of eval.json in the model's directory."""
+    from backpack_core.model.access import display_source
+
     directory = model_directory(source)
     if directory is None:
-        return ModelCard(None, None, [], [f"no local directory for {source!r}"])
+        return ModelCard(None, None, [], [f"no local directory for {display_source(source)!r}"])
+    shown = display_source(directory)  # relative to its allowed root: no server path
     notes, readme, numbers = [], None, []
     card = directory / "README.md"
     if card.is_file():
         readme = card.read_text(encoding="utf-8", errors="replace")
     else:
-        notes.append(f"{directory} has no README.md (model card)")
+        notes.append(f"{shown} has no README.md (model card)")
     evals = directory / "eval.json"
     if evals.is_file():
         try:
@@ -717,17 +743,17 @@ def model_card(source: str | None) -> ModelCard:
                 data = {k: v for k, v in data.items() if k != "senses"}  # words, not numbers
             numbers = flatten_numbers(data)
         except json.JSONDecodeError as err:
-            notes.append(f"{evals} is not valid JSON: {err}")
+            notes.append(f"{shown}/eval.json is not valid JSON: {err}")
     else:
-        notes.append(f"{directory} has no eval.json")
-    return ModelCard(str(directory), readme, numbers, notes, headline_numbers(numbers))
+        notes.append(f"{shown} has no eval.json")
+    return ModelCard(shown, readme, numbers, notes, headline_numbers(numbers))
 
 
 @dataclass
 class Curves:
     """A run's metrics.jsonl: training records and evaluation records, as columns."""
 
-    path: str
+    path: str  # relative to its allowed root (access.display_source): no server path
     train: dict[str, list[float]]  # step, loss, lr, tokens, tokens_per_s, ...
     val: dict[str, list[float]]  # step, val_loss, val_ppl
     skipped: int  # lines that were not JSON objects (a line cut short by a crash)
@@ -748,11 +774,14 @@ def _columns(records: list[dict[str, Any]]) -> dict[str, list[float]]:
 
 def training_curves(path: str | Path) -> Curves:
     """Read a run's metrics.jsonl (a directory holding one, or the file). OSError if missing."""
+    from backpack_core.model.access import display_source
+
     path = Path(path).expanduser()
     if path.is_dir():
         path = path / "metrics.jsonl"
     if not path.is_file():
-        raise FileNotFoundError(f"no metrics file at {path} (a run directory holds metrics.jsonl)")
+        raise FileNotFoundError(f"no metrics file at {display_source(path)} (a run directory holds "
+                                "metrics.jsonl)")
     train, val, skipped = [], [], 0
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         if not line.strip():
@@ -768,7 +797,7 @@ def training_curves(path: str | Path) -> Curves:
             val.append(record)
         elif "loss" in record:
             train.append(record)
-    return Curves(str(path), _columns(train), _columns(val), skipped)
+    return Curves(display_source(path), _columns(train), _columns(val), skipped)
 
 
 def find_metrics(*roots: str | Path) -> list[str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -70,8 +71,14 @@ def matrix(heat: dict) -> torch.Tensor:
     return torch.tensor([[0.0 if v is None else v for v in row] for row in heat["z"]])
 
 
+def as_read(markdown: str) -> str:
+    """Markdown source as it reads on the page: backslash escapes and the word joiners that
+    break autolinks (views.plain) removed."""
+    return re.sub(r"\\(.)", r"\1", str(markdown)).replace("\u2060", "")
+
+
 def messages(at: AppTest) -> str:
-    return " ".join(str(e.value) for e in [*at.error, *at.warning, *at.info])
+    return " ".join(as_read(e.value) for e in [*at.error, *at.warning, *at.info])
 
 
 def test_home_shows_the_model(app_model):
@@ -202,7 +209,7 @@ def test_steer_link_restores_the_view_and_edits_stay_in_their_session(app_model)
     shared = ok(page("steer", text=TEXT, edits=state.encode_edits(edits), pos="5"))
     assert shared.session_state["edit_set"] == edits
     assert shared.selectbox(key="steer:pos").value == 5
-    assert "scale senses [0, 1] of ' bank' by 3" in " ".join(m.value for m in shared.markdown)
+    assert "scale senses [0, 1] of ' bank' by 3" in " ".join(as_read(m.value) for m in shared.markdown)
     changed = shared.table[0].value
 
     # a second session at the same time: none of the first one's edits
@@ -340,6 +347,13 @@ def test_models_page(app_model, tiny_model_dir, tmp_path, monkeypatch):
     loss = next(f for f in figures(at) if f["layout"]["title"]["text"] == "loss")
     assert [s["y"] for s in loss["data"]] == [[5.0, 4.0], [4.5]]
     assert "1 unreadable line" in " ".join(c.value for c in at.caption)
+    # no absolute server path anywhere: the model is named relative to its allowed root
+    shown = " ".join([*(as_read(e.value) for kind in ("markdown", "caption", "success", "error", "info",
+                                                   "warning", "code") for e in at.get(kind)),
+                      *(e.label for e in at.get("expander")),
+                      *(str(o) for s in at.selectbox for o in s.options)])
+    assert "with-card" in shown and str(tmp_path) not in shown, shown
+    assert f"{tmp_path.name}/with-card · cpu" in shown  # the root's name, then the path in it
 
 
 # ----------------------------------------------------------------------------------------------
@@ -486,7 +500,7 @@ def test_steer_effect_per_edit_jump_and_live_factor(app_model):
     session = ContextSession(model, tokenizer, TEXT)
     expected = views.edit_effects(session, edits)[0]
     assert expected.most_affected == bank
-    shown = " ".join(c.value for c in at.caption)
+    shown = " ".join(as_read(c.value) for c in at.caption)
     assert f"most at **{bank}**" in shown
     at.button(key="steer:jump-0").click().run()
     assert ok(at).selectbox(key="steer:pos").value == bank
@@ -598,7 +612,7 @@ def test_an_oversized_link_is_refused_whole_and_the_text_box_is_bounded(app_mode
 
     long_text = "the river bank " * (limits.MAX_LINK_CHARS // 10)
     at = ok(page("context", text=long_text))
-    warning = " ".join(w.value for w in at.sidebar.warning)
+    warning = " ".join(as_read(w.value) for w in at.sidebar.warning)
     assert "The link was not used" in warning and "MAX_LINK_CHARS" in warning
     assert at.text_area(key="context:text").value != long_text  # the default text, not the link's
     assert at.text_area(key="context:text").proto.max_chars == limits.MAX_TEXT_CHARS

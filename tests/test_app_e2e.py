@@ -158,3 +158,38 @@ def test_a_failure_is_one_line_without_a_traceback(server, page):
     body = page.locator("body").inner_text()
     assert "Traceback" not in body and 'File "' not in body
     assert "Traceback" in log.read_text() and "injected failure" in log.read_text()
+
+
+HOSTILE = "https://evil.example"
+
+
+def test_user_text_in_a_link_is_plain_text_no_link_no_outside_request(server, page):
+    """A shared link's edit set names itself with a phishing link, an image (which a browser
+    would fetch), an autolink and HTML; a second link's refused edit set quotes the same in its
+    error. Both read as typed: nothing becomes a link or an image, no request leaves the machine
+    (the `page` fixture asserts that)."""
+    import state
+
+    url, _ = server
+    name = f"[Click here to re-authenticate]({HOSTILE}/login)"
+    description = (f"![pixel]({HOSTILE}/pixel.png) www.evil.example {HOSTILE}/auto "
+                   f"<img src='{HOSTILE}/img.png'>")
+    edits = {"version": 1, "name": name, "description": description,
+             "edits": [{"kind": "ablate_sense", "word": " bank", "sense": 0}]}
+    browser.open_page(page, f"{url}/steer?text={quote(TEXT)}&edits={state.encode_edits(edits)}")
+    page.get_by_text("Click here to re-authenticate", exact=False).first.wait_for()
+    body = page.locator("body").inner_text()
+    assert name in body and f"![pixel]({HOSTILE}/pixel.png)" in body  # as typed
+    assert no_hostile_elements(page)
+    refused = {"version": 1, "name": name,
+               "edits": [{"kind": "![k](https://evil.example/k.png)", "word": " bank"}]}
+    browser.open_page(page, f"{url}/steer?text={quote(TEXT)}&edits={state.encode_edits(refused)}")
+    page.get_by_text("The edit set in the link was not loaded").wait_for()
+    shown = page.locator("body").inner_text().replace("\u2060", "")  # the joiner breaking autolinks
+    assert "unknown edit kind '![k](https://evil.example/k.png)'" in shown
+    assert no_hostile_elements(page)
+
+
+def no_hostile_elements(page) -> bool:
+    """No link to, image from or element sourcing the hostile host anywhere in the page."""
+    return page.locator('a[href*="evil"], img, [src*="evil"]').count() == 0

@@ -15,7 +15,7 @@ env_model = state.default_choice().source
 
 st.title("Models")
 current = state.model_choice()
-st.caption(f"This session uses **{current.label}**. Each model is loaded once per server process "
+st.caption(f"This session uses **{views.plain(current.label)}**. Each model is loaded once per server process "
            "and shared by every session; the choice here applies to your session only.")
 
 st.subheader("Choose the model")
@@ -68,7 +68,7 @@ def on_load() -> None:
 st.button("Load", type="primary", key=f"{PAGE}:load", on_click=on_load)
 if st.session_state.get(f"{PAGE}:message"):
     level, text = st.session_state.pop(f"{PAGE}:message")
-    (st.error if level == "error" else st.success)(text)
+    (st.error if level == "error" else st.success)(views.plain(text))
 current = state.model_choice()
 
 st.subheader("The model")
@@ -94,16 +94,17 @@ if card.numbers:
         st.dataframe(card.numbers, hide_index=True, key=f"{PAGE}:eval")
 if card.readme:
     with st.expander("Model card (README.md)", expanded=not card.numbers):
-        st.markdown(card.readme)
+        # as text: a card's Markdown could make the browser fetch an image from outside
+        st.code(card.readme, language="markdown", wrap_lines=True)
 for note in card.notes:
-    st.caption(note)
+    st.caption(views.plain(note))
 
 st.subheader("Training curves")
 directory = views.model_directory(current.source)
 found = views.find_metrics(*([directory] if directory else []), state.REPO_ROOT / "runs")
 OTHER = "another file…"
 picked = st.selectbox("Metrics file (a run's metrics.jsonl)", found + [OTHER], key=f"{PAGE}:metrics",
-                      format_func=lambda p: p.removeprefix(f"{state.REPO_ROOT}/"))
+                      format_func=lambda p: p if p == OTHER else access.display_source(p))
 path = st.text_input("Path to a run directory or metrics.jsonl", key=f"{PAGE}:metrics-path") \
     if picked == OTHER else picked
 if path:
@@ -114,7 +115,7 @@ if path:
     else:
         train, val = curves.train, curves.val
         if not train.get("step") and not val.get("step"):
-            st.info(f"{curves.path} has no records yet.")
+            st.info(f"{views.plain(curves.path)} has no records yet.")
         else:
             series = []
             if train.get("loss"):
@@ -136,6 +137,6 @@ if path:
                 st.caption(f"{curves.skipped} unreadable line(s) skipped.")
 elif not found:
     st.caption(f"No metrics.jsonl found next to the model or under runs/ (shipped model: "
-               f"{DEFAULT_MODEL_DIR}).")
+               f"{DEFAULT_MODEL_DIR.name}).")
 
 state.write_url()  # the model, device and dtype (when not the default) in the URL

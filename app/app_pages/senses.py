@@ -1,6 +1,8 @@
 """Senses: a word's senses as top / bottom words, two words side by side, sense search, and the
 atlas (how each sense is used over a corpus)."""
 
+import html
+
 import atlas_views
 import components as ui
 import state
@@ -61,9 +63,9 @@ def show_word(word: str, slot: str) -> None:
     except ValueError as err:
         state.show_error(err)
         return
-    st.caption(view.description)
+    st.caption(views.plain(view.description))
     if view.multi_token:
-        st.info(f"{word!r} is not one token: it splits into {len(view.pieces)} pieces. A "
+        st.info(f"{views.plain(repr(word))} is not one token: it splits into {len(view.pieces)} pieces. A "
                 "Backpack has senses per token, not per word, so the senses of each piece are "
                 "shown.")
     tabs = st.tabs([f"piece {i + 1}: {views.readable_token(tokenizer, p.token_id)}"
@@ -133,7 +135,7 @@ if query:
             rows = views.sense_search_rows(result, tokenizer)
             label = "promote" if result.largest else "suppress"
             st.markdown(f"Senses that most **{label}** "
-                        f"{', '.join(repr(t) for t in result.targets)}:")
+                        f"{views.plain(', '.join(repr(t) for t in result.targets))}:")
             table, chart = st.columns([2, 3])
             table.dataframe(rows, hide_index=True, key=f"{PAGE}:search-table")
             chart.plotly_chart(ui.bars([f"{r['word']} · {r['sense']}" for r in rows],
@@ -166,7 +168,7 @@ if build:
 atlas = atlas_views.current(choice.key)
 if atlas is not None:
     summary = atlas.summary()
-    st.caption(f"**{summary['corpus']}**: {summary['tokens']:,} tokens in windows of "
+    st.caption(f"**{views.plain(summary['corpus'])}**: {summary['tokens']:,} tokens in windows of "
                f"{summary['seq_len']}; {summary['words_seen']:,} distinct tokens; "
                f"{summary['dead_pairs']:,} of {summary['pairs_seen']:,} (word, sense) pairs dead.")
     state.persist(f"{PAGE}:atlas-word", picked.get("w1") or " bank")
@@ -178,13 +180,13 @@ if atlas is not None:
         state.show_error(err, "Atlas")
         report = None
     if report is not None and not report.occurrences:
-        st.info(f"{atlas_word!r} does not occur in {summary['corpus']} "
+        st.info(f"{views.plain(repr(atlas_word))} does not occur in {views.plain(summary['corpus'])} "
                 f"(first {summary['tokens']:,} tokens).")
     elif report is not None:
         rows = atlas_views.usage_rows(report)
         chart, table = st.columns([3, 2])
         chart.plotly_chart(ui.bars([f"s{r['sense']}" for r in rows], [r["mean weight"] for r in rows],
-                                   f"{atlas_word!r}: mean weight per occurrence "
+                                   f"{html.escape(repr(atlas_word))}: mean weight per occurrence "
                                    f"({report.occurrences:,} occurrences)", y_title="weight",
                                    diverging=False), key=f"{PAGE}:atlas-chart")
         table.dataframe(rows, hide_index=True, key=f"{PAGE}:atlas-usage")
@@ -192,7 +194,7 @@ if atlas is not None:
         atlas_sense = st.selectbox("Top contexts of sense", list(range(atlas.num_senses)),
                                    index=busiest, key=f"{PAGE}:atlas-sense:{atlas_word}")
         detail = atlas.word_report(atlas_word, sense=atlas_sense, top=5)
-        st.markdown(f"Where sense {atlas_sense} of {atlas_word!r} carried the most weight "
+        st.markdown(f"Where sense {atlas_sense} of {views.plain(repr(atlas_word))} carried the most weight "
                     "(highlighted: the word, and the position whose prediction it supported most):")
         for ctx in detail.senses[0].contexts:
             st.markdown(f"**{ctx.weight:.2f}** · {atlas_views.snippet_html(ctx)}  \n"

@@ -99,7 +99,7 @@ def edit_row(effect) -> None:
     """One edit: what it is, a live slider for its factor, and where it acts (its effect alone)."""
     with st.container(border=True, key=f"{PAGE}:edit-{effect.index}"):
         line = st.columns([8, 1])
-        line[0].markdown(f"`{effect.index}` {effect.edit}")
+        line[0].markdown(f"`{effect.index}` {views.plain(effect.edit)}")
         line[1].button("", icon=":material/delete:", key=f"{PAGE}:remove-{effect.index}",
                        on_click=on_remove, args=(effect.index,), help="remove this edit",
                        type="tertiary")
@@ -117,7 +117,7 @@ def edit_row(effect) -> None:
         top = effect.rows[0]
         st.caption(f"Moves {effect.n_moved} of {session.n} positions' predictions "
                    f"({effect.n_changed} top-1 changes); most at **{top['position']}** "
-                   f"`{top['token']}`: KL {top['KL']:.4f}, logit change up to "
+                   f"{views.plain(top['token'])}: KL {top['KL']:.4f}, logit change up to "
                    f"{top['largest logit change']:.3f}.")
         st.button(f"Jump to position {top['position']}", key=f"{PAGE}:jump-{effect.index}",
                   on_click=on_jump, args=(top["position"],), icon=":material/my_location:",
@@ -134,7 +134,7 @@ st.caption("Edit senses or contextualization weights and compare the predictions
            "after. Edits never change the model: they apply to this session only. The URL "
            "holds the text, the edit set and the position: copy it to share the view.")
 if link_problem:
-    st.error(link_problem)
+    st.error(views.plain(link_problem))
 text = state.text_area(PAGE)
 try:
     session = state.context_session(text)
@@ -196,12 +196,13 @@ with builder:
                   placeholder="e.g. 3, 7")
     st.button("Add edit", type="primary", on_click=on_add, key=f"{PAGE}:add-button")
     if st.session_state.get(f"{PAGE}:problem"):
-        st.error(st.session_state[f"{PAGE}:problem"])
+        st.error(views.plain(st.session_state[f"{PAGE}:problem"]))
 
     edits = state.edit_set()
     rows = views.edit_rows(edits)
     if edits.get("name") or edits.get("description"):
-        st.caption(" · ".join(str(edits[k]) for k in ("name", "description") if edits.get(k)))
+        # a link's or upload's own words: plain text, never Markdown (no links, no images)
+        st.text(" · ".join(str(edits[k]) for k in ("name", "description") if edits.get(k)))
     if rows:
         effects = state.memo(f"{PAGE}:effects", session, edits,
                              lambda: views.edit_effects(session, edits))
@@ -237,7 +238,7 @@ with results:
     m[1].metric(f"KL(before ‖ after) at {position}", f"{view.comparison.kl:.4f}")
     m[2].metric("largest KL", f"{max(view.kl):.4f}")
     shown = views.readable_token(tokenizer, session.token_ids[position])
-    st.markdown(f"Next token after position **{position}** (`{shown}`); green: entered the top "
+    st.markdown(f"Next token after position **{position}** ({views.plain(shown)}); green: entered the top "
                 "10, red: left it.")
     st.table(ui.detail_table(view.detail))
 
