@@ -236,6 +236,15 @@ def text_area(page: str, label: str = "Text", height: int = 110, help: str | Non
     return value
 
 
+def text_changed(page: str, text: str) -> bool:
+    """True once each time this page sees a text other than the one it last read (then the
+    position and any message about the old text are reset)."""
+    key = f"_text_seen:{page}"
+    seen = st.session_state.get(key)
+    st.session_state[key] = text
+    return seen is not None and seen != text
+
+
 def persist(key: str, default: Any = None, shared: str | None = None) -> None:
     """Make a widget's value survive page changes (call before drawing the widget, and give the
     widget no default of its own). Streamlit forgets a widget's value when a run does not draw

@@ -36,12 +36,22 @@ from backpack_core.interpret.compare import (
 from backpack_core.interpret.compare import edit_effects as compare_edit_effects
 from backpack_core.interpret.readouts import SenseReadout, sense_readout
 from backpack_core.model.tokenizer import readable_token, show_token
-from backpack_core.model.vocab import WordError, resolve_word, single_token_id, token_text
+from backpack_core.model.vocab import (
+    WordError,
+    parse_word,
+    resolve_word,
+    single_token_id,
+    token_text,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from backpack_core.interpret.session import ContextSession
     from backpack_core.model.backpack import Backpack
     from backpack_core.model.tokenizer import Tokenizer
+
+# every word box of the app reads what it is given with vocab.parse_word, and says so
+WORD_HELP = ("a word: bank (read as inside a text, ' bank', when that is one token), an exact "
+             "form in quotes ('bank', ' bank'), or a token id (#123)")
 
 # the edit kinds the Steer page builds with controls (any kind can be uploaded as JSON)
 STEER_KINDS = ("ablate_sense", "scale_sense", "replace_sense", "knowledge_edit",
@@ -149,14 +159,32 @@ def parse_positions(text: str | None) -> list[int] | None:
                         f"got {text!r}") from None
 
 
+def typed_word(text: str | int | None, tokenizer: Tokenizer | None = None,
+               vocab_size: int | None = None) -> str | int | None:
+    """A word box's text -> the word or token id (`vocab.parse_word`); None for an empty box."""
+    if text is None or (isinstance(text, str) and not text.strip()):
+        return None
+    try:
+        return parse_word(text, tokenizer, vocab_size)
+    except WordError as err:
+        raise EditError(str(err)) from None
+
+
 def edit_spec(kind: str, *, word: str | int, senses: str | int | None = "all",
               factor: float | None = None, positions: str | None = "",
               source_word: str | int | None = None, source_sense: int | None = None,
               remove: str | int | None = None, add: str | int | None = None,
-              renormalize: bool = False) -> dict[str, Any]:
+              renormalize: bool = False, tokenizer: Tokenizer | None = None,
+              vocab_size: int | None = None) -> dict[str, Any]:
     """One edit's JSON object from the Steer page's controls, structurally checked (EditError).
 
-    kind: one of STEER_KINDS; senses / positions as typed ('all', '1, 2'; '' = everywhere)."""
+    kind: one of STEER_KINDS; senses / positions as typed ('all', '1, 2'; '' = everywhere).
+    Typed words (`source_word`, `remove`, `add`, and `word` when it is typed) are read with
+    `vocab.parse_word` when a tokenizer is given: `bank`, `' bank'` and `#123` all work."""
+    if tokenizer is not None:
+        source_word = typed_word(source_word, tokenizer, vocab_size)
+        remove = typed_word(remove, tokenizer, vocab_size)
+        add = typed_word(add, tokenizer, vocab_size)
     if kind not in EDIT_KINDS:
         raise EditError(f"unknown edit kind {kind!r}; accepted kinds: {', '.join(EDIT_KINDS)}")
     if word is None or word == "":
@@ -633,6 +661,43 @@ def edit_effects(session: ContextSession, edits: Any, top: int = 5) -> list[Edit
         out.append(EditEffect(index, edit.describe(), float(factor) if factor is not None else None,
                               edit.kind, most, n_moved, n_changed, [dict(r) for r in rows]))
     return out
+
+
+TINY_KL = 1e-3  # an edit whose largest KL on the text is below this changes almost nothing
+
+
+@dataclass
+class EditPreview:
+    """What an edit from the controls will touch on this text, before it is added."""
+
+    edit: str  # the edit, described
+    occurrences: list[int]  # positions of its word in the text
+    n_moved: int  # positions whose prediction it changes at all
+    n_changed: int  # positions whose most probable next token it changes
+    max_kl: float  # the largest KL(before || after) over the text
+    most_affected: int | None
+
+    @property
+    def tiny(self) -> bool:
+        """It changes almost nothing here (largest KL below TINY_KL)."""
+        return self.max_kl < TINY_KL
+
+
+def edit_preview(session: ContextSession, spec: dict[str, Any]) -> EditPreview:
+    """One edit (a spec from `edit_spec`) on the cached text, alone: where its word is and how
+    much it moves the predictions (`compare.edit_effects`: one re-mix, no forward pass).
+    EditError when it does not fit the model."""
+    edit_set = EditSet.from_dict({"version": 1, "edits": [spec]})
+    edit_set.validate(session.tokenizer, session.model.config)
+    edit = edit_set.edits[0]
+    try:
+        word_id = single_token_id(session.tokenizer, edit.word, session.model.config.vocab_size)
+        occurrences = [j for j, t in enumerate(session.token_ids) if t == word_id]
+    except (WordError, AttributeError):
+        occurrences = []
+    changes = compare_edit_effects(session, edit_set)[0]
+    return EditPreview(edit.describe(), occurrences, len(changes.ranked()), sum(changes.changed),
+                       max(changes.kl, default=0.0), changes.most_affected)
 
 
 def with_factor(edits: dict[str, Any], index: int, factor: float) -> dict[str, Any]:

@@ -462,7 +462,7 @@ def test_an_unexpected_failure_is_one_line_not_a_traceback(app_model, monkeypatc
         raise RuntimeError('injected failure\n  File "views.py", line 1, in prediction_rows')
 
     monkeypatch.setattr(views, "prediction_rows", broken)
-    monkeypatch.setattr(views, "edit_spec", broken)  # a widget callback that fails
+    monkeypatch.setattr(views, "add_edit", broken)  # a widget callback that fails
     with caplog.at_level("ERROR", logger="backpack_workbench.app"):
         at = ok(page("context", text=TEXT))
         steer = ok(page("steer", text=TEXT))
@@ -636,3 +636,88 @@ def test_steer_rerun_reuses_its_views_until_the_inputs_change(app_model, monkeyp
     at.button(key="steer:clear").click().run()
     assert len(calls) == 3  # the edits changed
     assert before is not None and not ok(at).session_state["edit_set"]["edits"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Edits that do what the user means (issue 23)
+# ----------------------------------------------------------------------------------------------
+
+def test_steer_kind_change_resets_fields_and_preview_warns_on_tiny_edits(app_model):
+    model, tokenizer = app_model
+    at = ok(page("steer", text=TEXT))
+    at.selectbox(key="steer:kind").set_value("scale_sense").run()
+    at.text_input(key="steer:senses").input("0, 1").run()
+    at.number_input(key="steer:factor").set_value(1.0).run()
+    ok(at)
+    captions = " ".join(as_read(c.value) for c in at.caption)
+    assert "Will scale senses [0, 1] of" in captions and "by 1" in captions  # shown before adding
+    assert "changes almost nothing" in messages(at)  # a factor of 1 is no edit
+    at.selectbox(key="steer:kind").set_value("knowledge_edit").run()
+    ok(at)
+    assert at.text_input(key="steer:senses").value == "all"  # not the scale edit's [0, 1]
+    at.selectbox(key="steer:word").set_value(" MacBook").run()
+    at.text_input(key="steer:remove").input("Apple").run()  # bare: the in-text form ' Apple'
+    ok(at)
+    captions = " ".join(as_read(c.value) for c in at.caption)
+    assert "Will " in captions and "' MacBook'" in captions and "position(s) 1" in captions
+    at.button(key="steer:add-button").click().run()
+    edit = ok(at).session_state["edit_set"]["edits"][0]
+    assert edit["remove"] == " Apple" and edit.get("sense", "all") == "all"
+
+
+def test_steer_another_word_box_takes_bank_quoted_and_token_ids(app_model):
+    model, tokenizer = app_model
+    river = tokenizer.encode(" river")[0]
+    at = ok(page("steer", text=TEXT))
+    for typed, expected in (("bank", " bank"), ("' bank'", " bank"), (f"#{river}", river)):
+        at.selectbox(key="steer:word").set_value("\x00other").run()
+        at.text_input(key="steer:word-other").input(typed).run()
+        at.button(key="steer:add-button").click().run()
+        ok(at)
+        assert at.session_state["edit_set"]["edits"][-1]["word"] == expected, messages(at)
+
+
+def test_a_new_text_resets_the_position_and_stale_messages(app_model):
+    at = ok(page("steer", text=TEXT, pos="3"))
+    assert at.selectbox(key="steer:pos").value == 3
+    at.text_input(key="steer:senses").input("99").run()
+    at.button(key="steer:add-button").click().run()
+    assert "out of range" in messages(ok(at))
+    new_text = "The river bank was muddy after the rain."
+    at.text_area(key="steer:text").input(new_text).run()
+    ok(at)
+    tokens = ContextSession(*app_model, new_text).tokens
+    assert at.selectbox(key="steer:pos").value == views.default_position(tokens) != 3
+    assert "out of range" not in messages(at)
+
+
+def test_context_target_box_takes_a_bare_word_and_a_token_id(app_model):
+    model, tokenizer = app_model
+    river = tokenizer.encode(" river")[0]
+    at = ok(page("context", text=TEXT))
+    for typed in ("river", f"#{river}"):
+        at.text_input(key="context:custom-target").input(typed).run()
+        ok(at)
+        assert {m.label: m.value for m in at.metric}["target"] == "␣river", messages(at)
+
+
+def test_evaluating_a_word_the_corpus_never_has_says_so_and_ranks_count_from_1(app_model):
+    model, tokenizer = app_model
+    at = ok(page("steer", text=TEXT))
+    edits = {"version": 1, "edits": [{"kind": "ablate_sense", "word": " science", "sense": "all"}]}
+    at.text_area(key="steer:json").input(json.dumps(edits))
+    at.button(key="steer:apply-json").click().run()
+    session = ContextSession(model, tokenizer, TEXT)
+    best = int(session.base_logits[5].float()[: session.n_real].argmax())  # a token id
+    prompt = tokenizer.decode(session.token_ids[:6])
+    at.file_uploader(key="steer:eval-prompts").upload(
+        "p.jsonl", json.dumps({"prompt": prompt, "target": best}).encode(), "application/json")
+    at.radio(key="steer:eval-data").set_value("text")
+    at.button(key="steer:evaluate").click().run()
+    ok(at)
+    assert "' science' never occurs in" in messages(at)
+    assert "n/a" not in " ".join(m.value for m in at.metric)
+    sweep = next(d.value for d in at.dataframe if "blast radius" in d.value.columns)
+    assert (sweep["blast radius"] == 0).all() and "None" not in sweep.astype(str).values
+    prompts = next(d.value for d in at.dataframe if "rank before" in d.value.columns)
+    assert prompts["rank before"].tolist() == [1]  # the most probable token is rank 1

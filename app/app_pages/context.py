@@ -86,6 +86,8 @@ st.caption("The logit of a word after position i is exactly Σ_l Σ_(j≤i) alph
            "(E_word · C(x_j)_l): the contributions below sum to it.")
 positions = list(range(session.n))
 state.persist(f"{PAGE}:pos", shared="position")
+if state.text_changed(PAGE, text):  # a new text: its last position, not the old text's
+    st.session_state[f"{PAGE}:pos"] = session.n - 1
 pending_choice(f"{PAGE}:pos", positions, session.n - 1)
 cols = st.columns([2, 2, 2])
 position = cols[0].selectbox("Position i (the prediction after this token)", positions,
@@ -94,9 +96,11 @@ position = cols[0].selectbox("Position i (the prediction after this token)", pos
 options = views.target_options(session, position)
 target_pick = cols[1].selectbox("Target word", options, key=f"{PAGE}:target",
                                 format_func=lambda t: views.readable_token(tokenizer, t))
-custom = cols[2].text_input("…or another word (one token, e.g. ' river')", key=f"{PAGE}:custom-target")
-target = custom if custom else target_pick
+custom = cols[2].text_input("…or another word (one token)", key=f"{PAGE}:custom-target",
+                            help=views.WORD_HELP)
 try:
+    target = views.typed_word(custom, tokenizer, session.model.config.vocab_size) if custom \
+        else target_pick
     view = views.attribution_view(session, target, position)
 except ValueError as err:
     state.show_error(err, "Attribution")

@@ -172,10 +172,10 @@ if atlas is not None:
                f"{summary['seq_len']}; {summary['words_seen']:,} distinct tokens; "
                f"{summary['dead_pairs']:,} of {summary['pairs_seen']:,} (word, sense) pairs dead.")
     state.persist(f"{PAGE}:atlas-word", picked.get("w1") or " bank")
-    atlas_word = st.text_input("Word (a token; ' bank' with its leading space as inside a text)",
-                               key=f"{PAGE}:atlas-word")
+    typed = st.text_input("Word (one token)", key=f"{PAGE}:atlas-word", help=views.WORD_HELP)
     try:
-        report = atlas.word_report(atlas_word, top=0) if atlas_word else None
+        atlas_word = views.typed_word(typed, tokenizer, model.config.vocab_size)
+        report = atlas.word_report(atlas_word, top=0) if atlas_word is not None else None
     except ValueError as err:
         state.show_error(err, "Atlas")
         report = None

@@ -37,22 +37,41 @@ def problem(message: str) -> None:
     st.session_state[f"{PAGE}:problem"] = message
 
 
-@state.guarded
-def on_add() -> None:
+# the fields of one kind of edit; they start from their defaults when the kind changes
+KIND_FIELDS = ("senses", "positions", "factor", "renormalize", "source-word", "source-sense",
+               "remove", "add")
+
+
+def control_spec() -> dict:
+    """The edit the controls describe now (EditError when they do not make one)."""
     s = st.session_state
     word = s.get(f"{PAGE}:word")
     if word == OTHER:
-        word = s.get(f"{PAGE}:word-other", "")
-    kind = s[f"{PAGE}:kind"]
+        word = views.typed_word(s.get(f"{PAGE}:word-other", ""), tokenizer, model.config.vocab_size)
+    return views.edit_spec(
+        s[f"{PAGE}:kind"], word=word, senses=s.get(f"{PAGE}:senses", "all"),
+        factor=s.get(f"{PAGE}:factor"), positions=s.get(f"{PAGE}:positions", ""),
+        source_word=s.get(f"{PAGE}:source-word"), source_sense=s.get(f"{PAGE}:source-sense"),
+        remove=s.get(f"{PAGE}:remove"), add=s.get(f"{PAGE}:add"),
+        renormalize=s.get(f"{PAGE}:renormalize", False), tokenizer=tokenizer,
+        vocab_size=model.config.vocab_size)
+
+
+@state.guarded
+def on_add() -> None:
     try:
-        spec = views.edit_spec(
-            kind, word=word, senses=s.get(f"{PAGE}:senses", "all"), factor=s.get(f"{PAGE}:factor"),
-            positions=s.get(f"{PAGE}:positions", ""), source_word=s.get(f"{PAGE}:source-word"),
-            source_sense=s.get(f"{PAGE}:source-sense"), remove=s.get(f"{PAGE}:remove"),
-            add=s.get(f"{PAGE}:add"), renormalize=s.get(f"{PAGE}:renormalize", False))
-        set_edits(views.add_edit(state.edit_set(), spec, model, tokenizer))
+        set_edits(views.add_edit(state.edit_set(), control_spec(), model, tokenizer))
     except EditError as err:
         problem(f"The edit was not added: {err}")
+
+
+@state.guarded
+def on_kind() -> None:
+    """Another kind of edit: the last kind's fields (its senses, positions, factor...) do not
+    carry over; each starts from its default."""
+    for name in KIND_FIELDS:
+        st.session_state.pop(f"{PAGE}:{name}", None)
+    st.session_state.pop(f"{PAGE}:problem", None)
 
 
 @state.guarded
@@ -144,6 +163,9 @@ except ValueError as err:
 
 positions = list(range(session.n))
 state.persist(f"{PAGE}:pos", shared="position")
+if state.text_changed(PAGE, text):  # a new text: its own default position, no stale message
+    st.session_state[f"{PAGE}:pos"] = views.default_position(session.tokens)
+    st.session_state.pop(f"{PAGE}:problem", None)
 pending = st.session_state.pop(f"{PAGE}:pos:pending", None)
 if pending in positions:
     st.session_state[f"{PAGE}:pos"] = pending
@@ -158,7 +180,7 @@ builder, results = st.columns([2, 3], gap="large")
 # -------------------------------------------------------------------------- the edit set --
 with builder:
     st.subheader("Edit set")
-    kind = st.selectbox("Edit", views.STEER_KINDS, key=f"{PAGE}:kind",
+    kind = st.selectbox("Edit", views.STEER_KINDS, key=f"{PAGE}:kind", on_change=on_kind,
                         format_func=lambda kd: KIND_LABELS.get(kd, kd))
     words = list(dict.fromkeys(session.tokens))
     word_options = words + [OTHER]
@@ -176,8 +198,8 @@ with builder:
                        help=f"'all', one index like 3, or a list like 1, 2 "
                             f"(0..{model.config.num_senses - 1})")
     if word == OTHER:
-        st.text_input("Another word (one token; ' bank' with its leading space)", " bank",
-                      key=f"{PAGE}:word-other")
+        st.text_input("Another word (one token)", "bank", key=f"{PAGE}:word-other",
+                      help=views.WORD_HELP)
     if kind in ("scale_sense", "scale_contextualization"):
         st.number_input("Factor", value=2.0 if kind == "scale_sense" else 0.0, step=0.5,
                         min_value=None if kind == "scale_sense" else 0.0, key=f"{PAGE}:factor")
@@ -185,15 +207,34 @@ with builder:
         st.checkbox("Renormalise the rows", False, key=f"{PAGE}:renormalize")
     if kind == "replace_sense":
         c = st.columns(2)
-        c[0].text_input("By the sense of word", " river", key=f"{PAGE}:source-word")
+        c[0].text_input("By the sense of word", "river", key=f"{PAGE}:source-word",
+                        help=views.WORD_HELP)
         c[1].number_input("Sense", 0, model.config.num_senses - 1, 0, key=f"{PAGE}:source-sense")
     if kind == "knowledge_edit":
         c = st.columns(2)
         c[0].text_input("Remove the word", knowledge[1] if knowledge else "", key=f"{PAGE}:remove",
-                        help="one token of this model's vocabulary, e.g. ' States'")
-        c[1].text_input("Add the word (optional)", knowledge[2] if knowledge else "", key=f"{PAGE}:add")
+                        help="one token of this model's vocabulary; " + views.WORD_HELP)
+        c[1].text_input("Add the word (optional)", knowledge[2] if knowledge else "", key=f"{PAGE}:add",
+                        help=views.WORD_HELP)
     st.text_input("Only at positions (blank: every occurrence)", "", key=f"{PAGE}:positions",
                   placeholder="e.g. 3, 7")
+    try:  # what the edit will touch, before it is added
+        spec = control_spec()
+        preview = state.memo(f"{PAGE}:preview", session, spec,
+                             lambda: views.edit_preview(session, spec))
+    except EditError:
+        preview = None  # the Add button says why
+    if preview is not None:
+        where = (f"its word is at position(s) {', '.join(map(str, preview.occurrences[:12]))}"
+                 f"{'…' if len(preview.occurrences) > 12 else ''}" if preview.occurrences
+                 else "its word is not in this text")
+        st.caption(f"Will {views.plain(preview.edit)}: {where}; it moves {preview.n_moved} of "
+                   f"{session.n} positions' predictions ({preview.n_changed} top-1 changes), "
+                   f"largest KL {preview.max_kl:.2g}.")
+        if preview.tiny:
+            st.warning(f"This edit changes almost nothing on this text (largest KL "
+                       f"{preview.max_kl:.2g}, below {views.TINY_KL:g}): check its senses, "
+                       "positions and words.", icon=":material/warning:")
     st.button("Add edit", type="primary", on_click=on_add, key=f"{PAGE}:add-button")
     if st.session_state.get(f"{PAGE}:problem"):
         st.error(views.plain(st.session_state[f"{PAGE}:problem"]))
@@ -328,19 +369,23 @@ with st.expander("Blast radius, loss change and target-prompt success over a cor
     if evaluation and evaluation["edits"] == edits:
         result = evaluation["result"]
         one = result.at(1.0)
+        note = ev.absent_note(result)
+        if note:
+            st.warning(views.plain(note), icon=":material/search_off:")
         m = st.columns(4)
         m[0].metric("blast radius", f"{len(result.blast_radius):,}",
                     help=f"positions whose prediction the edits change, of {result.corpus['tokens']:,} "
                          f"tokens of {result.corpus['name']}")
         m[1].metric("Δ loss, all text", f"{one.loss_change['all']:+.4f}")
-        m[2].metric("Δ loss, inside the radius",
-                    "n/a" if one.loss_change["inside"] is None else f"{one.loss_change['inside']:+.4f}")
-        m[3].metric("Δ loss, outside", "n/a" if one.loss_change["outside"] is None
-                    else f"{one.loss_change['outside']:+.4f}")
+        m[2].metric("Δ loss, inside the radius", ev.loss_text(one.loss_change["inside"]),
+                    help="– : the radius is empty, no position to average over")
+        m[3].metric("Δ loss, outside", ev.loss_text(one.loss_change["outside"]),
+                    help="– : every position is inside the radius")
         if result.prompts:
             st.markdown(f"Target prompts: success **{result.success_before:.0%}** before, "
                         f"**{one.success_rate:.0%}** after (strength 1).")
-        st.plotly_chart(ev.sweep_figure(result), key=f"{PAGE}:eval-figure")
+        if result.blast_radius or result.prompts:  # nothing to plot when no position moved
+            st.plotly_chart(ev.sweep_figure(result), key=f"{PAGE}:eval-figure")
         st.dataframe(ev.sweep_rows(result), hide_index=True, key=f"{PAGE}:eval-sweep")
         if result.prompts:
             st.dataframe(ev.prompt_rows(result), hide_index=True, key=f"{PAGE}:eval-prompts-table")
