@@ -196,7 +196,8 @@ def require_model():
 
 
 @st.cache_resource(show_spinner="Reading the text…", max_entries=16)
-def _session(key: tuple[str, str, str], text: str, _model, _tokenizer) -> ContextSession:
+def _session(key: tuple[str, str, str], text: str | tuple[int, ...], _model, _tokenizer
+             ) -> ContextSession:
     return ContextSession(_model, _tokenizer, text)
 
 
@@ -207,6 +208,35 @@ def context_session(text: str) -> ContextSession:
     if not text.strip():
         raise ValueError("the text is empty: enter a text to read")
     return _session(choice.key, text, model, tokenizer)
+
+
+def text_session(page: str, text: str) -> ContextSession:
+    """The cached ContextSession of `text`. A text longer than the model's context is not
+    refused: the page offers its last tokens (the default) or one window of a sliding window
+    (`backpack_core.model.windows`), and the session reads those tokens. ValueError: empty."""
+    from backpack_core.model.windows import text_window, window_starts
+
+    model, tokenizer, choice = require_model()
+    if not text.strip():
+        raise ValueError("the text is empty: enter a text to read")
+    ids = tokenizer.encode(text)
+    n_ctx = model.config.n_positions
+    if len(ids) <= n_ctx:
+        return _session(choice.key, text, model, tokenizer)
+    cols = st.columns([3, 2])
+    mode = cols[0].radio(
+        f"The text is {len(ids):,} tokens long; the model reads {n_ctx:,} at once. Read",
+        ["last", "window"], horizontal=True, key=f"{page}:long-text",
+        format_func={"last": f"its last {n_ctx:,} tokens", "window": "one window of a sliding window"}.get)
+    start = 0
+    if mode == "window":
+        starts = window_starts(len(ids), n_ctx)
+        start = cols[1].select_slider("Window (tokens; a new one every half context)", starts,
+                                      key=f"{page}:window",
+                                      format_func=lambda s: f"{s:,}–{s + n_ctx - 1:,}")
+    window = text_window(ids, n_ctx, mode, start)
+    st.caption(f"Reading {window.describe()}; the positions below count from the first token read.")
+    return _session(choice.key, tuple(window.token_ids), model, tokenizer)
 
 
 @st.cache_resource(show_spinner="Building the sense bank (every word's senses; once per model)…",

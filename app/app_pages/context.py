@@ -22,7 +22,7 @@ st.caption("Each prediction is a weighted sum of the senses of the tokens so far
            "counts for the prediction after token i.")
 text = state.text_area(PAGE, help="Up to the model's context length, in tokens.")
 try:
-    session = state.context_session(text)
+    session = state.text_session(PAGE, text)
 except ValueError as err:
     state.show_error(err)
     st.stop()

@@ -156,7 +156,7 @@ if link_problem:
     st.error(views.plain(link_problem))
 text = state.text_area(PAGE)
 try:
-    session = state.context_session(text)
+    session = state.text_session(PAGE, text)
 except ValueError as err:
     state.show_error(err)
     st.stop()
@@ -312,7 +312,7 @@ request = {"text": text, "edits": edits, "tokens": int(new_tokens), "seed": int(
 if st.button("Generate", key=f"{PAGE}:generate"):
     try:
         with st.spinner("Generating…"):
-            out = generate_side_by_side(model, tokenizer, text, edits or None,
+            out = generate_side_by_side(model, tokenizer, session.text, edits or None,
                                         max_new_tokens=int(new_tokens), do_sample=bool(sample),
                                         temperature=float(temperature), top_p=0.95 if sample else None,
                                         seed=int(seed))
