@@ -39,7 +39,7 @@ if str(REPO_ROOT) not in sys.path:  # `streamlit run app/Home.py` from anywhere
 
 import views  # noqa: E402  (app/views.py: the view model)
 
-from backpack_core.common import limits  # noqa: E402
+from backpack_core.common import limits, progress  # noqa: E402
 from backpack_core.edit.specs import EditError  # noqa: E402
 from backpack_core.interpret.session import ContextSession  # noqa: E402
 from backpack_core.model import access  # noqa: E402
@@ -57,21 +57,69 @@ log = logging.getLogger("backpack_workbench.app")
 
 
 def _set_threads() -> None:
-    value = os.environ.get(THREADS_ENV, "").strip()
-    if value:
-        try:
-            threads = int(value)
-        except ValueError:
-            threads = 0
-        if threads < 1:
-            print(f"{THREADS_ENV} must be a positive integer, got {value!r}: ignored", file=sys.stderr)
-            return
+    try:
+        threads = progress.threads_override()
+    except ValueError as err:
+        print(f"{err}: ignored", file=sys.stderr)
+        return
+    if threads is not None:
         import torch
 
         torch.set_num_threads(threads)
 
 
 _set_threads()  # once per process: this module is imported once
+
+
+def request_threads(work_tokens: int = 0):
+    """A block running on the threads a request of `work_tokens` tokens should use
+    (`progress.choose_threads`: 1 for small work or on a busy machine, BACKPACK_THREADS when set).
+    Every page runs inside request_threads(0); the atlas and the evaluation ask for more."""
+    try:
+        n = progress.choose_threads(work_tokens)
+    except ValueError:  # a malformed BACKPACK_THREADS, reported once at start: torch's default
+        import torch
+
+        n = torch.get_num_threads()
+    return progress.torch_threads(n)
+
+
+def run_with_stop(name: str, total_label: str, work: Callable[[Callable[[int, int], None]], Any],
+                  work_tokens: int) -> Any:
+    """Run long work with a progress bar that says the time left and a Stop button. A click on
+    Stop reruns the page, which interrupts the work at its next progress report; the next run
+    then says that it was stopped (`stopped_message`). work(progress) -> result."""
+    import time
+
+    st.session_state[f"_running:{name}"] = {"done": 0, "total": None}
+    st.button("Stop", key=f"{name}:stop", icon=":material/stop_circle:",
+              help="stop this run (at the end of the current batch)")
+    bar = st.progress(0.0, text=f"{total_label}: starting…")
+    start = time.perf_counter()
+
+    def report(done: int, total: int) -> None:
+        st.session_state[f"_running:{name}"] = {"done": done, "total": total}
+        left = progress.time_left(done, total, time.perf_counter() - start)
+        bar.progress(min(1.0, done / total),
+                     text=f"{total_label}: batch {done} of {total}{'; ' + left if left else ''}")
+
+    try:
+        with request_threads(work_tokens):
+            result = work(report)
+    finally:
+        bar.empty()
+    st.session_state.pop(f"_running:{name}", None)
+    return result
+
+
+def stopped_message(name: str) -> str | None:
+    """'Stopped after 3 of 40 batches.' once after a run of `name` was interrupted; else None."""
+    run = st.session_state.pop(f"_running:{name}", None)
+    if run is None:
+        return None
+    if run["total"]:
+        return f"Stopped after {run['done']} of {run['total']} batches: nothing was kept."
+    return "Stopped before the first batch: nothing was kept."
 
 
 # ----------------------------------------------------------------------------------------------
@@ -447,7 +495,8 @@ def run_page(navigation) -> None:
     if failed:
         st.error(views.plain(failed), icon=":material/error:")
     try:
-        navigation.run()
+        with request_threads(0):  # one thread unless BACKPACK_THREADS: small work, busy server
+            navigation.run()
     except Exception as err:  # noqa: BLE001 - the boundary: anything a page did not handle
         st.error(views.plain(failure_message(err, f"page {navigation.url_path or 'home'}")), icon=":material/error:")
     finally:

@@ -747,3 +747,22 @@ def test_evaluating_a_word_the_corpus_never_has_says_so_and_ranks_count_from_1(a
     assert (sweep["blast radius"] == 0).all() and "None" not in sweep.astype(str).values
     prompts = next(d.value for d in at.dataframe if "rank before" in d.value.columns)
     assert prompts["rank before"].tolist() == [1]  # the most probable token is rank 1
+
+
+def test_pages_run_on_one_thread_unless_backpack_threads_says_otherwise(app_model, monkeypatch):
+    """A small request on a busy server: one torch thread by default (issue 23: a generation took
+    16.7 s on 2 threads, 0.53 s on 1); BACKPACK_THREADS overrides."""
+    seen = []
+    real = views.prediction_rows
+
+    def counting(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(views, "prediction_rows", counting)
+    monkeypatch.delenv("BACKPACK_THREADS", raising=False)
+    with state.progress.torch_threads(2):  # the process default: several threads
+        ok(page("context", text=TEXT))
+        monkeypatch.setenv("BACKPACK_THREADS", "2")
+        ok(page("context", text=TEXT))
+    assert seen == [1, 2]

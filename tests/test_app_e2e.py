@@ -29,6 +29,7 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not 
 
 TEXT = "The MacBook is made by Apple. The bank by the river has money."
 FAIL_MARK = "<inject failure>"
+SLOW_MARK = "<slow evaluation>"
 # run in the server before Streamlit starts: the view model's prediction table fails on FAIL_MARK
 INJECT = f"""
 sys.path.insert(0, {str(APP)!r})
@@ -39,6 +40,20 @@ def _failing(session, *args, **kwargs):
         raise RuntimeError("injected failure for the browser test")
     return _rows(session, *args, **kwargs)
 views.prediction_rows = _failing
+# a long evaluation for texts holding SLOW_MARK: it reports progress until it is stopped (the
+# browser test clicks Stop; it gives up by itself after 600 reports)
+import time
+import evaluation_view
+_evaluate = evaluation_view.evaluate
+def _slow(model, tokenizer, edits, choice, max_tokens, strengths, text="", progress=None, **kw):
+    if {SLOW_MARK!r} not in text:
+        return _evaluate(model, tokenizer, edits, choice, max_tokens, strengths, text=text,
+                         progress=progress, **kw)
+    for done in range(1, 601):
+        time.sleep(0.2)
+        progress(done, 1000)
+    raise ValueError("the slow evaluation was not stopped")
+evaluation_view.evaluate = _slow
 """
 
 
@@ -193,3 +208,23 @@ def test_user_text_in_a_link_is_plain_text_no_link_no_outside_request(server, pa
 def no_hostile_elements(page) -> bool:
     """No link to, image from or element sourcing the hostile host anywhere in the page."""
     return page.locator('a[href*="evil"], img, [src*="evil"]').count() == 0
+
+
+def test_a_long_evaluation_says_its_time_left_and_stops(server, page):
+    """The Stop button interrupts a running evaluation at its next progress report; the page then
+    says it stopped, and keeps nothing."""
+    import state
+
+    url, _ = server
+    edits = {"version": 1, "edits": [{"kind": "ablate_sense", "word": " bank", "sense": 0}]}
+    text = f"The bank by the river. {SLOW_MARK}"
+    browser.open_page(page, f"{url}/steer?text={quote(text)}&edits={state.encode_edits(edits)}")
+    page.get_by_text("Blast radius, loss change").click()
+    page.get_by_text("the text above").click()
+    browser.settle(page)
+    page.get_by_role("button", name="Evaluate").click()
+    page.get_by_text("s left").first.wait_for()  # "batch 2 of 1000; about 3 min 19 s left"
+    page.get_by_role("button", name="Stop").click()
+    page.get_by_text("The evaluation was stopped").wait_for()
+    assert "Stopped after" in page.locator("body").inner_text()
+    assert page.get_by_text("the slow evaluation was not stopped").count() == 0

@@ -9,6 +9,7 @@ import state
 import streamlit as st
 import views
 
+from backpack_core.common import limits
 from backpack_core.interpret.sense_bank import sense_search
 
 PAGE = "senses"
@@ -154,11 +155,17 @@ with st.form(f"{PAGE}:atlas-form"):
     atlas_source = cols[0].radio("Corpus", list(atlas_views.SOURCES), key=f"{PAGE}:atlas-source")
     uploaded = cols[1].file_uploader("Text file (UTF-8)", type=["txt", "md", "text"],
                                      key=f"{PAGE}:atlas-upload")
-    max_tokens = cols[2].number_input("Max tokens", 1_000, 1_000_000, 50_000, step=10_000,
+    max_tokens = cols[2].number_input("Max tokens", 1_000, limits.MAX_REQUEST_TOKENS,
+                                      min(50_000, limits.MAX_REQUEST_TOKENS), step=10_000,
                                       key=f"{PAGE}:atlas-tokens",
                                       help="The first N tokens of the corpus (about 150 µs a "
-                                           "token on a CPU for the shipped model)")
+                                           "token on an idle CPU for the shipped model); at most "
+                                           f"{limits.MAX_REQUEST_TOKENS:,} per request "
+                                           "(BACKPACK_MAX_REQUEST_TOKENS)")
     build = st.form_submit_button("Build or load the atlas")
+stopped = state.stopped_message(atlas_views.STOP_NAME)
+if stopped:
+    st.info(f"The atlas build was stopped. {stopped}")
 if build:
     try:
         corpus = atlas_views.read_source(atlas_source, uploaded, tokenizer, int(max_tokens))

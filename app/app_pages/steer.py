@@ -8,6 +8,7 @@ import state
 import streamlit as st
 import views
 
+from backpack_core.common import limits
 from backpack_core.edit.generation import generate_side_by_side
 from backpack_core.edit.specs import EditError
 
@@ -342,7 +343,10 @@ with st.expander("Blast radius, loss change and target-prompt success over a cor
     e = st.columns([3, 1, 2])
     dataset = e[0].radio("Dataset", list(ev.DATASETS), format_func=ev.DATASETS.get, horizontal=True,
                          key=f"{PAGE}:eval-data")
-    max_tokens = e[1].number_input("Max tokens", 16, 200_000, 5_000, step=1_000, key=f"{PAGE}:eval-max")
+    max_tokens = e[1].number_input("Max tokens", 16, limits.MAX_REQUEST_TOKENS, 5_000, step=1_000,
+                                   key=f"{PAGE}:eval-max",
+                                   help=f"at most {limits.MAX_REQUEST_TOKENS:,} per request "
+                                        "(BACKPACK_MAX_REQUEST_TOKENS)")
     strengths_text = e[2].text_input("Strengths", "0, 0.5, 1, 2", key=f"{PAGE}:eval-strengths",
                                      help="comma-separated; 1 is always added")
     corpus_file = (st.file_uploader("Text file (UTF-8)", type=["txt", "md"], key=f"{PAGE}:eval-file")
@@ -350,21 +354,22 @@ with st.expander("Blast radius, loss change and target-prompt success over a cor
     prompts_file = st.file_uploader(
         "Target prompts (optional, JSONL: one {\"prompt\", \"target\", \"foil\"} a line)",
         type=["jsonl", "json", "txt"], key=f"{PAGE}:eval-prompts")
+    stopped = state.stopped_message(f"{PAGE}:eval")
+    if stopped:
+        st.info(f"The evaluation was stopped. {stopped}")
     if st.button("Evaluate", key=f"{PAGE}:evaluate", type="primary", disabled=not edits.get("edits"),
                  help=None if edits.get("edits") else "add an edit first"):
-        bar = st.progress(0.0, text="Reading the corpus…")
         try:
-            result = ev.evaluate(
-                model, tokenizer, edits, dataset, int(max_tokens), strengths_text, text=text,
-                prompts=(prompts_file.name, prompts_file.getvalue()) if prompts_file else None,
-                upload=(corpus_file.name, corpus_file.getvalue()) if corpus_file else None,
-                progress=lambda done, total: bar.progress(done / total,
-                                                          text=f"window batch {done} of {total}"))
+            result = state.run_with_stop(
+                f"{PAGE}:eval", "Evaluating the edit set", lambda report: ev.evaluate(
+                    model, tokenizer, edits, dataset, int(max_tokens), strengths_text, text=text,
+                    prompts=(prompts_file.name, prompts_file.getvalue()) if prompts_file else None,
+                    upload=(corpus_file.name, corpus_file.getvalue()) if corpus_file else None,
+                    progress=report), work_tokens=int(max_tokens))
             st.session_state[f"{PAGE}:evaluation"] = {"edits": edits, "result": result}
         except (ValueError, OSError) as err:  # EditError, PromptError, CorpusError are ValueErrors
+            st.session_state.pop(f"_running:{PAGE}:eval", None)
             state.show_error(err, "The evaluation")
-        finally:
-            bar.empty()
     evaluation = st.session_state.get(f"{PAGE}:evaluation")
     if evaluation and evaluation["edits"] == edits:
         result = evaluation["result"]

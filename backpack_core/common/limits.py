@@ -14,6 +14,9 @@ the core all refuse past them with a message naming the limit (`LimitError`).
                           24 bytes x vocab x senses x N
     MAX_BATCH_WINDOWS     windows read in one forward pass by the corpus commands (--batch-size):
                           each holds its (senses, seq, seq) weights and (seq, vocab) logits
+    MAX_REQUEST_TOKENS    corpus tokens one dashboard request reads (a sense atlas, an edit
+                          evaluation): 200,000 tokens took 722 s on a busy 2-core CPU; 50,000
+                          is a few minutes there (the command-line tools are not bound by it)
     model size            a config's parameters must fit the memory available (checked before
                           anything is allocated): `check_model_fits`
 
@@ -51,6 +54,7 @@ MAX_LINK_CHARS = _limit("MAX_LINK_CHARS", 16_000)
 MAX_CORPUS_CHARS = _limit("MAX_CORPUS_CHARS", 20_000_000)
 MAX_ATLAS_TOP_N = _limit("MAX_ATLAS_TOP_N", 100)
 MAX_BATCH_WINDOWS = _limit("MAX_BATCH_WINDOWS", 64)
+MAX_REQUEST_TOKENS = _limit("MAX_REQUEST_TOKENS", 50_000)
 
 
 def check_size(size: int, limit: int, what: str, unit: str, setting: str,
