@@ -383,6 +383,27 @@ def sense_view(model: Backpack, tokenizer: Tokenizer, word: str | int, top: int 
                      [_piece_view(p, n_top, tokenizer) for p in readout.pieces])
 
 
+def card_words(words: list[tuple[str, int, float]], tokenizer: Tokenizer) -> str:
+    """A card's top or bottom words as one line: '␣river 3.1 · ␣deposit 2.9 ...'."""
+    return " · ".join(f"{readable_token(tokenizer, i)} {v:.1f}" for _, i, v in words)
+
+
+def similarity_heatmap(model: Backpack, tokenizer: Tokenizer, word_a: str | int,
+                       word_b: str | int) -> Heatmap:
+    """Two one-token words' senses, cosine by cosine (`sense_cards.sense_similarity`): rows are
+    the senses of `word_a`, columns those of `word_b`. WordError when one is not one token."""
+    from backpack_core.interpret.sense_cards import sense_similarity
+
+    sim = sense_similarity(model, tokenizer, word_a, word_b)  # (k, k)
+    a = readable_token(tokenizer, single_token_id(tokenizer, word_a, model.config.vocab_size))
+    b = readable_token(tokenizer, single_token_id(tokenizer, word_b, model.config.vocab_size))
+    k = sim.shape[0]
+    return Heatmap(sim.tolist(), [f"{b} {j}" for j in range(k)], [f"{a} {i}" for i in range(k)],
+                   [[f"{v:.2f}" for v in row] for row in sim.tolist()],
+                   f"cosine of the sense vectors: {a} (rows) by {b} (columns)",
+                   f"senses of {b}", f"senses of {a}", zmin=-1.0, zmax=1.0, colorbar="cosine")
+
+
 def word_options(matches: list[str], query: str) -> list[str]:
     """The Senses page's choices for a typed word: the matching tokens and, when the word is not
     one of them, the word itself in its in-text form (' MacBook', with the leading space, as it

@@ -118,7 +118,7 @@ def test_senses_page_table_heatmaps_pieces_side_by_side(app_model):
     at.text_input(key="senses:w1").input("river").run()
     ok(at)
     assert at.selectbox(key="senses:w2:pick").value == " river"
-    assert len(at.dataframe) == 2 and len(figures(at)) == 4
+    assert len(at.dataframe) == 2 and len(figures(at)) == 5  # 2 x (top, bottom), and similarity
 
 
 def test_sense_search(app_model):
@@ -766,3 +766,28 @@ def test_pages_run_on_one_thread_unless_backpack_threads_says_otherwise(app_mode
         monkeypatch.setenv("BACKPACK_THREADS", "2")
         ok(page("context", text=TEXT))
     assert seen == [1, 2]
+
+
+def test_sense_cards_similarity_and_a_card_button_that_edits_on_steer(app_model):
+    from backpack_core.interpret.sense_cards import near_duplicate_groups, sense_cards, sense_similarity
+
+    model, tokenizer = app_model
+    bank = tokenizer.encode(" bank")[0]
+    cards = sense_cards(model, tokenizer, " bank", top=5)
+    assert [c.sense for c in cards] == list(range(model.config.num_senses))
+    assert not any("<0x" in w for c in cards for w, _, _ in c.top + c.bottom)  # bytes hidden
+    senses = model.sense_vectors(torch.tensor(bank)).detach()
+    twin = torch.stack([senses[0], senses[0] * 2.0, -senses[0]])  # 0 and 1: same direction
+    assert near_duplicate_groups(twin) == [[0, 1]]
+    sim = sense_similarity(model, tokenizer, " bank", " river")
+    unit = torch.nn.functional.normalize(model.sense_vectors(torch.tensor(
+        [bank, tokenizer.encode(" river")[0]])).detach(), dim=-1)
+    torch.testing.assert_close(sim, unit[0] @ unit[1].T)
+
+    at = ok(page("senses", word=" bank", word2=" river"))
+    heat = next(f for f in figures(at) if "cosine of the sense vectors" in f["layout"]["title"]["text"])
+    torch.testing.assert_close(torch.tensor(heat["data"][0]["z"]), sim)
+    at = ok(page("senses", word=" bank"))
+    at.button(key="senses:w1:0:ablate-2").click().run()
+    ok(at)
+    assert at.session_state["edit_set"]["edits"] == [{"kind": "ablate_sense", "word": bank, "sense": 2}]

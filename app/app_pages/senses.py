@@ -10,7 +10,9 @@ import streamlit as st
 import views
 
 from backpack_core.common import limits
+from backpack_core.edit.specs import EditError
 from backpack_core.interpret.sense_bank import sense_search
+from backpack_core.interpret.sense_cards import DUPLICATE_COSINE, sense_cards
 
 PAGE = "senses"
 model, tokenizer, choice = state.require_model()
@@ -58,6 +60,69 @@ def pick_word(slot: str, default: str) -> str | None:
                         format_func=lambda t: f"{views.show_token(t)}   ({t!r})")
 
 
+@state.guarded
+def on_steer_sense(token_id: int, sense: int, kind: str) -> None:
+    """A card's button: add an edit of this sense to the session's edit set, then open Steer."""
+    spec = ({"kind": "ablate_sense", "word": token_id, "sense": sense} if kind == "ablate"
+            else {"kind": "scale_sense", "word": token_id, "sense": sense, "factor": 2.0})
+    try:
+        state.set_edit_set(views.add_edit(state.edit_set(), spec, model, tokenizer))
+    except EditError as err:
+        st.session_state[f"{PAGE}:card-problem"] = f"The edit was not added: {err}"
+        return
+    st.session_state.pop("steer:json", None)  # the Steer page's JSON box shows the new set
+    st.session_state[f"{PAGE}:goto-steer"] = True
+
+
+def show_cards(token_id: int, slot: str) -> None:
+    """A card per sense (Neuronpedia-style): top / bottom words, near-duplicates, its use in the
+    atlas when one is loaded, and buttons that ablate or scale it on the Steer page."""
+    state.persist(f"{PAGE}:{slot}:bytes", False)
+    show_bytes = st.toggle("Show byte tokens (<0xE2>: parts of a character)", key=f"{PAGE}:{slot}:bytes")
+    cards = sense_cards(model, tokenizer, token_id, top=top, hide_bytes=not show_bytes)
+    groups = sorted({tuple([c.sense, *c.duplicates]) for c in cards if c.duplicates})
+    if groups:
+        st.caption("Near-duplicate senses (cosine of their vectors ≥ "
+                   f"{DUPLICATE_COSINE:g}), grouped: " + ", ".join(
+                       "{" + ", ".join(map(str, sorted(g))) + "}" for g in groups))
+    atlas = atlas_views.current(choice.key)
+    report = None
+    if atlas is not None:
+        try:
+            report = atlas.word_report(token_id, top=1)
+        except ValueError:
+            report = None
+        if report is not None and not report.occurrences:
+            report = None
+    shown, seen_groups = [], set()
+    for card in cards:  # one card per group of near-duplicates: its first sense
+        group = tuple(sorted([card.sense, *card.duplicates]))
+        if card.duplicates and group in seen_groups:
+            continue
+        seen_groups.add(group)
+        shown.append(card)
+    grid = st.columns(2 if compare else 4)
+    for n, card in enumerate(shown):
+        with grid[n % len(grid)].container(border=True, key=f"{PAGE}:{slot}:card-{card.sense}"):
+            same = f" (also {', '.join(map(str, card.duplicates))})" if card.duplicates else ""
+            st.markdown(f"**sense {card.sense}**{same} · norm {card.norm:.2f}")
+            st.caption("top: " + views.plain(views.card_words(card.top[:6], tokenizer)))
+            st.caption("bottom: " + views.plain(views.card_words(card.bottom[:6], tokenizer)))
+            if report is not None:
+                use = report.senses[card.sense]
+                st.caption(f"atlas: mean weight {use.mean_weight:.2f} over {report.occurrences:,} "
+                           f"occurrences ({use.share:.0%} of the word's){' · dead' if use.dead else ''}")
+                for ctx in use.contexts[:1]:
+                    st.markdown(f"<small>{atlas_views.snippet_html(ctx)}</small>", unsafe_allow_html=True)
+            b = st.columns(2)
+            b[0].button("Ablate", key=f"{PAGE}:{slot}:ablate-{card.sense}", on_click=on_steer_sense,
+                        args=(card.token_id, card.sense, "ablate"), icon=":material/block:",
+                        help="add 'ablate this sense' to the edit set and open Steer")
+            b[1].button("Scale ×2", key=f"{PAGE}:{slot}:scale-{card.sense}", on_click=on_steer_sense,
+                        args=(card.token_id, card.sense, "scale"), icon=":material/tune:",
+                        help="add 'scale this sense by 2' to the edit set and open Steer")
+
+
 def show_word(word: str, slot: str) -> None:
     try:
         view = views.sense_view(model, tokenizer, word, top=top)
@@ -85,8 +150,15 @@ def show_word(word: str, slot: str) -> None:
             with bottom_tab:
                 st.plotly_chart(ui.heatmap(piece.bottom, "Reds_r", colorbar_title="score", **fit),
                                 key=f"{PAGE}:{slot}:bottom:{n}")
+            with st.expander("A card per sense: top and bottom words, near-duplicates, use in "
+                             "the atlas, ablate or scale it on Steer", expanded=not compare):
+                show_cards(piece.token_id, f"{slot}:{n}")
 
 
+if st.session_state.pop(f"{PAGE}:goto-steer", False):
+    st.switch_page("app_pages/steer.py")
+if st.session_state.get(f"{PAGE}:card-problem"):
+    st.error(views.plain(st.session_state.pop(f"{PAGE}:card-problem")))
 picked = {}
 if compare:
     left, right = st.columns(2)
@@ -95,6 +167,15 @@ if compare:
             picked[slot] = pick_word(slot, default)
             if picked[slot]:
                 show_word(picked[slot], slot)
+    if picked.get("w1") and picked.get("w2"):
+        try:
+            similarity = views.similarity_heatmap(model, tokenizer, picked["w1"], picked["w2"])
+        except ValueError as err:
+            st.caption(f"Sense-by-sense similarity: {views.plain(err)}")
+        else:
+            st.plotly_chart(ui.heatmap(similarity, "RdBu_r", colorbar_title="cosine", max_chars=5,
+                                       font_size=9, height=max(360, 40 + 26 * len(similarity.y))),
+                            key=f"{PAGE}:similarity")
 else:
     picked["w1"] = pick_word("w1", "bank")
     if picked["w1"]:
