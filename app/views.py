@@ -512,6 +512,34 @@ def contextualization_heatmap(session: ContextSession, sense: int | None = None,
                    zmax=zmax, zmin=zmin, colorbar=colorbar, note=note)
 
 
+def token_weights_html(session: ContextSession, position: int, sense: int | None = None) -> str:
+    """The text as tokens coloured by the contextualization weight each one's senses receive in
+    the prediction after `position` (alpha[l, position, j], summed over senses or one sense),
+    for texts too long for a readable heatmap. Hovering a token shows where that weight comes
+    from, sense by sense (largest first). Tokens after `position` are grey (the future). Escaped
+    HTML: the text is the user's."""
+    import html
+
+    i = session.position(position)
+    alpha = session.contextualization[:, i, : i + 1].float()  # (k, i + 1)
+    weight = alpha.sum(0) if sense is None else alpha[sense]  # (i + 1,)
+    top = float(weight.max()) or 1.0
+    parts = []
+    for j, token in enumerate(text_tokens(session)):
+        shown = html.escape(token.replace("\n", "⏎"), quote=False)
+        if j > i:
+            parts.append(f'<span style="color:#aaa">{shown}</span>')
+            continue
+        per_sense = sorted(enumerate(alpha[:, j].tolist()), key=lambda t: -t[1])
+        tip = (f"{j} {token}: weight {float(weight[j]):.3f} in the prediction after {i}; by sense: "
+               + ", ".join(f"{l}: {w:.3f}" for l, w in per_sense[:6]))
+        edge = ";outline:2px solid #e8590c" if j == i else ""
+        parts.append(f'<span title="{html.escape(tip)}" style="background:rgba(31,119,180,'
+                     f'{float(weight[j]) / top:.2f});border-radius:3px;padding:0 1px{edge}">{shown}</span>')
+    return ('<div style="line-height:1.9;font-family:monospace;white-space:pre-wrap">'
+            + "".join(parts) + "</div>")
+
+
 def position_from_label(label: Any) -> int | None:
     """An axis label '3 ␣bank' (or a bare index) -> 3; None if it is not one."""
     head = str(label).split(" ", 1)[0]
@@ -637,6 +665,63 @@ def steer_view(session: ContextSession, edits: Any, position: int = -1, top: int
                        "entered": a.token_id in entered})
     return SteerView(rows, i, comparison, detail, changes.kl, sum(changes.changed),
                      edit_set.describe(), changes)
+
+
+ROW_ORDERS = {"position": "position", "KL": "KL, largest first",
+              "p change": "largest change of p(top-1 before)"}
+
+
+def position_rows(rows: list[dict[str, Any]], only_changed: bool = False,
+                  order: str = "position") -> list[dict[str, Any]]:
+    """The Steer page's every-position rows, filtered to the positions whose most probable next
+    token changed (only_changed) and sorted (ROW_ORDERS: by position, by KL, or by how much the
+    probability of the token that was most probable changed)."""
+    if order not in ROW_ORDERS:
+        raise ValueError(f"unknown order {order!r}; choose one of {', '.join(ROW_ORDERS)}")
+    out = [r for r in rows if r["changed"]] if only_changed else list(rows)
+    if order == "KL":
+        out.sort(key=lambda r: -r["KL"])
+    elif order == "p change":
+        out.sort(key=lambda r: -abs(r["p before"] - r["p after"]) if r["before"] == r["after"]
+                 else -1.0 - abs(r["p before"] - r["p after"]))
+    return out
+
+
+@dataclass
+class Divergence:
+    """Where two generations from the same prompt part: `shared` is their common beginning,
+    then `before` / `after` are the rest of each. tokens: how many tokens they share."""
+
+    shared: str
+    before: str
+    after: str
+    tokens: int
+
+    @property
+    def identical(self) -> bool:
+        return not self.before and not self.after
+
+
+def divergence(tokenizer: Tokenizer, before: str, after: str) -> Divergence:
+    """The first token at which two continuations differ (token by token, so a shared piece of
+    a word is not split)."""
+    a, b = tokenizer.encode(before), tokenizer.encode(after)
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    shared = tokenizer.decode(a[:n])
+    return Divergence(shared, before[len(shared):], after[len(shared):], n)
+
+
+def divergence_html(shared: str, rest: str) -> str:
+    """One side of a divergence as escaped HTML: the shared beginning plain, the rest marked."""
+    import html
+
+    def esc(text: str) -> str:
+        return html.escape(text, quote=False)
+
+    marked = (f'<mark style="background:rgba(232,89,12,.25)">{esc(rest)}</mark>' if rest else "")
+    return f'<div style="white-space:pre-wrap;font-family:monospace">{esc(shared)}{marked}</div>'
 
 
 @dataclass
@@ -785,8 +870,56 @@ HEADLINE = re.compile(r"^(\w+_(val|ptb|test)\.perplexity|parameters\.total|train
 
 
 def headline_numbers(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The rows of eval.json worth a tile: perplexities, losses, size, training length."""
-    return [r for r in rows if HEADLINE.match(r["metric"])]
+    """The rows of eval.json worth a tile: perplexities, losses, size, training length; each
+    with a readable `label` (`metric_label`)."""
+    return [{**r, "label": metric_label(r["metric"])} for r in rows if HEADLINE.match(r["metric"])]
+
+
+_WHO = {"backpack": "Backpack", "twin": "Transformer twin"}
+_SPLITS = {"val": "validation split", "ptb": "Penn Treebank test", "test": "test split"}
+
+
+def metric_label(metric: str) -> str:
+    """eval.json's dotted names as people read them: 'backpack_val.perplexity' -> 'Backpack
+    perplexity, validation split'; unknown names are returned as they are."""
+    m = re.fullmatch(r"(\w+?)_(val|ptb|test)\.(\w+)", metric)
+    if m and m.group(1) in _WHO:
+        return f"{_WHO[m.group(1)]} {m.group(3).replace('_', ' ')}, {_SPLITS[m.group(2)]}"
+    m = re.fullmatch(r"best_sense_held_out\.(\w+)\.spearman", metric)
+    if m:
+        return f"best sense on {m.group(1)} (chosen on another benchmark), Spearman"
+    named = {"parameters.total": "parameters", "training.steps": "training steps",
+             "training.tokens": "training tokens"}
+    return named.get(metric, metric)
+
+
+# The published Backpack (Hewitt et al. 2023; its training code's sizes) and the calibration run
+# of /work/shared/docs/backpack-reference.md, beside the model's own configuration.
+PUBLISHED_SIZES = {"micro": {"d": 384, "heads": 6, "layers": 6, "senses": 16},
+                   "mini": {"d": 640, "heads": 8, "layers": 8, "senses": 16},
+                   "small": {"d": 768, "heads": 12, "layers": 12, "senses": 16}}
+PUBLISHED_CONTEXT, PUBLISHED_VOCAB = 512, 50_257
+CALIBRATION = {"Backpack validation perplexity": "30.7 (20.6M parameters)",
+               "Transformer twin validation perplexity": "30.8 (17.7M parameters)",
+               "best sense, SimLex-999 / WordSim-353 (Spearman)": "0.286 / 0.579"}
+
+
+def reference_rows(model: Backpack | None) -> list[dict[str, Any]]:
+    """The model's shape beside the published Backpack sizes (micro, mini, small: OpenWebText,
+    GPT-2 tokenizer, 512-token context, 100k steps of ~512k tokens)."""
+    cfg = model.config if model is not None else None
+    ours = ({"d": cfg.n_embd, "heads": cfg.n_head, "layers": cfg.n_layer, "senses": cfg.num_senses,
+             "context": cfg.n_positions, "vocabulary": cfg.vocab_size} if cfg is not None else {})
+    rows = []
+    for name, label in (("d", "width (d)"), ("heads", "attention heads"), ("layers", "layers"),
+                        ("senses", "senses per word (k)"), ("context", "context (tokens)"),
+                        ("vocabulary", "vocabulary")):
+        row = {"": label, "this model": f"{ours[name]:,}" if name in ours else "–"}
+        for size, dims in PUBLISHED_SIZES.items():
+            value = dims.get(name, PUBLISHED_CONTEXT if name == "context" else PUBLISHED_VOCAB)
+            row[f"published {size}"] = f"{value:,}"
+        rows.append(row)
+    return rows
 
 
 def model_directory(source: str | None) -> Path | None:

@@ -369,7 +369,10 @@ def test_models_page(app_model, tiny_model_dir, tmp_path, monkeypatch):
     assert dict(zip(numbers["metric"], numbers["value"])) == {
         "backpack_val.perplexity": "25.8", "backpack_val.tokens": "1,000", "parameters.total": "1,234"}
     tiles = {m.label: m.value for m in at.metric}
-    assert tiles["backpack_val.perplexity"] == "25.8" and tiles["parameters.total"] == "1,234"
+    assert tiles["Backpack perplexity, validation split"] == "25.8" and tiles["parameters"] == "1,234"
+    reference = next(d.value for d in at.dataframe if "published mini" in d.value.columns)
+    assert reference.set_index("").loc["width (d)"].tolist() == [
+        f"{model.config.n_embd}", "384", "640", "768"]
     loss = next(f for f in figures(at) if f["layout"]["title"]["text"] == "loss")
     assert [s["y"] for s in loss["data"]] == [[5.0, 4.0], [4.5]]
     assert "1 unreadable line" in " ".join(c.value for c in at.caption)
@@ -791,3 +794,22 @@ def test_sense_cards_similarity_and_a_card_button_that_edits_on_steer(app_model)
     at.button(key="senses:w1:0:ablate-2").click().run()
     ok(at)
     assert at.session_state["edit_set"]["edits"] == [{"kind": "ablate_sense", "word": bank, "sense": 2}]
+
+
+def test_position_rows_filter_sort_and_generation_divergence(tiny_model, tiny_tokenizer):
+    session = ContextSession(tiny_model, tiny_tokenizer, TEXT)
+    edits = {"version": 1, "edits": [{"kind": "scale_sense", "word": " bank", "sense": "all",
+                                      "factor": 8.0}]}
+    view = views.steer_view(session, edits)
+    changed = views.position_rows(view.rows, only_changed=True)
+    assert changed and [r["position"] for r in changed] == view.changed_positions
+    by_kl = views.position_rows(view.rows, order="KL")
+    assert [r["KL"] for r in by_kl] == sorted(view.kl, reverse=True)
+    split = views.divergence(tiny_tokenizer, " the bank by the river", " the bank of the sea")
+    assert split.shared == " the bank" and split.before == " by the river" and split.tokens == 2
+    assert views.divergence(tiny_tokenizer, " same", " same").identical
+    assert "<mark" in views.divergence_html("<b>", "x") and "&lt;b&gt;" in views.divergence_html("<b>", "x")
+    html = views.token_weights_html(session, 5, sense=None)
+    alpha = session.contextualization[:, 5, :6].float()
+    assert html.count('title="') == 6 and "#aaa" in html  # 0..5 coloured, the future grey
+    assert f"weight {float(alpha[:, 0].sum()):.3f}" in html  # a token's hover: its weight, by sense

@@ -228,3 +228,34 @@ def test_a_long_evaluation_says_its_time_left_and_stops(server, page):
     page.get_by_text("The evaluation was stopped").wait_for()
     assert "Stopped after" in page.locator("body").inner_text()
     assert page.get_by_text("the slow evaluation was not stopped").count() == 0
+
+
+def test_views_token_text_changed_rows_divergence_and_sense_cards(server, page, tiny_tokenizer):
+    """The token-coloured text (hover: the weight by sense), the every-position table filtered to
+    changed rows, the generations' divergence marked, and a sense card's Ablate button."""
+    import state
+
+    url, _ = server
+    browser.open_page(page, f"{url}/context?text={quote(TEXT)}&pos=5")
+    tokens = page.locator('span[title*="by sense"]')
+    tokens.first.wait_for()
+    assert tokens.count() == 6  # positions 0..5 have a weight in the prediction after 5
+    tokens.nth(2).hover()
+    assert "in the prediction after 5; by sense: " in tokens.nth(2).get_attribute("title")
+
+    edits = {"version": 1, "edits": [{"kind": "scale_sense", "word": " bank", "sense": "all",
+                                      "factor": 8.0}]}
+    browser.open_page(page, f"{url}/steer?text={quote(TEXT)}&edits={state.encode_edits(edits)}")
+    page.get_by_text("Only changed rows").click()
+    browser.settle(page)
+    page.wait_for_function("() => document.querySelector('[data-testid=\"stDataFrame\"]')")
+    assert page.locator('[data-testid="stException"]').count() == 0
+    page.get_by_role("button", name="Generate").click()
+    page.get_by_text("then diverge").or_(page.get_by_text("are identical")).first.wait_for()
+    if page.get_by_text("then diverge").count():
+        assert page.locator("mark").count() == 2
+
+    browser.open_page(page, f"{url}/senses?word=%20bank")
+    page.get_by_role("button", name="Ablate").first.click()
+    page.wait_for_function("() => window.location.pathname.endsWith('/steer')")
+    page.get_by_text("ablate sense").first.wait_for()

@@ -87,7 +87,7 @@ st.subheader("Model card")
 if card.headline:
     tiles = st.columns(4)
     for n, row in enumerate(card.headline[:12]):
-        tiles[n % 4].metric(row["metric"], row["value"])
+        tiles[n % 4].metric(row["label"], row["value"], help=f"eval.json: {row['metric']}")
 if card.numbers:
     with st.expander(f"Every number in `{card.directory}/eval.json` ({len(card.numbers)})",
                      expanded=not card.headline):
@@ -98,6 +98,15 @@ if card.readme:
         st.code(card.readme, language="markdown", wrap_lines=True)
 for note in card.notes:
     st.caption(views.plain(note))
+with st.expander("Beside the published Backpack (Hewitt et al. 2023)", expanded=True):
+    st.caption("The paper's sizes (its training code: OpenWebText, GPT-2 tokenizer, 100k steps of "
+               "about 512k tokens) beside this model's; the paper's perplexities are on "
+               "OpenWebText, WikiText and LAMBADA, not comparable with a small model trained "
+               "on another corpus. From docs/backpack-reference.md.")
+    st.dataframe(views.reference_rows(model), hide_index=True, key=f"{PAGE}:reference")
+    st.caption("A calibration at small scale (the reference's run on the offline corpus: width "
+               "256, 6 layers, 16 senses, 98M tokens, one H100): " + "; ".join(
+                   f"{k} {v}" for k, v in views.CALIBRATION.items()) + ".")
 
 st.subheader("Training curves")
 directory = views.model_directory(current.source)

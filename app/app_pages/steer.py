@@ -298,8 +298,14 @@ if view.edits:
 else:
     charts[1].caption("KL(before ‖ after) per position appears here once there are edits.")
 st.markdown("**Every position** (rows whose most probable next token changed are highlighted)")
-st.dataframe(ui.steer_table(view.rows), hide_index=True, key=f"{PAGE}:table",
-             height=min(420, 38 + 35 * session.n))
+f = st.columns([1, 2])
+only_changed = f[0].toggle(f"Only changed rows ({view.n_changed})", False, key=f"{PAGE}:only-changed",
+                           disabled=not view.n_changed)
+order = f[1].radio("Sort by", list(views.ROW_ORDERS), format_func=views.ROW_ORDERS.get,
+                   horizontal=True, key=f"{PAGE}:order", label_visibility="collapsed")
+table_rows = views.position_rows(view.rows, only_changed and view.n_changed > 0, order)
+st.dataframe(ui.steer_table(table_rows), hide_index=True, key=f"{PAGE}:table",
+             height=min(420, 38 + 35 * max(1, len(table_rows))))
 
 st.subheader("Generations with and without the edits")
 g = st.columns(4)
@@ -327,6 +333,14 @@ if generation and generation["request"] == request:
     left.code(generation["result"]["before"], language=None, wrap_lines=True)
     right.markdown("**With the edits**")
     right.code(generation["result"]["after"], language=None, wrap_lines=True)
+    split = views.divergence(tokenizer, generation["result"]["before"], generation["result"]["after"])
+    if split.identical:
+        st.caption("The two generations are identical.")
+    else:
+        st.caption(f"They share their first {split.tokens} generated token(s), then diverge "
+                   "(marked):")
+        left.markdown(views.divergence_html(split.shared, split.before), unsafe_allow_html=True)
+        right.markdown(views.divergence_html(split.shared, split.after), unsafe_allow_html=True)
 elif generation:
     st.caption("The text, edits or settings changed since the last generation: generate again.")
 
