@@ -20,3 +20,4 @@ def test_load_app_smoke():
     assert loaded["sessions"] == 2 and loaded["rounds"] >= 2 and result["server_alive_at_end"]
     assert loaded["errors"] == 0 and loaded["leaks"] == 0 and loaded["missing"] == 0, loaded
     assert loaded["latency_ms"]["p95"] > 0 and loaded["server_rss_mb"]["peak"] > 0
+    assert loaded["generations"] >= 2 and loaded["generation_ms"]["p50"] > 0  # Generate clicked
