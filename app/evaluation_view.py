@@ -46,7 +46,8 @@ def absent_note(result: EditEvaluation) -> str | None:
         return None
     parts = []
     for w in absent:
-        part = f"{w['word']!r} never occurs in {result.corpus['name']} (its {result.corpus['tokens']:,} tokens)"
+        part = (f"{w['word']!r} never occurs in {result.corpus['name']} "
+                f"(its {result.corpus['tokens']:,} tokens)")
         if w["other"]:
             part += (f"; {w['other']['word']!r} occurs {w['other']['count']:,} times: the corpus "
                      "may be lower-cased (or differently cased)")

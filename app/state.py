@@ -498,7 +498,8 @@ def run_page(navigation) -> None:
         with request_threads(0):  # one thread unless BACKPACK_THREADS: small work, busy server
             navigation.run()
     except Exception as err:  # noqa: BLE001 - the boundary: anything a page did not handle
-        st.error(views.plain(failure_message(err, f"page {navigation.url_path or 'home'}")), icon=":material/error:")
+        message = failure_message(err, f"page {navigation.url_path or 'home'}")
+        st.error(views.plain(message), icon=":material/error:")
     finally:
         _keep_persisted()
 

@@ -216,7 +216,8 @@ async def user(port: int, name: int, until: float, stats: dict, generate_every: 
                 stats["generation_ms"].append((time.perf_counter() - started) * 1000)
                 if not seen["finished"] or seen["exceptions"] or seen["errors"]:
                     stats["errors"] += 1
-                    stats["error_messages"] += seen["exceptions"] + seen["errors"] or ["generation did not finish"]
+                    stats["error_messages"] += (seen["exceptions"] + seen["errors"]
+                                                or ["generation did not finish"])
     except Exception as err:  # a dropped connection or a broken page: count it, keep the others
         stats["errors"] += 1
         stats["error_messages"].append(f"session {name}: {type(err).__name__}: {err}"[:300])

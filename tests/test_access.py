@@ -93,3 +93,14 @@ def test_models_page_refuses_paths_outside_the_roots(tiny_model_dir, monkeypatch
     at.text_input(key="models:metrics-path").input("/etc/passwd").run()
     errors = " ".join(str(e.value) for e in at.error)
     assert "outside the model directories" in errors and "has no records" not in errors
+
+
+def test_display_source_names_a_model_relative_to_its_root(server):
+    """What a visitor sees: never the server's absolute path."""
+    assert access.display_source(None) == DEFAULT_MODEL_DIR.name
+    assert access.display_source(str(DEFAULT_MODEL_DIR)) == DEFAULT_MODEL_DIR.name
+    assert access.display_source(str(server / "runs" / "mine" / "metrics.jsonl")) == \
+        "runs/mine/metrics.jsonl"
+    assert access.display_source("stanfordnlp/backpack-gpt2") == "stanfordnlp/backpack-gpt2"
+    outside = access.display_source(str(server / "secret" / "key.txt"))
+    assert outside == "key.txt" and str(server) not in outside

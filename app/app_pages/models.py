@@ -15,8 +15,8 @@ env_model = state.default_choice().source
 
 st.title("Models")
 current = state.model_choice()
-st.caption(f"This session uses **{views.plain(current.label)}**. Each model is loaded once per server process "
-           "and shared by every session; the choice here applies to your session only.")
+st.caption(f"This session uses **{views.plain(current.label)}**. Each model is loaded once per "
+           "server process and shared by every session; the choice here applies to your session only.")
 
 st.subheader("Choose the model")
 kinds = (["default"] if env_model else []) + ["shipped", "directory", "hub"]
