@@ -876,18 +876,18 @@ def headline_numbers(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 _WHO = {"backpack": "Backpack", "twin": "Transformer twin"}
-_SPLITS = {"val": "validation split", "ptb": "Penn Treebank test", "test": "test split"}
+_SPLITS = {"val": "validation", "ptb": "PTB test", "test": "test"}
 
 
 def metric_label(metric: str) -> str:
     """eval.json's dotted names as people read them: 'backpack_val.perplexity' -> 'Backpack
-    perplexity, validation split'; unknown names are returned as they are."""
+    perplexity, validation'; unknown names are returned as they are."""
     m = re.fullmatch(r"(\w+?)_(val|ptb|test)\.(\w+)", metric)
     if m and m.group(1) in _WHO:
         return f"{_WHO[m.group(1)]} {m.group(3).replace('_', ' ')}, {_SPLITS[m.group(2)]}"
     m = re.fullmatch(r"best_sense_held_out\.(\w+)\.spearman", metric)
     if m:
-        return f"best sense on {m.group(1)} (chosen on another benchmark), Spearman"
+        return f"{m.group(1)} Spearman, held-out best sense"
     named = {"parameters.total": "parameters", "training.steps": "training steps",
              "training.tokens": "training tokens"}
     return named.get(metric, metric)

@@ -369,7 +369,7 @@ def test_models_page(app_model, tiny_model_dir, tmp_path, monkeypatch):
     assert dict(zip(numbers["metric"], numbers["value"])) == {
         "backpack_val.perplexity": "25.8", "backpack_val.tokens": "1,000", "parameters.total": "1,234"}
     tiles = {m.label: m.value for m in at.metric}
-    assert tiles["Backpack perplexity, validation split"] == "25.8" and tiles["parameters"] == "1,234"
+    assert tiles["Backpack perplexity, validation"] == "25.8" and tiles["parameters"] == "1,234"
     reference = next(d.value for d in at.dataframe if "published mini" in d.value.columns)
     assert reference.set_index("").loc["width (d)"].tolist() == [
         f"{model.config.n_embd}", "384", "640", "768"]
@@ -778,7 +778,8 @@ def test_sense_cards_similarity_and_a_card_button_that_edits_on_steer(app_model)
     bank = tokenizer.encode(" bank")[0]
     cards = sense_cards(model, tokenizer, " bank", top=5)
     assert [c.sense for c in cards] == list(range(model.config.num_senses))
-    assert not any("<0x" in w for c in cards for w, _, _ in c.top + c.bottom)  # bytes hidden
+    shown = [readable_token(tokenizer, i) for c in cards for _, i, _ in c.top + c.bottom]
+    assert not any("<0x" in w for w in shown)  # byte and control tokens hidden
     senses = model.sense_vectors(torch.tensor(bank)).detach()
     twin = torch.stack([senses[0], senses[0] * 2.0, -senses[0]])  # 0 and 1: same direction
     assert near_duplicate_groups(twin) == [[0, 1]]

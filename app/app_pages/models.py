@@ -85,9 +85,9 @@ if model is not None:
 card = views.model_card(current.source)
 st.subheader("Model card")
 if card.headline:
-    tiles = st.columns(4)
+    tiles = st.columns(3)
     for n, row in enumerate(card.headline[:12]):
-        tiles[n % 4].metric(row["label"], row["value"], help=f"eval.json: {row['metric']}")
+        tiles[n % 3].metric(row["label"], row["value"], help=f"eval.json: {row['metric']}")
 if card.numbers:
     with st.expander(f"Every number in `{card.directory}/eval.json` ({len(card.numbers)})",
                      expanded=not card.headline):

@@ -80,7 +80,7 @@ def show_cards(token_id: int, slot: str) -> None:
     state.persist(f"{PAGE}:{slot}:bytes", False)
     show_bytes = st.toggle("Show byte tokens (<0xE2>: parts of a character)", key=f"{PAGE}:{slot}:bytes")
     cards = sense_cards(model, tokenizer, token_id, top=top, hide_bytes=not show_bytes)
-    groups = sorted({tuple([c.sense, *c.duplicates]) for c in cards if c.duplicates})
+    groups = sorted({tuple(sorted([c.sense, *c.duplicates])) for c in cards if c.duplicates})
     if groups:
         st.caption("Near-duplicate senses (cosine of their vectors ≥ "
                    f"{DUPLICATE_COSINE:g}), grouped: " + ", ".join(
@@ -114,13 +114,21 @@ def show_cards(token_id: int, slot: str) -> None:
                            f"occurrences ({use.share:.0%} of the word's){' · dead' if use.dead else ''}")
                 for ctx in use.contexts[:1]:
                     st.markdown(f"<small>{atlas_views.snippet_html(ctx)}</small>", unsafe_allow_html=True)
-            b = st.columns(2)
-            b[0].button("Ablate", key=f"{PAGE}:{slot}:ablate-{card.sense}", on_click=on_steer_sense,
-                        args=(card.token_id, card.sense, "ablate"), icon=":material/block:",
-                        help="add 'ablate this sense' to the edit set and open Steer")
-            b[1].button("Scale ×2", key=f"{PAGE}:{slot}:scale-{card.sense}", on_click=on_steer_sense,
-                        args=(card.token_id, card.sense, "scale"), icon=":material/tune:",
-                        help="add 'scale this sense by 2' to the edit set and open Steer")
+            st.button("Ablate", key=f"{PAGE}:{slot}:ablate-{card.sense}", on_click=on_steer_sense,
+                      args=(card.token_id, card.sense, "ablate"), icon=":material/block:",
+                      help="add 'ablate this sense' to the edit set and open Steer", width="stretch")
+            st.button("Scale ×2", key=f"{PAGE}:{slot}:scale-{card.sense}", on_click=on_steer_sense,
+                      args=(card.token_id, card.sense, "scale"), icon=":material/tune:",
+                      help="add 'scale this sense by 2' to the edit set and open Steer", width="stretch")
+
+
+FULL_WIDTH_TABLES: list = []  # two words side by side: their tables go below, full width
+
+
+def sense_table(piece, slot: str, n: int) -> None:
+    st.dataframe(piece.rows, hide_index=True, key=f"{PAGE}:{slot}:table:{n}",
+                 height=38 + 35 * len(piece.rows),
+                 column_config={"sense": st.column_config.NumberColumn(width="small")})
 
 
 def show_word(word: str, slot: str) -> None:
@@ -139,9 +147,10 @@ def show_word(word: str, slot: str) -> None:
                    ) if view.multi_token else [st.container()]
     for n, (tab, piece) in enumerate(zip(tabs, view.pieces)):
         with tab:
-            st.dataframe(piece.rows, hide_index=True, key=f"{PAGE}:{slot}:table:{n}",
-                         height=38 + 35 * len(piece.rows),
-                         column_config={"sense": st.column_config.NumberColumn(width="small")})
+            if compare:  # a half-width column would cut the words off: below, full width
+                FULL_WIDTH_TABLES.append((piece, slot, n))
+            else:
+                sense_table(piece, slot, n)
             top_tab, bottom_tab = st.tabs(["Top words", "Bottom words"])
             fit = {"max_chars": 7, "font_size": 9} if compare else {}  # half-width columns
             with top_tab:
@@ -167,6 +176,9 @@ if compare:
             picked[slot] = pick_word(slot, default)
             if picked[slot]:
                 show_word(picked[slot], slot)
+    for piece, slot, n in FULL_WIDTH_TABLES:
+        st.markdown(f"**Senses of {views.plain(views.readable_token(tokenizer, piece.token_id))}**")
+        sense_table(piece, slot, n)
     if picked.get("w1") and picked.get("w2"):
         try:
             similarity = views.similarity_heatmap(model, tokenizer, picked["w1"], picked["w2"])

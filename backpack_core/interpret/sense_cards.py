@@ -15,6 +15,7 @@ page draws them; the atlas adds where each sense is used.
 from __future__ import annotations
 
 import re
+import unicodedata
 import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -34,8 +35,10 @@ _BYTE_MASKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def is_byte_token(text: str) -> bool:
-    """A token that holds only part of a UTF-8 character (`token_text` shows it as <0xE2>)."""
-    return bool(_BYTES.search(text))
+    """A token that holds only part of a UTF-8 character (`token_text` shows it as <0xE2>), or
+    a control character other than a newline or tab (shown as <0x7F> too)."""
+    return bool(_BYTES.search(text)) or any(
+        unicodedata.category(c) == "Cc" and c not in "\n\t" for c in text)
 
 
 def byte_token_mask(tokenizer: Tokenizer, n_real: int) -> torch.Tensor:
