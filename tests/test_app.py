@@ -814,3 +814,15 @@ def test_position_rows_filter_sort_and_generation_divergence(tiny_model, tiny_to
     alpha = session.contextualization[:, 5, :6].float()
     assert html.count('title="') == 6 and "#aaa" in html  # 0..5 coloured, the future grey
     assert f"weight {float(alpha[:, 0].sum()):.3f}" in html  # a token's hover: its weight, by sense
+
+
+def test_plain_text_renders_as_typed_in_markdown():
+    """views.plain: a CommonMark renderer draws no link, image or HTML from it, and the text reads
+    as typed (the browser test checks Streamlit's own renderer, autolinks included)."""
+    markdown_it = pytest.importorskip("markdown_it")
+    typed = ("![pixel](https://evil.example/a.png) [Click here](http://evil.example) "
+             "<img src='https://evil.example/i.png'> **bold** $x$ `code` www.evil.example")
+    html = markdown_it.MarkdownIt("commonmark").render(views.plain(typed))
+    assert "<a " not in html and "<img" not in html and "<strong>" not in html and "<code>" not in html
+    assert as_read(views.plain(typed)) == typed
+    assert "://" not in views.plain(typed).replace("\\", "")  # the joiner breaks autolinks
