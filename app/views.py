@@ -38,12 +38,22 @@ from backpack_core.interpret.compare import (
 from backpack_core.interpret.compare import edit_effects as compare_edit_effects
 from backpack_core.interpret.readouts import SenseReadout, sense_readout
 from backpack_core.model.tokenizer import readable_token, show_token
-from backpack_core.model.vocab import WordError, resolve_word, single_token_id, token_text
+from backpack_core.model.vocab import (
+    WordError,
+    parse_word,
+    resolve_word,
+    single_token_id,
+    token_text,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from backpack_core.interpret.session import ContextSession
     from backpack_core.model.backpack import Backpack
     from backpack_core.model.tokenizer import Tokenizer
+
+# every word box of the app reads what it is given with vocab.parse_word, and says so
+WORD_HELP = ("a word: bank (read as inside a text, ' bank', when that is one token), an exact "
+             "form in quotes ('bank', ' bank'), or a token id (#123)")
 
 # the edit kinds the Steer page builds with controls (any kind can be uploaded as JSON)
 STEER_KINDS = ("ablate_sense", "scale_sense", "replace_sense", "knowledge_edit",
@@ -80,6 +90,29 @@ def position_label(session: ContextSession, i: int) -> str:
 def text_tokens(session: ContextSession) -> list[str]:
     """The text's tokens as people read them (`readable_token`: bytes as <0xE2>)."""
     return [readable_token(session.tokenizer, i) for i in session.token_ids]
+
+
+# ----------------------------------------------------------------------------------------------
+# Text from users, shown as text
+# ----------------------------------------------------------------------------------------------
+
+WORD_JOINER = "\u2060"
+_AUTOLINK = re.compile(r"(?i)://|www\.|@\w")  # the joiner goes before the last character
+_MARKDOWN_SPECIAL = frozenset("\\`*_{}[]()<>#+-.!$~|:&=\"'/@%^?;,")
+
+
+def plain(text: Any) -> str:
+    """`text` made safe to show inside Streamlit's Markdown (st.markdown, st.caption, st.error,
+    ...) as the characters it holds: every Markdown-active ASCII punctuation character is
+    backslash-escaped, so a link `[x](https://...)`, an image `![x](...)` (which the browser
+    would fetch), an autolink, HTML, emphasis or `$math$` in an edit set's name, a word or an
+    error message that quotes them reads as typed and never renders. Newlines become spaces.
+
+    Escapes do not stop GitHub-style autolinks (`https://...`, `www.`, `a@b.c` become links after
+    parsing), so an invisible word joiner (U+2060) breaks those three patterns."""
+    flat = " ".join(str(text).split())
+    flat = _AUTOLINK.sub(lambda m: m.group(0)[:-1] + WORD_JOINER + m.group(0)[-1], flat)
+    return "".join("\\" + c if c in _MARKDOWN_SPECIAL else c for c in flat)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -128,14 +161,32 @@ def parse_positions(text: str | None) -> list[int] | None:
                         f"got {text!r}") from None
 
 
+def typed_word(text: str | int | None, tokenizer: Tokenizer | None = None,
+               vocab_size: int | None = None) -> str | int | None:
+    """A word box's text -> the word or token id (`vocab.parse_word`); None for an empty box."""
+    if text is None or (isinstance(text, str) and not text.strip()):
+        return None
+    try:
+        return parse_word(text, tokenizer, vocab_size)
+    except WordError as err:
+        raise EditError(str(err)) from None
+
+
 def edit_spec(kind: str, *, word: str | int, senses: str | int | None = "all",
               factor: float | None = None, positions: str | None = "",
               source_word: str | int | None = None, source_sense: int | None = None,
               remove: str | int | None = None, add: str | int | None = None,
-              renormalize: bool = False) -> dict[str, Any]:
+              renormalize: bool = False, tokenizer: Tokenizer | None = None,
+              vocab_size: int | None = None) -> dict[str, Any]:
     """One edit's JSON object from the Steer page's controls, structurally checked (EditError).
 
-    kind: one of STEER_KINDS; senses / positions as typed ('all', '1, 2'; '' = everywhere)."""
+    kind: one of STEER_KINDS; senses / positions as typed ('all', '1, 2'; '' = everywhere).
+    Typed words (`source_word`, `remove`, `add`, and `word` when it is typed) are read with
+    `vocab.parse_word` when a tokenizer is given: `bank`, `' bank'` and `#123` all work."""
+    if tokenizer is not None:
+        source_word = typed_word(source_word, tokenizer, vocab_size)
+        remove = typed_word(remove, tokenizer, vocab_size)
+        add = typed_word(add, tokenizer, vocab_size)
     if kind not in EDIT_KINDS:
         raise EditError(f"unknown edit kind {kind!r}; accepted kinds: {', '.join(EDIT_KINDS)}")
     if word is None or word == "":
@@ -334,6 +385,27 @@ def sense_view(model: Backpack, tokenizer: Tokenizer, word: str | int, top: int 
                      [_piece_view(p, n_top, tokenizer) for p in readout.pieces])
 
 
+def card_words(words: list[tuple[str, int, float]], tokenizer: Tokenizer) -> str:
+    """A card's top or bottom words as one line: '␣river 3.1 · ␣deposit 2.9 ...'."""
+    return " · ".join(f"{readable_token(tokenizer, i)} {v:.1f}" for _, i, v in words)
+
+
+def similarity_heatmap(model: Backpack, tokenizer: Tokenizer, word_a: str | int,
+                       word_b: str | int) -> Heatmap:
+    """Two one-token words' senses, cosine by cosine (`sense_cards.sense_similarity`): rows are
+    the senses of `word_a`, columns those of `word_b`. WordError when one is not one token."""
+    from backpack_core.interpret.sense_cards import sense_similarity
+
+    sim = sense_similarity(model, tokenizer, word_a, word_b)  # (k, k)
+    a = readable_token(tokenizer, single_token_id(tokenizer, word_a, model.config.vocab_size))
+    b = readable_token(tokenizer, single_token_id(tokenizer, word_b, model.config.vocab_size))
+    k = sim.shape[0]
+    return Heatmap(sim.tolist(), [f"{b} {j}" for j in range(k)], [f"{a} {i}" for i in range(k)],
+                   [[f"{v:.2f}" for v in row] for row in sim.tolist()],
+                   f"cosine of the sense vectors: {a} (rows) by {b} (columns)",
+                   f"senses of {b}", f"senses of {a}", zmin=-1.0, zmax=1.0, colorbar="cosine")
+
+
 def word_options(matches: list[str], query: str) -> list[str]:
     """The Senses page's choices for a typed word: the matching tokens and, when the word is not
     one of them, the word itself in its in-text form (' MacBook', with the leading space, as it
@@ -440,6 +512,34 @@ def contextualization_heatmap(session: ContextSession, sense: int | None = None,
     z = [[None if v != v else v for v in row] for row in values.cpu().tolist()]  # NaN -> blank
     return Heatmap(z, labels, labels, None, title, "source position j", "query position i",
                    zmax=zmax, zmin=zmin, colorbar=colorbar, note=note)
+
+
+def token_weights_html(session: ContextSession, position: int, sense: int | None = None) -> str:
+    """The text as tokens coloured by the contextualization weight each one's senses receive in
+    the prediction after `position` (alpha[l, position, j], summed over senses or one sense),
+    for texts too long for a readable heatmap. Hovering a token shows where that weight comes
+    from, sense by sense (largest first). Tokens after `position` are grey (the future). Escaped
+    HTML: the text is the user's."""
+    import html
+
+    i = session.position(position)
+    alpha = session.contextualization[:, i, : i + 1].float()  # (k, i + 1)
+    weight = alpha.sum(0) if sense is None else alpha[sense]  # (i + 1,)
+    top = float(weight.max()) or 1.0
+    parts = []
+    for j, token in enumerate(text_tokens(session)):
+        shown = html.escape(token.replace("\n", "⏎"), quote=False)
+        if j > i:
+            parts.append(f'<span style="color:#aaa">{shown}</span>')
+            continue
+        per_sense = sorted(enumerate(alpha[:, j].tolist()), key=lambda t: -t[1])
+        tip = (f"{j} {token}: weight {float(weight[j]):.3f} in the prediction after {i}; by sense: "
+               + ", ".join(f"{l}: {w:.3f}" for l, w in per_sense[:6]))
+        edge = ";outline:2px solid #e8590c" if j == i else ""
+        parts.append(f'<span title="{html.escape(tip)}" style="background:rgba(31,119,180,'
+                     f'{float(weight[j]) / top:.2f});border-radius:3px;padding:0 1px{edge}">{shown}</span>')
+    return ('<div style="line-height:1.9;font-family:monospace;white-space:pre-wrap">'
+            + "".join(parts) + "</div>")
 
 
 def position_from_label(label: Any) -> int | None:
@@ -569,6 +669,63 @@ def steer_view(session: ContextSession, edits: Any, position: int = -1, top: int
                      edit_set.describe(), changes)
 
 
+ROW_ORDERS = {"position": "position", "KL": "KL, largest first",
+              "p change": "largest change of p(top-1 before)"}
+
+
+def position_rows(rows: list[dict[str, Any]], only_changed: bool = False,
+                  order: str = "position") -> list[dict[str, Any]]:
+    """The Steer page's every-position rows, filtered to the positions whose most probable next
+    token changed (only_changed) and sorted (ROW_ORDERS: by position, by KL, or by how much the
+    probability of the token that was most probable changed)."""
+    if order not in ROW_ORDERS:
+        raise ValueError(f"unknown order {order!r}; choose one of {', '.join(ROW_ORDERS)}")
+    out = [r for r in rows if r["changed"]] if only_changed else list(rows)
+    if order == "KL":
+        out.sort(key=lambda r: -r["KL"])
+    elif order == "p change":
+        out.sort(key=lambda r: -abs(r["p before"] - r["p after"]) if r["before"] == r["after"]
+                 else -1.0 - abs(r["p before"] - r["p after"]))
+    return out
+
+
+@dataclass
+class Divergence:
+    """Where two generations from the same prompt part: `shared` is their common beginning,
+    then `before` / `after` are the rest of each. tokens: how many tokens they share."""
+
+    shared: str
+    before: str
+    after: str
+    tokens: int
+
+    @property
+    def identical(self) -> bool:
+        return not self.before and not self.after
+
+
+def divergence(tokenizer: Tokenizer, before: str, after: str) -> Divergence:
+    """The first token at which two continuations differ (token by token, so a shared piece of
+    a word is not split)."""
+    a, b = tokenizer.encode(before), tokenizer.encode(after)
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    shared = tokenizer.decode(a[:n])
+    return Divergence(shared, before[len(shared):], after[len(shared):], n)
+
+
+def divergence_html(shared: str, rest: str) -> str:
+    """One side of a divergence as escaped HTML: the shared beginning plain, the rest marked."""
+    import html
+
+    def esc(text: str) -> str:
+        return html.escape(text, quote=False)
+
+    marked = (f'<mark style="background:rgba(232,89,12,.25)">{esc(rest)}</mark>' if rest else "")
+    return f'<div style="white-space:pre-wrap;font-family:monospace">{esc(shared)}{marked}</div>'
+
+
 @dataclass
 class EditEffect:
     """What one edit of an edit set does on its own: where the predictions moved, and how much."""
@@ -612,6 +769,43 @@ def edit_effects(session: ContextSession, edits: Any, top: int = 5) -> list[Edit
         out.append(EditEffect(index, edit.describe(), float(factor) if factor is not None else None,
                               edit.kind, most, n_moved, n_changed, [dict(r) for r in rows]))
     return out
+
+
+TINY_KL = 1e-3  # an edit whose largest KL on the text is below this changes almost nothing
+
+
+@dataclass
+class EditPreview:
+    """What an edit from the controls will touch on this text, before it is added."""
+
+    edit: str  # the edit, described
+    occurrences: list[int]  # positions of its word in the text
+    n_moved: int  # positions whose prediction it changes at all
+    n_changed: int  # positions whose most probable next token it changes
+    max_kl: float  # the largest KL(before || after) over the text
+    most_affected: int | None
+
+    @property
+    def tiny(self) -> bool:
+        """It changes almost nothing here (largest KL below TINY_KL)."""
+        return self.max_kl < TINY_KL
+
+
+def edit_preview(session: ContextSession, spec: dict[str, Any]) -> EditPreview:
+    """One edit (a spec from `edit_spec`) on the cached text, alone: where its word is and how
+    much it moves the predictions (`compare.edit_effects`: one re-mix, no forward pass).
+    EditError when it does not fit the model."""
+    edit_set = EditSet.from_dict({"version": 1, "edits": [spec]})
+    edit_set.validate(session.tokenizer, session.model.config)
+    edit = edit_set.edits[0]
+    try:
+        word_id = single_token_id(session.tokenizer, edit.word, session.model.config.vocab_size)
+        occurrences = [j for j, t in enumerate(session.token_ids) if t == word_id]
+    except (WordError, AttributeError):
+        occurrences = []
+    changes = compare_edit_effects(session, edit_set)[0]
+    return EditPreview(edit.describe(), occurrences, len(changes.ranked()), sum(changes.changed),
+                       max(changes.kl, default=0.0), changes.most_affected)
 
 
 def with_factor(edits: dict[str, Any], index: int, factor: float) -> dict[str, Any]:
@@ -678,8 +872,56 @@ HEADLINE = re.compile(r"^(\w+_(val|ptb|test)\.perplexity|parameters\.total|train
 
 
 def headline_numbers(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The rows of eval.json worth a tile: perplexities, losses, size, training length."""
-    return [r for r in rows if HEADLINE.match(r["metric"])]
+    """The rows of eval.json worth a tile: perplexities, losses, size, training length; each
+    with a readable `label` (`metric_label`)."""
+    return [{**r, "label": metric_label(r["metric"])} for r in rows if HEADLINE.match(r["metric"])]
+
+
+_WHO = {"backpack": "Backpack", "twin": "Transformer twin"}
+_SPLITS = {"val": "validation", "ptb": "PTB test", "test": "test"}
+
+
+def metric_label(metric: str) -> str:
+    """eval.json's dotted names as people read them: 'backpack_val.perplexity' -> 'Backpack
+    perplexity, validation'; unknown names are returned as they are."""
+    m = re.fullmatch(r"(\w+?)_(val|ptb|test)\.(\w+)", metric)
+    if m and m.group(1) in _WHO:
+        return f"{_WHO[m.group(1)]} {m.group(3).replace('_', ' ')}, {_SPLITS[m.group(2)]}"
+    m = re.fullmatch(r"best_sense_held_out\.(\w+)\.spearman", metric)
+    if m:
+        return f"{m.group(1)} Spearman, held-out best sense"
+    named = {"parameters.total": "parameters", "training.steps": "training steps",
+             "training.tokens": "training tokens"}
+    return named.get(metric, metric)
+
+
+# The published Backpack (Hewitt et al. 2023; its training code's sizes) and the calibration run
+# of /work/shared/docs/backpack-reference.md, beside the model's own configuration.
+PUBLISHED_SIZES = {"micro": {"d": 384, "heads": 6, "layers": 6, "senses": 16},
+                   "mini": {"d": 640, "heads": 8, "layers": 8, "senses": 16},
+                   "small": {"d": 768, "heads": 12, "layers": 12, "senses": 16}}
+PUBLISHED_CONTEXT, PUBLISHED_VOCAB = 512, 50_257
+CALIBRATION = {"Backpack validation perplexity": "30.7 (20.6M parameters)",
+               "Transformer twin validation perplexity": "30.8 (17.7M parameters)",
+               "best sense, SimLex-999 / WordSim-353 (Spearman)": "0.286 / 0.579"}
+
+
+def reference_rows(model: Backpack | None) -> list[dict[str, Any]]:
+    """The model's shape beside the published Backpack sizes (micro, mini, small: OpenWebText,
+    GPT-2 tokenizer, 512-token context, 100k steps of ~512k tokens)."""
+    cfg = model.config if model is not None else None
+    ours = ({"d": cfg.n_embd, "heads": cfg.n_head, "layers": cfg.n_layer, "senses": cfg.num_senses,
+             "context": cfg.n_positions, "vocabulary": cfg.vocab_size} if cfg is not None else {})
+    rows = []
+    for name, label in (("d", "width (d)"), ("heads", "attention heads"), ("layers", "layers"),
+                        ("senses", "senses per word (k)"), ("context", "context (tokens)"),
+                        ("vocabulary", "vocabulary")):
+        row = {"": label, "this model": f"{ours[name]:,}" if name in ours else "–"}
+        for size, dims in PUBLISHED_SIZES.items():
+            value = dims.get(name, PUBLISHED_CONTEXT if name == "context" else PUBLISHED_VOCAB)
+            row[f"published {size}"] = f"{value:,}"
+        rows.append(row)
+    return rows
 
 
 def model_directory(source: str | None) -> Path | None:
@@ -702,15 +944,18 @@ def model_directory(source: str | None) -> Path | None:
 
 def model_card(source: str | None) -> ModelCard:
     """The model card (README.md) and the numbers of eval.json in the model's directory."""
+    from backpack_core.model.access import display_source
+
     directory = model_directory(source)
     if directory is None:
-        return ModelCard(None, None, [], [f"no local directory for {source!r}"])
+        return ModelCard(None, None, [], [f"no local directory for {display_source(source)!r}"])
+    shown = display_source(directory)  # relative to its allowed root: no server path
     notes, readme, numbers = [], None, []
     card = directory / "README.md"
     if card.is_file():
         readme = card.read_text(encoding="utf-8", errors="replace")
     else:
-        notes.append(f"{directory} has no README.md (model card)")
+        notes.append(f"{shown} has no README.md (model card)")
     evals = directory / "eval.json"
     if evals.is_file():
         try:
@@ -719,17 +964,17 @@ def model_card(source: str | None) -> ModelCard:
                 data = {k: v for k, v in data.items() if k != "senses"}  # words, not numbers
             numbers = flatten_numbers(data)
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            notes.append(f"{evals} is not valid JSON: {err}")
+            notes.append(f"{shown}/eval.json is not valid JSON: {err}")
     else:
-        notes.append(f"{directory} has no eval.json")
-    return ModelCard(str(directory), readme, numbers, notes, headline_numbers(numbers))
+        notes.append(f"{shown} has no eval.json")
+    return ModelCard(shown, readme, numbers, notes, headline_numbers(numbers))
 
 
 @dataclass
 class Curves:
     """A run's metrics.jsonl: training records and evaluation records, as columns."""
 
-    path: str
+    path: str  # relative to its allowed root (access.display_source): no server path
     train: dict[str, list[float]]  # step, loss, lr, tokens, tokens_per_s, ...
     val: dict[str, list[float]]  # step, val_loss, val_ppl
     skipped: int  # lines that were not JSON objects (a line cut short by a crash)
@@ -750,11 +995,14 @@ def _columns(records: list[dict[str, Any]]) -> dict[str, list[float]]:
 
 def training_curves(path: str | Path) -> Curves:
     """Read a run's metrics.jsonl (a directory holding one, or the file). OSError if missing."""
+    from backpack_core.model.access import display_source
+
     path = Path(path).expanduser()
     if path.is_dir():
         path = path / "metrics.jsonl"
     if not path.is_file():
-        raise FileNotFoundError(f"no metrics file at {path} (a run directory holds metrics.jsonl)")
+        raise FileNotFoundError(f"no metrics file at {display_source(path)} (a run directory holds "
+                                "metrics.jsonl)")
     train, val, skipped = [], [], 0
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         if not line.strip():
@@ -770,7 +1018,7 @@ def training_curves(path: str | Path) -> Curves:
             val.append(record)
         elif "loss" in record:
             train.append(record)
-    return Curves(str(path), _columns(train), _columns(val), skipped)
+    return Curves(display_source(path), _columns(train), _columns(val), skipped)
 
 
 def find_metrics(*roots: str | Path) -> list[str]:

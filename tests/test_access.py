@@ -152,3 +152,14 @@ def test_a_link_with_a_model_no_file_can_have_is_refused_in_the_sidebar(tiny_mod
     warnings = " ".join(str(w.value) for w in at.warning)
     assert "The model in the link was not loaded" in warnings, warnings
     assert not at.error, [str(e.value) for e in at.error]
+
+
+def test_display_source_names_a_model_relative_to_its_root(server):
+    """What a visitor sees: never the server's absolute path."""
+    assert access.display_source(None) == DEFAULT_MODEL_DIR.name
+    assert access.display_source(str(DEFAULT_MODEL_DIR)) == DEFAULT_MODEL_DIR.name
+    assert access.display_source(str(server / "runs" / "mine" / "metrics.jsonl")) == \
+        "runs/mine/metrics.jsonl"
+    assert access.display_source("stanfordnlp/backpack-gpt2") == "stanfordnlp/backpack-gpt2"
+    outside = access.display_source(str(server / "secret" / "key.txt"))
+    assert outside == "key.txt" and str(server) not in outside

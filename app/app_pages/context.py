@@ -25,7 +25,7 @@ st.caption("Each prediction is a weighted sum of the senses of the tokens so far
            "counts for the prediction after token i.")
 text = state.text_area(PAGE, help="Up to the model's context length, in tokens.")
 try:
-    session = state.context_session(text)
+    session = state.text_session(PAGE, text)
 except ValueError as err:
     state.show_error(err)
     st.stop()
@@ -54,6 +54,13 @@ def pending_choice(key: str, options: list, default) -> None:
         st.session_state[key] = default
 
 
+# the position (of the token text below and of the attribution): a link's, or kept
+positions = list(range(session.n))
+state.persist(f"{PAGE}:pos", shared="position")
+if state.text_changed(PAGE, text):  # a new text: its last position, not the old text's
+    st.session_state[f"{PAGE}:pos"] = session.n - 1
+pending_choice(f"{PAGE}:pos", positions, session.n - 1)
+
 # -- contextualization --
 st.subheader("Contextualization weights")
 sense_options = ["all"] + list(range(k))
@@ -78,18 +85,22 @@ def on_cell() -> None:
         st.session_state[f"{PAGE}:pos"] = cell[0]
 
 
-st.plotly_chart(ui.heatmap(heat, "Viridis", cell_text=False, colorbar_title="alpha",
-                           height=max(380, min(900, 120 + 14 * session.n)), clickable=True),
-                key=f"{PAGE}:contextualization", on_select=on_cell, selection_mode="points")
-st.caption("Click a cell to attribute that row's prediction below.")
+heat_column, text_column = st.columns([3, 2])
+heat_column.plotly_chart(ui.heatmap(heat, "Viridis", cell_text=False, colorbar_title="alpha",
+                                    height=max(380, min(900, 120 + 14 * session.n)), clickable=True),
+                         key=f"{PAGE}:contextualization", on_select=on_cell, selection_mode="points")
+heat_column.caption("Click a cell to attribute that row's prediction below.")
+shown_position = st.session_state[f"{PAGE}:pos"]
+text_column.markdown(f"**The text, coloured by the weight of each token in the prediction after "
+                     f"position {shown_position}** ({'all senses' if sense == 'all' else f'sense {sense}'}; "
+                     "hover a token: its weight sense by sense)")
+text_column.markdown(views.token_weights_html(session, shown_position, None if sense == "all" else sense),
+                     unsafe_allow_html=True)
 
 # -- attribution --
 st.subheader("Attribution of one prediction")
 st.caption("The logit of a word after position i is exactly Σ_l Σ_(j≤i) alpha[l, i, j] · "
            "(E_word · C(x_j)_l): the contributions below sum to it.")
-positions = list(range(session.n))
-state.persist(f"{PAGE}:pos", shared="position")
-pending_choice(f"{PAGE}:pos", positions, session.n - 1)
 cols = st.columns([2, 2, 2])
 position = cols[0].selectbox("Position i (the prediction after this token)", positions,
                              key=f"{PAGE}:pos",
@@ -97,9 +108,11 @@ position = cols[0].selectbox("Position i (the prediction after this token)", pos
 options = views.target_options(session, position)
 target_pick = cols[1].selectbox("Target word", options, key=f"{PAGE}:target",
                                 format_func=lambda t: views.readable_token(tokenizer, t))
-custom = cols[2].text_input("…or another word (one token, e.g. ' river')", key=f"{PAGE}:custom-target")
-target = custom if custom else target_pick
+custom = cols[2].text_input("…or another word (one token)", key=f"{PAGE}:custom-target",
+                            help=views.WORD_HELP)
 try:
+    target = views.typed_word(custom, tokenizer, session.model.config.vocab_size) if custom \
+        else target_pick
     view = views.attribution_view(session, target, position)
 except ValueError as err:
     state.show_error(err, "Attribution")

@@ -26,6 +26,9 @@ the core all refuse past them with a message naming the limit (`LimitError`).
                           scored against the whole vocabulary, 2 x 20 x N x vocab floats
     MAX_PATCH_TOKENS      a prompt pair patched position by position (analyses.patch, the
                           Context page): (layers + 1) x tokens partial contextualizer passes
+    MAX_REQUEST_TOKENS    corpus tokens one dashboard request reads (a sense atlas, an edit
+                          evaluation): 200,000 tokens took 722 s on a busy 2-core CPU; 50,000
+                          is a few minutes there (the command-line tools are not bound by it)
     model size            a config's parameters must fit the memory available (checked before
                           anything is allocated): `check_model_fits`
 
@@ -69,6 +72,7 @@ MAX_EDIT_NUMBER = _limit("MAX_EDIT_NUMBER", 1_000_000)
 MAX_TOPIC_SAMPLES = _limit("MAX_TOPIC_SAMPLES", 1_000)
 MAX_TOPIC_SENSES = _limit("MAX_TOPIC_SENSES", 1_000)
 MAX_PATCH_TOKENS = _limit("MAX_PATCH_TOKENS", 128)
+MAX_REQUEST_TOKENS = _limit("MAX_REQUEST_TOKENS", 50_000)
 
 
 def check_size(size: int, limit: int, what: str, unit: str, setting: str,
