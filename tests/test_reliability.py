@@ -446,6 +446,6 @@ def test_edits_that_compound_past_float32_are_an_error_not_nan(tiny_model, tiny_
     at = app_test({"edits": state.encode_edits(many), "text": "The bank"}, "steer", monkeypatch,
                   tiny_model_dir)
     assert not at.exception
-    shown = " ".join(str(e.value) for e in [*at.error, *at.warning])
+    shown = " ".join(as_read(e.value) for e in [*at.error, *at.warning])
     assert "the edits make the model's numbers overflow" in shown, shown
     assert not any(bool(frame.value.isna().any().any()) for frame in at.dataframe), "NaN shown"
