@@ -192,7 +192,7 @@ async def user(port: int, name: int, until: float, stats: dict, generate_every: 
         if not json_id or not apply_id:
             raise RuntimeError(f"JSON box not found; widgets: {sorted(s.widgets)[:20]}")
         round_ = 0
-        while time.time() < until:
+        while round_ == 0 or time.time() < until:  # one round at least, however slow the start
             wanted = edit_set(name, round_)
             started = time.perf_counter()
             seen = await s.rerun(s.pages["steer"], query=s.query, widgets=[
