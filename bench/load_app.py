@@ -195,7 +195,8 @@ async def user(port: int, name: int, until: float, stats: dict, rounds: int | No
         if not json_id or not apply_id:
             raise RuntimeError(f"JSON box not found; widgets: {sorted(s.widgets)[:20]}")
         round_ = 0
-        while (round_ < rounds) if rounds is not None else (time.time() < until):
+        # `rounds` rounds when given; else until `until`, with one round at least however slow the start
+        while (round_ < rounds) if rounds is not None else (round_ == 0 or time.time() < until):
             wanted = edit_set(name, round_)
             started = time.perf_counter()
             seen = await s.rerun(s.pages["steer"], query=s.query, widgets=[
