@@ -10,6 +10,7 @@ from pathlib import Path
 import components as ui
 import state
 import streamlit as st
+import views
 
 # A local icon: a ":material/...:" page icon is fetched from fonts.gstatic.com by the browser.
 st.set_page_config(page_title="Backpack Workbench", page_icon=str(Path(__file__).with_name("icon.png")),
@@ -42,11 +43,11 @@ def home() -> None:
     try:
         model, tokenizer = state.load_model(choice)
     except (ValueError, OSError) as err:
-        st.error(f"Could not load the model {choice.label}: {err}")
+        st.error(f"Could not load the model {views.plain(choice.label)}: {views.plain(err)}")
         st.page_link(state.MODELS_PAGE, label="Choose a model on the Models page", icon=":material/settings:")
     else:
         ui.model_metrics(model, tokenizer)
-        st.caption(f"Model: {choice.label}")
+        st.caption(f"Model: {views.plain(choice.label)}")
     st.subheader("Pages")
     for path, title, icon, what in PAGES.values():
         st.page_link(path, label=f"**{title}**: {what}", icon=icon)

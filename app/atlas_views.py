@@ -20,6 +20,7 @@ from backpack_core.model.tokenizer import show_token
 SOURCES = {"Penn Treebank (test)": "ptb", "Upload a text file": "upload",
            "Training corpus (validation split)": "validation"}
 SESSION_KEY = "senses:atlas"
+STOP_NAME = "senses:atlas-build"  # state.run_with_stop's name for the build
 
 
 def read_source(label: str, uploaded, tokenizer, max_tokens: int):
@@ -29,17 +30,18 @@ def read_source(label: str, uploaded, tokenizer, max_tokens: int):
 
 
 def build(model, tokenizer, corpus, model_key: tuple) -> SenseAtlas:
-    """The atlas of `corpus` (from the disk cache, or built with a progress bar), kept in the
-    session with the model it belongs to."""
-    bar = st.progress(0.0, text=f"Sense atlas of {corpus.name}: reading {len(corpus):,} tokens…")
-
-    def progress(done: int, total: int) -> None:
-        bar.progress(done / total, text=f"Sense atlas of {corpus.name}: window batch {done} of {total}")
+    """The atlas of `corpus` (from the disk cache, or built with a progress bar, the time left
+    and a Stop button: `state.run_with_stop`), kept in the session with its model."""
+    import state
 
     try:
-        atlas = SenseAtlas.for_corpus(model, tokenizer, corpus, progress=progress)
-    finally:
-        bar.empty()
+        atlas = state.run_with_stop(
+            STOP_NAME, f"Sense atlas of {corpus.name} ({len(corpus):,} tokens)",
+            lambda report: SenseAtlas.for_corpus(model, tokenizer, corpus, progress=report),
+            work_tokens=len(corpus))
+    except Exception:
+        st.session_state.pop(f"_running:{STOP_NAME}", None)  # failed, not stopped
+        raise
     st.session_state[SESSION_KEY] = (model_key, atlas)
     return atlas
 

@@ -144,12 +144,13 @@ def screenshots(out: Path, model: str | None) -> list[Path]:
     pages = {
         "app-home.png": "",
         "app-senses.png": "senses?word=%20bank",
+        "app-senses-compare.png": "senses?word=%20bank&word2=%20river",
         "app-context.png": f"context?text={quote(text)}&pos=9",
         "app-steer.png": f"steer?text={quote(text)}&pos=9&edits={state.encode_edits(edits)}",
         "app-models.png": "models",
     }
-    heights = {"app-home.png": 900, "app-senses.png": 1500, "app-context.png": 2300,
-               "app-steer.png": 2300, "app-models.png": 1500}
+    heights = {"app-home.png": 900, "app-senses.png": 2600, "app-senses-compare.png": 2400,
+               "app-context.png": 2600, "app-steer.png": 2900, "app-models.png": 2000}
     written = []
     with sync_playwright() as p, chromium(p) as browser, \
             serve(model, out / ".server.log") as url:

@@ -33,12 +33,40 @@ def evaluate(model, tokenizer, edits: dict, choice: str, max_tokens: int, streng
                           strengths=strength_list, progress=progress or False)
 
 
+def loss_text(value: float | None) -> str:
+    """A loss change as the table shows it; '–' where there is no position to average over."""
+    return "–" if value is None else f"{value:+.4f}"
+
+
+def absent_note(result: EditEvaluation) -> str | None:
+    """Why an edit changes nothing on this corpus: its word never occurs there (and the other
+    case of it does, when the corpus is lower-cased). None when every edited word occurs."""
+    absent = result.absent_words
+    if not absent:
+        return None
+    parts = []
+    for w in absent:
+        part = (f"{w['word']!r} never occurs in {result.corpus['name']} "
+                f"(its {result.corpus['tokens']:,} tokens)")
+        if w["other"]:
+            part += (f"; {w['other']['word']!r} occurs {w['other']['count']:,} times: the corpus "
+                     "may be lower-cased (or differently cased)")
+        parts.append(part)
+    what = ("the edits of that word change no prediction here" if len(absent) == len(result.words)
+            else "the edits of those words change nothing here")
+    return "; ".join(parts) + f". So {what}: choose a corpus where the word occurs."
+
+
 def sweep_rows(result: EditEvaluation) -> list[dict[str, Any]]:
-    """One row per strength: radius, loss change (all / inside / outside), success rate."""
+    """One row per strength: radius, loss change (all / inside / outside), success rate. A loss
+    over no position (an empty blast radius) reads '–', not None."""
     return [{"strength": r.strength, "blast radius": r.radius,
-             "Δloss all": r.loss_change["all"], "Δloss inside": r.loss_change["inside"],
-             "Δloss outside": r.loss_change["outside"], "loss after": r.loss_after["all"],
-             "success": r.success_rate} for r in result.sweep]
+             "Δloss all": loss_text(r.loss_change["all"]),
+             "Δloss inside": loss_text(r.loss_change["inside"]),
+             "Δloss outside": loss_text(r.loss_change["outside"]),
+             "loss after": round(r.loss_after["all"], 4),
+             "success": "–" if r.success_rate is None else f"{r.success_rate:.0%}"}
+            for r in result.sweep]
 
 
 def prompt_rows(result: EditEvaluation) -> list[dict[str, Any]]:
@@ -49,7 +77,8 @@ def prompt_rows(result: EditEvaluation) -> list[dict[str, Any]]:
         after = p.by_strength[one]
         rows.append({"prompt": p.prompt, "target": p.target, "foil": p.foil or "",
                      "logp before": p.before.target_logprob, "logp after": after.target_logprob,
-                     "rank before": p.before.target_rank, "rank after": after.target_rank,
+                     # ranks from 1 (the most probable next token), as everywhere in the app
+                     "rank before": p.before.target_rank + 1, "rank after": after.target_rank + 1,
                      "success before": p.before.success, "success after": after.success})
     return rows
 

@@ -39,7 +39,7 @@ if str(REPO_ROOT) not in sys.path:  # `streamlit run app/Home.py` from anywhere
 
 import views  # noqa: E402  (app/views.py: the view model)
 
-from backpack_core.common import limits  # noqa: E402
+from backpack_core.common import limits, progress  # noqa: E402
 from backpack_core.edit.specs import EditError  # noqa: E402
 from backpack_core.interpret.session import ContextSession  # noqa: E402
 from backpack_core.model import access  # noqa: E402
@@ -57,21 +57,69 @@ log = logging.getLogger("backpack_workbench.app")
 
 
 def _set_threads() -> None:
-    value = os.environ.get(THREADS_ENV, "").strip()
-    if value:
-        try:
-            threads = int(value)
-        except ValueError:
-            threads = 0
-        if threads < 1:
-            print(f"{THREADS_ENV} must be a positive integer, got {value!r}: ignored", file=sys.stderr)
-            return
+    try:
+        threads = progress.threads_override()
+    except ValueError as err:
+        print(f"{err}: ignored", file=sys.stderr)
+        return
+    if threads is not None:
         import torch
 
         torch.set_num_threads(threads)
 
 
 _set_threads()  # once per process: this module is imported once
+
+
+def request_threads(work_tokens: int = 0):
+    """A block running on the threads a request of `work_tokens` tokens should use
+    (`progress.choose_threads`: 1 for small work or on a busy machine, BACKPACK_THREADS when set).
+    Every page runs inside request_threads(0); the atlas and the evaluation ask for more."""
+    try:
+        n = progress.choose_threads(work_tokens)
+    except ValueError:  # a malformed BACKPACK_THREADS, reported once at start: torch's default
+        import torch
+
+        n = torch.get_num_threads()
+    return progress.torch_threads(n)
+
+
+def run_with_stop(name: str, total_label: str, work: Callable[[Callable[[int, int], None]], Any],
+                  work_tokens: int) -> Any:
+    """Run long work with a progress bar that says the time left and a Stop button. A click on
+    Stop reruns the page, which interrupts the work at its next progress report; the next run
+    then says that it was stopped (`stopped_message`). work(progress) -> result."""
+    import time
+
+    st.session_state[f"_running:{name}"] = {"done": 0, "total": None}
+    st.button("Stop", key=f"{name}:stop", icon=":material/stop_circle:",
+              help="stop this run (at the end of the current batch)")
+    bar = st.progress(0.0, text=f"{total_label}: starting…")
+    start = time.perf_counter()
+
+    def report(done: int, total: int) -> None:
+        st.session_state[f"_running:{name}"] = {"done": done, "total": total}
+        left = progress.time_left(done, total, time.perf_counter() - start)
+        bar.progress(min(1.0, done / total),
+                     text=f"{total_label}: batch {done} of {total}{'; ' + left if left else ''}")
+
+    try:
+        with request_threads(work_tokens):
+            result = work(report)
+    finally:
+        bar.empty()
+    st.session_state.pop(f"_running:{name}", None)
+    return result
+
+
+def stopped_message(name: str) -> str | None:
+    """'Stopped after 3 of 40 batches.' once after a run of `name` was interrupted; else None."""
+    run = st.session_state.pop(f"_running:{name}", None)
+    if run is None:
+        return None
+    if run["total"]:
+        return f"Stopped after {run['done']} of {run['total']} batches: nothing was kept."
+    return "Stopped before the first batch: nothing was kept."
 
 
 # ----------------------------------------------------------------------------------------------
@@ -90,7 +138,9 @@ class ModelChoice:
 
     @property
     def name(self) -> str:
-        return self.source if self.source else f"shipped ({DEFAULT_MODEL_DIR.name})"
+        """The model as a visitor sees it: relative to its allowed root, never a server path."""
+        return access.display_source(self.source) if self.source \
+            else f"shipped ({DEFAULT_MODEL_DIR.name})"
 
     @property
     def label(self) -> str:
@@ -197,14 +247,15 @@ def require_model():
     try:
         model, tokenizer = load_model(choice)
     except (ValueError, OSError) as err:
-        st.error(f"Could not load the model {choice.label}: {err}")
+        st.error(f"Could not load the model {views.plain(choice.label)}: {views.plain(err)}")
         st.page_link(MODELS_PAGE, label="Choose a model on the Models page", icon=":material/settings:")
         st.stop()
     return model, tokenizer, choice
 
 
 @st.cache_resource(show_spinner="Reading the text…", max_entries=16)
-def _session(key: tuple[str, str, str], text: str, _model, _tokenizer) -> ContextSession:
+def _session(key: tuple[str, str, str], text: str | tuple[int, ...], _model, _tokenizer
+             ) -> ContextSession:
     return ContextSession(_model, _tokenizer, text)
 
 
@@ -215,6 +266,35 @@ def context_session(text: str) -> ContextSession:
     if not text.strip():
         raise ValueError("the text is empty: enter a text to read")
     return _session(choice.key, text, model, tokenizer)
+
+
+def text_session(page: str, text: str) -> ContextSession:
+    """The cached ContextSession of `text`. A text longer than the model's context is not
+    refused: the page offers its last tokens (the default) or one window of a sliding window
+    (`backpack_core.model.windows`), and the session reads those tokens. ValueError: empty."""
+    from backpack_core.model.windows import text_window, window_starts
+
+    model, tokenizer, choice = require_model()
+    if not text.strip():
+        raise ValueError("the text is empty: enter a text to read")
+    ids = tokenizer.encode(text)
+    n_ctx = model.config.n_positions
+    if len(ids) <= n_ctx:
+        return _session(choice.key, text, model, tokenizer)
+    cols = st.columns([3, 2])
+    mode = cols[0].radio(
+        f"The text is {len(ids):,} tokens long; the model reads {n_ctx:,} at once. Read",
+        ["last", "window"], horizontal=True, key=f"{page}:long-text",
+        format_func={"last": f"its last {n_ctx:,} tokens", "window": "one window of a sliding window"}.get)
+    start = 0
+    if mode == "window":
+        starts = window_starts(len(ids), n_ctx)
+        start = cols[1].select_slider("Window (tokens; a new one every half context)", starts,
+                                      key=f"{page}:window",
+                                      format_func=lambda s: f"{s:,}–{s + n_ctx - 1:,}")
+    window = text_window(ids, n_ctx, mode, start)
+    st.caption(f"Reading {window.describe()}; the positions below count from the first token read.")
+    return _session(choice.key, tuple(window.token_ids), model, tokenizer)
 
 
 @st.cache_resource(show_spinner="Building the sense bank (every word's senses; once per model)…",
@@ -230,6 +310,20 @@ def sense_bank():
     return _sense_bank(choice.key, model)
 
 
+@st.cache_resource(show_spinner="Loading the Transformer twin…", max_entries=2)
+def _twin(source: str, device: str, dtype: str):
+    from backpack_core.interpret.twin import load_twin
+
+    return load_twin(source, device=device, dtype=dtype)
+
+
+def load_twin(source: str):
+    """(twin, tokenizer) from a directory the operator allows (BACKPACK_MODEL_ROOTS), on this
+    session's device and dtype; ValueError / OSError if it is refused or fails to load."""
+    choice = model_choice()
+    return _twin(access.allowed_source(source), choice.device, choice.dtype)
+
+
 # ----------------------------------------------------------------------------------------------
 # Per-session state
 # ----------------------------------------------------------------------------------------------
@@ -242,6 +336,15 @@ def text_area(page: str, label: str = "Text", height: int = 110, help: str | Non
     value = st.text_area(label, key=key, height=height, help=help, max_chars=limits.MAX_TEXT_CHARS)
     st.session_state["text"] = value
     return value
+
+
+def text_changed(page: str, text: str) -> bool:
+    """True once each time this page sees a text other than the one it last read (then the
+    position and any message about the old text are reset)."""
+    key = f"_text_seen:{page}"
+    seen = st.session_state.get(key)
+    st.session_state[key] = text
+    return seen is not None and seen != text
 
 
 def persist(key: str, default: Any = None, shared: str | None = None) -> None:
@@ -381,19 +484,20 @@ def sidebar() -> None:
         p = next(model.parameters())
         label = f"{choice.name} · {p.device.type} · {str(p.dtype).removeprefix('torch.')}"
     with st.sidebar:
-        st.caption(f"**Model:** {label}")
+        st.caption(f"**Model:** {views.plain(label)}")
         for problem in ("_url_problem", "_url_model_problem"):
             if st.session_state.get(problem):
-                st.warning(st.session_state[problem])
+                st.warning(views.plain(st.session_state[problem]))
         n = len(st.session_state.get("edit_set", EMPTY_EDITS).get("edits", []))
         if n:
             st.caption(f"**Edits:** {n} active (Steer page)")
 
 
 def show_error(err: BaseException, what: str = "") -> None:
-    """A known input error as one message (no traceback)."""
-    message = " ".join(str(err).split())
-    st.error(f"{what}: {message}" if what else message)
+    """A known input error as one message (no traceback), shown as plain text: it may quote
+    what the user typed."""
+    message = views.plain(err)
+    st.error(f"{views.plain(what)}: {message}" if what else message)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -413,11 +517,13 @@ def run_page(navigation) -> None:
     are not Exceptions). An error raised by a widget callback earlier in this run is shown too."""
     failed = st.session_state.pop("_callback_failure", None)
     if failed:
-        st.error(failed, icon=":material/error:")
+        st.error(views.plain(failed), icon=":material/error:")
     try:
-        navigation.run()
+        with request_threads(0):  # one thread unless BACKPACK_THREADS: small work, busy server
+            navigation.run()
     except Exception as err:  # noqa: BLE001 - the boundary: anything a page did not handle
-        st.error(failure_message(err, f"page {navigation.url_path or 'home'}"), icon=":material/error:")
+        message = failure_message(err, f"page {navigation.url_path or 'home'}")
+        st.error(views.plain(message), icon=":material/error:")
     finally:
         _keep_persisted()
 

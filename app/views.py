@@ -39,12 +39,22 @@ from backpack_core.interpret.compare import (
 from backpack_core.interpret.compare import edit_effects as compare_edit_effects
 from backpack_core.interpret.readouts import SenseReadout, sense_readout
 from backpack_core.model.tokenizer import readable_token, show_token
-from backpack_core.model.vocab import WordError, resolve_word, single_token_id, token_text
+from backpack_core.model.vocab import (
+    WordError,
+    parse_word,
+    resolve_word,
+    single_token_id,
+    token_text,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from backpack_core.interpret.session import ContextSession
     from backpack_core.model.backpack import Backpack
     from backpack_core.model.tokenizer import Tokenizer
+
+# every word box of the app reads what it is given with vocab.parse_word, and says so
+WORD_HELP = ("a word: bank (read as inside a text, ' bank', when that is one token), an exact "
+             "form in quotes ('bank', ' bank'), or a token id (#123)")
 
 # the edit kinds the Steer page builds with controls (any kind can be uploaded as JSON)
 STEER_KINDS = ("ablate_sense", "scale_sense", "replace_sense", "knowledge_edit",
@@ -81,6 +91,29 @@ def position_label(session: ContextSession, i: int) -> str:
 def text_tokens(session: ContextSession) -> list[str]:
     """The text's tokens as people read them (`readable_token`: bytes as <0xE2>)."""
     return [readable_token(session.tokenizer, i) for i in session.token_ids]
+
+
+# ----------------------------------------------------------------------------------------------
+# Text from users, shown as text
+# ----------------------------------------------------------------------------------------------
+
+WORD_JOINER = "\u2060"
+_AUTOLINK = re.compile(r"(?i)://|www\.|@\w")  # the joiner goes before the last character
+_MARKDOWN_SPECIAL = frozenset("\\`*_{}[]()<>#+-.!$~|:&=\"'/@%^?;,")
+
+
+def plain(text: Any) -> str:
+    """`text` made safe to show inside Streamlit's Markdown (st.markdown, st.caption, st.error,
+    ...) as the characters it holds: every Markdown-active ASCII punctuation character is
+    backslash-escaped, so a link `[x](https://...)`, an image `![x](...)` (which the browser
+    would fetch), an autolink, HTML, emphasis or `$math$` in an edit set's name, a word or an
+    error message that quotes them reads as typed and never renders. Newlines become spaces.
+
+    Escapes do not stop GitHub-style autolinks (`https://...`, `www.`, `a@b.c` become links after
+    parsing), so an invisible word joiner (U+2060) breaks those three patterns."""
+    flat = " ".join(str(text).split())
+    flat = _AUTOLINK.sub(lambda m: m.group(0)[:-1] + WORD_JOINER + m.group(0)[-1], flat)
+    return "".join("\\" + c if c in _MARKDOWN_SPECIAL else c for c in flat)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -129,14 +162,32 @@ def parse_positions(text: str | None) -> list[int] | None:
                         f"got {text!r}") from None
 
 
+def typed_word(text: str | int | None, tokenizer: Tokenizer | None = None,
+               vocab_size: int | None = None) -> str | int | None:
+    """A word box's text -> the word or token id (`vocab.parse_word`); None for an empty box."""
+    if text is None or (isinstance(text, str) and not text.strip()):
+        return None
+    try:
+        return parse_word(text, tokenizer, vocab_size)
+    except WordError as err:
+        raise EditError(str(err)) from None
+
+
 def edit_spec(kind: str, *, word: str | int, senses: str | int | None = "all",
               factor: float | None = None, positions: str | None = "",
               source_word: str | int | None = None, source_sense: int | None = None,
               remove: str | int | None = None, add: str | int | None = None,
-              renormalize: bool = False) -> dict[str, Any]:
+              renormalize: bool = False, tokenizer: Tokenizer | None = None,
+              vocab_size: int | None = None) -> dict[str, Any]:
     """One edit's JSON object from the Steer page's controls, structurally checked (EditError).
 
-    kind: one of STEER_KINDS; senses / positions as typed ('all', '1, 2'; '' = everywhere)."""
+    kind: one of STEER_KINDS; senses / positions as typed ('all', '1, 2'; '' = everywhere).
+    Typed words (`source_word`, `remove`, `add`, and `word` when it is typed) are read with
+    `vocab.parse_word` when a tokenizer is given: `bank`, `' bank'` and `#123` all work."""
+    if tokenizer is not None:
+        source_word = typed_word(source_word, tokenizer, vocab_size)
+        remove = typed_word(remove, tokenizer, vocab_size)
+        add = typed_word(add, tokenizer, vocab_size)
     if kind not in EDIT_KINDS:
         raise EditError(f"unknown edit kind {kind!r}; accepted kinds: {', '.join(EDIT_KINDS)}")
     if word is None or word == "":
@@ -336,6 +387,27 @@ def sense_view(model: Backpack, tokenizer: Tokenizer, word: str | int, top: int 
                      [_piece_view(p, n_top, tokenizer) for p in readout.pieces])
 
 
+def card_words(words: list[tuple[str, int, float]], tokenizer: Tokenizer) -> str:
+    """A card's top or bottom words as one line: '␣river 3.1 · ␣deposit 2.9 ...'."""
+    return " · ".join(f"{readable_token(tokenizer, i)} {v:.1f}" for _, i, v in words)
+
+
+def similarity_heatmap(model: Backpack, tokenizer: Tokenizer, word_a: str | int,
+                       word_b: str | int) -> Heatmap:
+    """Two one-token words' senses, cosine by cosine (`sense_cards.sense_similarity`): rows are
+    the senses of `word_a`, columns those of `word_b`. WordError when one is not one token."""
+    from backpack_core.interpret.sense_cards import sense_similarity
+
+    sim = sense_similarity(model, tokenizer, word_a, word_b)  # (k, k)
+    a = readable_token(tokenizer, single_token_id(tokenizer, word_a, model.config.vocab_size))
+    b = readable_token(tokenizer, single_token_id(tokenizer, word_b, model.config.vocab_size))
+    k = sim.shape[0]
+    return Heatmap(sim.tolist(), [f"{b} {j}" for j in range(k)], [f"{a} {i}" for i in range(k)],
+                   [[f"{v:.2f}" for v in row] for row in sim.tolist()],
+                   f"cosine of the sense vectors: {a} (rows) by {b} (columns)",
+                   f"senses of {b}", f"senses of {a}", zmin=-1.0, zmax=1.0, colorbar="cosine")
+
+
 def word_options(matches: list[str], query: str) -> list[str]:
     """The Senses page's choices for a typed word: the matching tokens and, when the word is not
     one of them, the word itself in its in-text form (' MacBook', with the leading space, as it
@@ -442,6 +514,34 @@ def contextualization_heatmap(session: ContextSession, sense: int | None = None,
     z = [[None if v != v else v for v in row] for row in values.cpu().tolist()]  # NaN -> blank
     return Heatmap(z, labels, labels, None, title, "source position j", "query position i",
                    zmax=zmax, zmin=zmin, colorbar=colorbar, note=note)
+
+
+def token_weights_html(session: ContextSession, position: int, sense: int | None = None) -> str:
+    """The text as tokens coloured by the contextualization weight each one's senses receive in
+    the prediction after `position` (alpha[l, position, j], summed over senses or one sense),
+    for texts too long for a readable heatmap. Hovering a token shows where that weight comes
+    from, sense by sense (largest first). Tokens after `position` are grey (the future). Escaped
+    HTML: the text is the user's."""
+    import html
+
+    i = session.position(position)
+    alpha = session.contextualization[:, i, : i + 1].float()  # (k, i + 1)
+    weight = alpha.sum(0) if sense is None else alpha[sense]  # (i + 1,)
+    top = float(weight.max()) or 1.0
+    parts = []
+    for j, token in enumerate(text_tokens(session)):
+        shown = html.escape(token.replace("\n", "⏎"), quote=False)
+        if j > i:
+            parts.append(f'<span style="color:#aaa">{shown}</span>')
+            continue
+        per_sense = sorted(enumerate(alpha[:, j].tolist()), key=lambda t: -t[1])
+        tip = (f"{j} {token}: weight {float(weight[j]):.3f} in the prediction after {i}; by sense: "
+               + ", ".join(f"{l}: {w:.3f}" for l, w in per_sense[:6]))
+        edge = ";outline:2px solid #e8590c" if j == i else ""
+        parts.append(f'<span title="{html.escape(tip)}" style="background:rgba(31,119,180,'
+                     f'{float(weight[j]) / top:.2f});border-radius:3px;padding:0 1px{edge}">{shown}</span>')
+    return ('<div style="line-height:1.9;font-family:monospace;white-space:pre-wrap">'
+            + "".join(parts) + "</div>")
 
 
 def position_from_label(label: Any) -> int | None:
@@ -571,6 +671,63 @@ def steer_view(session: ContextSession, edits: Any, position: int = -1, top: int
                      edit_set.describe(), changes)
 
 
+ROW_ORDERS = {"position": "position", "KL": "KL, largest first",
+              "p change": "largest change of p(top-1 before)"}
+
+
+def position_rows(rows: list[dict[str, Any]], only_changed: bool = False,
+                  order: str = "position") -> list[dict[str, Any]]:
+    """The Steer page's every-position rows, filtered to the positions whose most probable next
+    token changed (only_changed) and sorted (ROW_ORDERS: by position, by KL, or by how much the
+    probability of the token that was most probable changed)."""
+    if order not in ROW_ORDERS:
+        raise ValueError(f"unknown order {order!r}; choose one of {', '.join(ROW_ORDERS)}")
+    out = [r for r in rows if r["changed"]] if only_changed else list(rows)
+    if order == "KL":
+        out.sort(key=lambda r: -r["KL"])
+    elif order == "p change":
+        out.sort(key=lambda r: -abs(r["p before"] - r["p after"]) if r["before"] == r["after"]
+                 else -1.0 - abs(r["p before"] - r["p after"]))
+    return out
+
+
+@dataclass
+class Divergence:
+    """Where two generations from the same prompt part: `shared` is their common beginning,
+    then `before` / `after` are the rest of each. tokens: how many tokens they share."""
+
+    shared: str
+    before: str
+    after: str
+    tokens: int
+
+    @property
+    def identical(self) -> bool:
+        return not self.before and not self.after
+
+
+def divergence(tokenizer: Tokenizer, before: str, after: str) -> Divergence:
+    """The first token at which two continuations differ (token by token, so a shared piece of
+    a word is not split)."""
+    a, b = tokenizer.encode(before), tokenizer.encode(after)
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    shared = tokenizer.decode(a[:n])
+    return Divergence(shared, before[len(shared):], after[len(shared):], n)
+
+
+def divergence_html(shared: str, rest: str) -> str:
+    """One side of a divergence as escaped HTML: the shared beginning plain, the rest marked."""
+    import html
+
+    def esc(text: str) -> str:
+        return html.escape(text, quote=False)
+
+    marked = (f'<mark style="background:rgba(232,89,12,.25)">{esc(rest)}</mark>' if rest else "")
+    return f'<div style="white-space:pre-wrap;font-family:monospace">{esc(shared)}{marked}</div>'
+
+
 @dataclass
 class EditEffect:
     """What one edit of an edit set does on its own: where the predictions moved, and how much."""
@@ -614,6 +771,43 @@ def edit_effects(session: ContextSession, edits: Any, top: int = 5) -> list[Edit
         out.append(EditEffect(index, edit.describe(), float(factor) if factor is not None else None,
                               edit.kind, most, n_moved, n_changed, [dict(r) for r in rows]))
     return out
+
+
+TINY_KL = 1e-3  # an edit whose largest KL on the text is below this changes almost nothing
+
+
+@dataclass
+class EditPreview:
+    """What an edit from the controls will touch on this text, before it is added."""
+
+    edit: str  # the edit, described
+    occurrences: list[int]  # positions of its word in the text
+    n_moved: int  # positions whose prediction it changes at all
+    n_changed: int  # positions whose most probable next token it changes
+    max_kl: float  # the largest KL(before || after) over the text
+    most_affected: int | None
+
+    @property
+    def tiny(self) -> bool:
+        """It changes almost nothing here (largest KL below TINY_KL)."""
+        return self.max_kl < TINY_KL
+
+
+def edit_preview(session: ContextSession, spec: dict[str, Any]) -> EditPreview:
+    """One edit (a spec from `edit_spec`) on the cached text, alone: where its word is and how
+    much it moves the predictions (`compare.edit_effects`: one re-mix, no forward pass).
+    EditError when it does not fit the model."""
+    edit_set = EditSet.from_dict({"version": 1, "edits": [spec]})
+    edit_set.validate(session.tokenizer, session.model.config)
+    edit = edit_set.edits[0]
+    try:
+        word_id = single_token_id(session.tokenizer, edit.word, session.model.config.vocab_size)
+        occurrences = [j for j, t in enumerate(session.token_ids) if t == word_id]
+    except (WordError, AttributeError):
+        occurrences = []
+    changes = compare_edit_effects(session, edit_set)[0]
+    return EditPreview(edit.describe(), occurrences, len(changes.ranked()), sum(changes.changed),
+                       max(changes.kl, default=0.0), changes.most_affected)
 
 
 def with_factor(edits: dict[str, Any], index: int, factor: float) -> dict[str, Any]:
@@ -741,8 +935,56 @@ HEADLINE = re.compile(r"^(\w+_(val|ptb|test)\.perplexity|parameters\.total|train
 
 
 def headline_numbers(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The rows of eval.json worth a tile: perplexities, losses, size, training length."""
-    return [r for r in rows if HEADLINE.match(r["metric"])]
+    """The rows of eval.json worth a tile: perplexities, losses, size, training length; each
+    with a readable `label` (`metric_label`)."""
+    return [{**r, "label": metric_label(r["metric"])} for r in rows if HEADLINE.match(r["metric"])]
+
+
+_WHO = {"backpack": "Backpack", "twin": "Transformer twin"}
+_SPLITS = {"val": "validation", "ptb": "PTB test", "test": "test"}
+
+
+def metric_label(metric: str) -> str:
+    """eval.json's dotted names as people read them: 'backpack_val.perplexity' -> 'Backpack
+    perplexity, validation'; unknown names are returned as they are."""
+    m = re.fullmatch(r"(\w+?)_(val|ptb|test)\.(\w+)", metric)
+    if m and m.group(1) in _WHO:
+        return f"{_WHO[m.group(1)]} {m.group(3).replace('_', ' ')}, {_SPLITS[m.group(2)]}"
+    m = re.fullmatch(r"best_sense_held_out\.(\w+)\.spearman", metric)
+    if m:
+        return f"{m.group(1)} Spearman, held-out best sense"
+    named = {"parameters.total": "parameters", "training.steps": "training steps",
+             "training.tokens": "training tokens"}
+    return named.get(metric, metric)
+
+
+# The published Backpack (Hewitt et al. 2023; its training code's sizes) and the calibration run
+# of /work/shared/docs/backpack-reference.md, beside the model's own configuration.
+PUBLISHED_SIZES = {"micro": {"d": 384, "heads": 6, "layers": 6, "senses": 16},
+                   "mini": {"d": 640, "heads": 8, "layers": 8, "senses": 16},
+                   "small": {"d": 768, "heads": 12, "layers": 12, "senses": 16}}
+PUBLISHED_CONTEXT, PUBLISHED_VOCAB = 512, 50_257
+CALIBRATION = {"Backpack validation perplexity": "30.7 (20.6M parameters)",
+               "Transformer twin validation perplexity": "30.8 (17.7M parameters)",
+               "best sense, SimLex-999 / WordSim-353 (Spearman)": "0.286 / 0.579"}
+
+
+def reference_rows(model: Backpack | None) -> list[dict[str, Any]]:
+    """The model's shape beside the published Backpack sizes (micro, mini, small: OpenWebText,
+    GPT-2 tokenizer, 512-token context, 100k steps of ~512k tokens)."""
+    cfg = model.config if model is not None else None
+    ours = ({"d": cfg.n_embd, "heads": cfg.n_head, "layers": cfg.n_layer, "senses": cfg.num_senses,
+             "context": cfg.n_positions, "vocabulary": cfg.vocab_size} if cfg is not None else {})
+    rows = []
+    for name, label in (("d", "width (d)"), ("heads", "attention heads"), ("layers", "layers"),
+                        ("senses", "senses per word (k)"), ("context", "context (tokens)"),
+                        ("vocabulary", "vocabulary")):
+        row = {"": label, "this model": f"{ours[name]:,}" if name in ours else "–"}
+        for size, dims in PUBLISHED_SIZES.items():
+            value = dims.get(name, PUBLISHED_CONTEXT if name == "context" else PUBLISHED_VOCAB)
+            row[f"published {size}"] = f"{value:,}"
+        rows.append(row)
+    return rows
 
 
 def model_directory(source: str | None) -> Path | None:
@@ -765,15 +1007,18 @@ def model_directory(source: str | None) -> Path | None:
 
 def model_card(source: str | None) -> ModelCard:
     """The model card (README.md) and the numbers of eval.json in the model's directory."""
+    from backpack_core.model.access import display_source
+
     directory = model_directory(source)
     if directory is None:
-        return ModelCard(None, None, [], [f"no local directory for {source!r}"])
+        return ModelCard(None, None, [], [f"no local directory for {display_source(source)!r}"])
+    shown = display_source(directory)  # relative to its allowed root: no server path
     notes, readme, numbers = [], None, []
     card = directory / "README.md"
     if card.is_file():
         readme = card.read_text(encoding="utf-8", errors="replace")
     else:
-        notes.append(f"{directory} has no README.md (model card)")
+        notes.append(f"{shown} has no README.md (model card)")
     evals = directory / "eval.json"
     if evals.is_file():
         try:
@@ -782,17 +1027,17 @@ def model_card(source: str | None) -> ModelCard:
                 data = {k: v for k, v in data.items() if k != "senses"}  # words, not numbers
             numbers = flatten_numbers(data)
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            notes.append(f"{evals} is not valid JSON: {err}")
+            notes.append(f"{shown}/eval.json is not valid JSON: {err}")
     else:
-        notes.append(f"{directory} has no eval.json")
-    return ModelCard(str(directory), readme, numbers, notes, headline_numbers(numbers))
+        notes.append(f"{shown} has no eval.json")
+    return ModelCard(shown, readme, numbers, notes, headline_numbers(numbers))
 
 
 @dataclass
 class Curves:
     """A run's metrics.jsonl: training records and evaluation records, as columns."""
 
-    path: str
+    path: str  # relative to its allowed root (access.display_source): no server path
     train: dict[str, list[float]]  # step, loss, lr, tokens, tokens_per_s, ...
     val: dict[str, list[float]]  # step, val_loss, val_ppl
     skipped: int  # lines that were not JSON objects (a line cut short by a crash)
@@ -813,11 +1058,14 @@ def _columns(records: list[dict[str, Any]]) -> dict[str, list[float]]:
 
 def training_curves(path: str | Path) -> Curves:
     """Read a run's metrics.jsonl (a directory holding one, or the file). OSError if missing."""
+    from backpack_core.model.access import display_source
+
     path = Path(path).expanduser()
     if path.is_dir():
         path = path / "metrics.jsonl"
     if not path.is_file():
-        raise FileNotFoundError(f"no metrics file at {path} (a run directory holds metrics.jsonl)")
+        raise FileNotFoundError(f"no metrics file at {display_source(path)} (a run directory holds "
+                                "metrics.jsonl)")
     train, val, skipped = [], [], 0
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         if not line.strip():
@@ -833,7 +1081,7 @@ def training_curves(path: str | Path) -> Curves:
             val.append(record)
         elif "loss" in record:
             train.append(record)
-    return Curves(str(path), _columns(train), _columns(val), skipped)
+    return Curves(display_source(path), _columns(train), _columns(val), skipped)
 
 
 def find_metrics(*roots: str | Path) -> list[str]:
@@ -847,6 +1095,117 @@ def find_metrics(*roots: str | Path) -> list[str]:
             if candidate.is_file() and str(candidate) not in found:
                 found.append(str(candidate))
     return found
+
+
+# ----------------------------------------------------------------------------------------------
+# Context page: patching a corrupted prompt, and the Transformer twin beside the Backpack
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class PatchingView:
+    """Sense and contextualizer patching of the page's text (clean) into a corrupted prompt."""
+
+    target: str
+    foil: str
+    logit_diff: dict[str, float]  # {"clean", "corrupted"}
+    totals: dict[str, float]  # {"senses", "weights", "interaction"}: they sum to 1
+    senses: Heatmap  # (k, n)
+    weights: Heatmap
+    interaction: Heatmap
+    layers: Heatmap  # (n_layer + 1, n)
+    top: list[dict[str, Any]]  # the largest (position, sense) cells
+    data: dict[str, Any]  # the JSON of python -m analyses.patch
+
+
+def _patch_labels(clean: list[str], corrupted: list[str]) -> list[str]:
+    return [f"{j} {show_token(a)}" if a == b else f"{j} {show_token(a)}→{show_token(b)}"
+            for j, (a, b) in enumerate(zip(clean, corrupted))]
+
+
+def patching_view(model: Backpack, tokenizer: Tokenizer, clean: str, corrupted: str,
+                  target: str | None = None, foil: str | None = None, top: int = 10) -> PatchingView:
+    """`interpret.patching.patch_prompts` as heatmaps and a table (ValueError: prompts of
+    different token lengths, a target or foil of several tokens, nothing to explain)."""
+    from backpack_core.interpret.patching import patch_prompts
+
+    result = patch_prompts(model, tokenizer, clean, corrupted, target or None, foil or None)
+    x = _patch_labels(result.clean.tokens, result.corrupted.tokens)
+    senses = [f"sense {l}" for l in range(result.senses.shape[0])]
+    n_layer = result.layers.shape[0] - 1
+    layers = [f"block {L} in" for L in range(n_layer)] + ["output"]
+    vmax = max(1e-9, float(torch.stack([result.senses.abs().max(), result.weights.abs().max(),
+                                        result.interaction.abs().max(), result.layers.abs().max()]).max()))
+
+    def heat(matrix: torch.Tensor, y: list[str], title: str) -> Heatmap:
+        return Heatmap(z=matrix.tolist(), x=x, y=y, title=title, x_title="source position j",
+                       zmin=-vmax, zmax=vmax, colorbar="effect")
+
+    cells = sorted(result.sense_rows(), key=lambda r: -max(abs(r["senses"]), abs(r["weights"])))
+    return PatchingView(
+        target=result.target, foil=result.foil,
+        logit_diff={"clean": result.logit_diff_clean, "corrupted": result.logit_diff_corrupted},
+        totals={"senses": float(result.senses.sum()), "weights": float(result.weights.sum()),
+                "interaction": float(result.interaction.sum())},
+        senses=heat(result.senses, senses, "clean sense vector in (weights kept)"),
+        weights=heat(result.weights, senses, "clean weight alpha[l, i, j] in (senses kept)"),
+        interaction=heat(result.interaction, senses, "interaction (both patched)"),
+        layers=heat(result.layers, layers, "contextualizer: clean residual stream at (layer, position)"),
+        top=[{"position": x[r["position"]], "sense": r["sense"], "senses": r["senses"],
+              "weights": r["weights"], "interaction": r["interaction"]} for r in cells[:top]],
+        data=result.to_dict())
+
+
+def recorded_twin(source: str | None) -> str | None:
+    """The Transformer twin recorded in the model's config.json ("twin"), as a path, or None.
+    ValueError when the path recorded is not a directory."""
+    from backpack_core.interpret.twin import twin_directory
+
+    directory = model_directory(source)
+    if directory is None:
+        return None
+    found = twin_directory(directory)
+    return str(found) if found is not None else None
+
+
+@dataclass
+class TwinView:
+    """The Backpack and its twin on the page's text."""
+
+    mean_loss: dict[str, float]  # {"backpack", "twin"}
+    positions: list[str]  # "i token" labels of the predictions 0..n-2 (those with a next token)
+    loss: list[float]  # (n - 1,) the Backpack's loss of the next token
+    twin_loss: list[float]
+    divergence: list[float]  # (n,) Jensen-Shannon divergence, nats
+    rows: list[dict[str, Any]]  # one per position
+    disagreements: list[dict[str, Any]]  # the positions where they disagree most
+
+
+def twin_view(model: Backpack, twin: Backpack, tokenizer: Tokenizer, text: str,
+              twin_tokenizer: Tokenizer | None = None, top: int = 3,
+              most: int = 5) -> TwinView:
+    """`interpret.twin.compare_with_twin` as tables and series (ValueError: not a twin of this
+    model, an empty or too long text)."""
+    from backpack_core.interpret.twin import compare_with_twin
+
+    c = compare_with_twin(model, twin, tokenizer, text, top=top, twin_tokenizer=twin_tokenizer)
+    labels = [f"{i} {readable_token(tokenizer, t)}" for i, t in enumerate(c.token_ids)]
+    words = lambda preds: ", ".join(f"{readable_token(tokenizer, p.token_id)} {p.prob:.2f}"  # noqa: E731
+                                    for p in preds)
+    rows = []
+    for i in range(c.n):
+        nxt = c.token_ids[i + 1] if i + 1 < c.n else None
+        rows.append({"position": i, "token": readable_token(tokenizer, c.token_ids[i]),
+                     "next token": readable_token(tokenizer, nxt) if nxt is not None else "",
+                     "Backpack predicts": words(c.predictions[i]),
+                     "twin predicts": words(c.twin_predictions[i]),
+                     "Backpack loss": float(c.loss[i]) if nxt is not None else None,
+                     "twin loss": float(c.twin_loss[i]) if nxt is not None else None,
+                     "JS divergence": float(c.divergence[i])})
+    backpack_loss, twin_loss = c.mean_loss()
+    return TwinView(
+        mean_loss={"backpack": backpack_loss, "twin": twin_loss}, positions=labels[:-1],
+        loss=c.loss.tolist(), twin_loss=c.twin_loss.tolist(), divergence=c.divergence.tolist(),
+        rows=rows, disagreements=[rows[i] for i in c.disagreements(most)])
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Benchmark: how fast the Steer page updates its predictions after an edit.
 
     python bench/bench_app.py [--model DIR] [--tokens 200] [--runs 20] [--device cpu] [--threads N]
+                              [--generate 30]
 
 Times, on a --tokens-token text, the exact function the Steer page calls when the edit set
 changes, `app/views.py: steer_view(session, edit_set, position, top=10)`: from the edit set
@@ -13,7 +14,8 @@ under the same compiled edits, in the same run. Medians over --runs after warm-u
 Model: --model DIR, else the shipped data/backpack-mini, else (with a note in the output)
 random weights of the shipped shape (width 128, 4 layers, 4 heads, 16 senses, sense scale 2,
 8192-token vocabulary, context 256) with edits naming token ids: the time does not depend on
-the weights. Prints one JSON line.
+the weights. --generate N also times the Steer page's Generate (`generate_side_by_side`: N new
+tokens greedy, without and with the edits; median of 3) as `generate_ms`. Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -90,6 +92,8 @@ def main(argv=None) -> int:
     p.add_argument("--runs", type=int, default=20)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--generate", type=int, default=0, metavar="N",
+                   help="also time the page's Generate with N new tokens (0: no)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -108,6 +112,12 @@ def main(argv=None) -> int:
         view = steer_view(session, edits, position=-1, top=10)
         full = model(batch, intervention=intervention).logits[0].float()
         diff = float((session.logits(intervention).float() - full).abs().max())
+        generate_ms = None
+        if args.generate:
+            from backpack_core.edit.generation import generate_side_by_side
+
+            generate_ms = median_ms(lambda: generate_side_by_side(
+                model, tokenizer, text, edits, max_new_tokens=args.generate), 3, 1)
     print(json.dumps({
         "bench": "app_steer_update",
         "note": note,
@@ -123,6 +133,8 @@ def main(argv=None) -> int:
         "within_budget": steer_ms < BUDGET_MS,
         "positions_changed": view.n_changed,
         "max_abs_diff_session_vs_full_forward": diff,
+        **({"generate_new_tokens": args.generate, "generate_ms": round(generate_ms, 1)}
+           if args.generate else {}),
     }))
     return 0
 

@@ -12,7 +12,10 @@ for that many rounds each, whatever they take: the smoke test is bounded by work
 machine's speed): every edit set is
 unique to its (session, round), a `scale_sense` of " bank" with a factor only that session uses.
 One round = one widget interaction = one script run, timed from the message sent to the server's
-`script_finished`.
+`script_finished`. Every --generate-every rounds a session also clicks "Generate" (30 new tokens,
+greedy, with and without its edits: two generations in one script run), timed the same way
+(`generation_ms`). --threads sets the server's BACKPACK_THREADS ("auto": unset, the app picks
+per request, `progress.choose_threads`).
 
 Reported (one JSON object, also written to --out):
 - errors: exception elements in a page, script runs that did not finish, dropped connections;
@@ -67,9 +70,11 @@ def rss_mb(pid: int) -> float:
     return total / 1024
 
 
-def start_server(port: int) -> subprocess.Popen:
-    env = {**os.environ, "BACKPACK_THREADS": "1", "BACKPACK_DEVICE": "cpu",
+def start_server(port: int, threads: str = "1") -> subprocess.Popen:
+    env = {**os.environ, "BACKPACK_THREADS": threads, "BACKPACK_DEVICE": "cpu",
            "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
+    if threads == "auto":
+        env.pop("BACKPACK_THREADS")
     cmd = [sys.executable, "-m", "streamlit", "run", str(REPO / "app" / "Home.py"),
            "--server.address=127.0.0.1", f"--server.port={port}", "--server.headless=true",
            "--server.fileWatcherType=none", "--browser.gatherUsageStats=false"]
@@ -172,9 +177,10 @@ def edits_in_url(query: str) -> dict | None:
     return json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
 
 
-async def user(port: int, name: int, until: float, stats: dict, rounds: int | None = None) -> None:
+async def user(port: int, name: int, until: float, stats: dict, rounds: int | None = None,
+               generate_every: int = 0) -> None:
     """One session: open the Steer page, then apply its own edit sets until `until` (time.time()),
-    or `rounds` of them when given."""
+    or `rounds` of them when given (and click Generate every `generate_every` rounds)."""
     s = Session(port, name)
     try:
         await s.connect()
@@ -189,7 +195,8 @@ async def user(port: int, name: int, until: float, stats: dict, rounds: int | No
         if not json_id or not apply_id:
             raise RuntimeError(f"JSON box not found; widgets: {sorted(s.widgets)[:20]}")
         round_ = 0
-        while (round_ < rounds) if rounds is not None else (time.time() < until):
+        # `rounds` rounds when given; else until `until`, with one round at least however slow the start
+        while (round_ < rounds) if rounds is not None else (round_ == 0 or time.time() < until):
             wanted = edit_set(name, round_)
             started = time.perf_counter()
             seen = await s.rerun(s.pages["steer"], query=s.query, widgets=[
@@ -205,6 +212,16 @@ async def user(port: int, name: int, until: float, stats: dict, rounds: int | No
             elif shown["edits"] != wanted["edits"]:
                 stats["leaks"] += 1
             round_ += 1
+            generate_id = s.widgets.get("steer:generate")
+            if generate_every and round_ % generate_every == 0 and generate_id:
+                started = time.perf_counter()
+                seen = await s.rerun(s.pages["steer"], query=s.query,
+                                     widgets=[(generate_id, "trigger_value", True)])
+                stats["generation_ms"].append((time.perf_counter() - started) * 1000)
+                if not seen["finished"] or seen["exceptions"] or seen["errors"]:
+                    stats["errors"] += 1
+                    stats["error_messages"] += (seen["exceptions"] + seen["errors"]
+                                                or ["generation did not finish"])
     except Exception as err:  # a dropped connection or a broken page: count it, keep the others
         stats["errors"] += 1
         stats["error_messages"].append(f"session {name}: {type(err).__name__}: {err}"[:300])
@@ -213,10 +230,10 @@ async def user(port: int, name: int, until: float, stats: dict, rounds: int | No
 
 
 async def phase(port: int, sessions: int, seconds: float, server: subprocess.Popen,
-                rounds: int | None = None) -> dict:
+                rounds: int | None = None, generate_every: int = 0) -> dict:
     """`sessions` users at once for `seconds`, or for `rounds` rounds each when given."""
     stats = {"rounds": 0, "errors": 0, "leaks": 0, "missing": 0, "latencies_ms": [],
-             "error_messages": []}
+             "generation_ms": [], "error_messages": []}
     rss = []
 
     async def sample() -> None:
@@ -227,21 +244,29 @@ async def phase(port: int, sessions: int, seconds: float, server: subprocess.Pop
     sampler = asyncio.create_task(sample())
     started = time.time()
     until = started + seconds
-    await asyncio.gather(*(user(port, i, until, stats, rounds) for i in range(sessions)))
+    await asyncio.gather(*(user(port, i, until, stats, rounds, generate_every)
+                           for i in range(sessions)))
     elapsed = time.time() - started
     sampler.cancel()
     lat = sorted(stats.pop("latencies_ms"))
-    q = (statistics.quantiles(lat, n=100, method="inclusive") if len(lat) >= 2
-         else lat * 99 if lat else [None] * 99)
+    gen = sorted(stats.pop("generation_ms"))
     return {"sessions": sessions, "seconds": round(elapsed, 1), **stats,
             "error_messages": stats["error_messages"][:10],
             "rounds_per_s": round(stats["rounds"] / elapsed, 2),
-            "latency_ms": {"p50": _r(q[49]), "p95": _r(q[94]), "max": _r(lat[-1] if lat else None)},
+            "latency_ms": _quantiles(lat),
+            "generations": len(gen), "generation_ms": _quantiles(gen),
             "server_rss_mb": {"peak": _r(max(rss, default=0)), "end": _r(rss[-1] if rss else None)}}
 
 
 def _r(x):
     return None if x is None else round(x, 1)
+
+
+def _quantiles(values: list[float]) -> dict:
+    """p50 / p95 / max of sorted values (None when there are none)."""
+    q = (statistics.quantiles(values, n=100, method="inclusive") if len(values) >= 2
+         else values * 99 if values else [None] * 99)
+    return {"p50": _r(q[49]), "p95": _r(q[94]), "max": _r(values[-1] if values else None)}
 
 
 def main(argv=None) -> int:
@@ -251,16 +276,22 @@ def main(argv=None) -> int:
     p.add_argument("--baseline-seconds", type=float, default=10.0, help="one session alone, first")
     p.add_argument("--rounds", type=int, default=None,
                    help="rounds per session instead of --duration (a fixed amount of work)")
-    p.add_argument("--smoke", action="store_true", help="2 sessions, 3 rounds each (tests)")
+    p.add_argument("--smoke", action="store_true",
+                   help="2 sessions, 3 rounds each, each generating after every round (tests)")
+    p.add_argument("--generate-every", type=int, default=5, metavar="N",
+                   help="click Generate (30 tokens) after every N edit rounds (0: never)")
+    p.add_argument("--threads", default="1",
+                   help="the server's BACKPACK_THREADS (default 1; 'auto': unset, the app picks)")
     p.add_argument("--out", default=None, help="JSON file (default bench/results/load_app.json; "
                                                "none in --smoke mode)")
     args = p.parse_args(argv)
     if args.smoke:
         args.sessions, args.rounds, args.baseline_seconds = 2, 3, 0.0
+        args.generate_every = 1  # every session generates at least once
     if args.rounds is not None and args.rounds < 1:
         p.error(f"--rounds must be >= 1, got {args.rounds}")
     port = free_port()
-    server = start_server(port)
+    server = start_server(port, args.threads)
     try:
         async def run_all():
             warm = Session(port, -1)  # the first page load loads the model: not timed
@@ -268,9 +299,10 @@ def main(argv=None) -> int:
             await warm.rerun()
             await warm.close()
             start_rss = rss_mb(server.pid)
-            baseline = (await phase(port, 1, args.baseline_seconds, server)
+            baseline = (await phase(port, 1, args.baseline_seconds, server, None, args.generate_every)
                         if args.baseline_seconds > 0 else None)
-            loaded = await phase(port, args.sessions, args.duration, server, args.rounds)
+            loaded = await phase(port, args.sessions, args.duration, server, args.rounds,
+                                 args.generate_every)
             return start_rss, baseline, loaded
 
         start_rss, baseline, loaded = asyncio.run(run_all())
@@ -285,7 +317,8 @@ def main(argv=None) -> int:
     import streamlit
 
     result = {"bench": "load_app", "server": "streamlit run app/Home.py (127.0.0.1, shipped model, "
-                                             "BACKPACK_THREADS=1)",
+                                             f"BACKPACK_THREADS={args.threads})",
+              "generate_every": args.generate_every,
               "streamlit": streamlit.__version__, "machine": platform.machine(),
               "cpus": os.cpu_count(), "load_average_end": [round(x, 2) for x in os.getloadavg()],
               "baseline_one_session": baseline, "concurrent": loaded, "server_alive_at_end": alive}

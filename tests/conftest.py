@@ -104,3 +104,24 @@ def strict_json(text: str):
         raise ValueError(f"{constant} is not valid JSON")
 
     return json.loads(text, parse_constant=refuse)
+
+
+@pytest.fixture(scope="session")
+def tiny_twin(tiny_tokenizer):
+    """The tiny Backpack's Transformer twin: the same contextualizer shape and tokenizer,
+    model_kind "transformer" (GPT-2's head), seeded; embeddings spread as the Backpack's."""
+    torch.manual_seed(1)
+    config = ModelConfig(**{**PRESETS["tiny"], "model_kind": "transformer"})
+    twin = Backpack(config).eval()
+    with torch.no_grad():
+        twin.wte.weight.mul_(10.0)
+    return twin
+
+
+@pytest.fixture(scope="session")
+def tiny_model_with_twin_dir(tiny_model, tiny_tokenizer, tiny_twin, tmp_path_factory):
+    """The tiny Backpack saved with "twin": "../twin" in its config.json, the twin beside it."""
+    root = tmp_path_factory.mktemp("tiny-with-twin")
+    save_backpack(tiny_twin, tiny_tokenizer, root / "twin")
+    save_backpack(tiny_model, tiny_tokenizer, root / "backpack", extra_config={"twin": "../twin"})
+    return root / "backpack"

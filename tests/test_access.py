@@ -145,10 +145,21 @@ def test_a_link_with_a_model_no_file_can_have_is_refused_in_the_sidebar(tiny_mod
     monkeypatch.setenv(access.MODEL_ENV, str(tiny_model_dir))
     monkeypatch.setenv("BACKPACK_DEVICE", "cpu")
     monkeypatch.setenv(access.ROOTS_ENV, str(tiny_model_dir))
-    at = AppTest.from_file(str(app / "Home.py"), default_timeout=60)
+    at = AppTest.from_file(str(app / "Home.py"), default_timeout=HANG_S)
     at.query_params["model"] = model.replace("ROOT", str(tiny_model_dir))  # under the root
     at.run()
     assert not at.exception, at.exception
     warnings = " ".join(str(w.value) for w in at.warning)
     assert "The model in the link was not loaded" in warnings, warnings
     assert not at.error, [str(e.value) for e in at.error]
+
+
+def test_display_source_names_a_model_relative_to_its_root(server):
+    """What a visitor sees: never the server's absolute path."""
+    assert access.display_source(None) == DEFAULT_MODEL_DIR.name
+    assert access.display_source(str(DEFAULT_MODEL_DIR)) == DEFAULT_MODEL_DIR.name
+    assert access.display_source(str(server / "runs" / "mine" / "metrics.jsonl")) == \
+        "runs/mine/metrics.jsonl"
+    assert access.display_source("stanfordnlp/backpack-gpt2") == "stanfordnlp/backpack-gpt2"
+    outside = access.display_source(str(server / "secret" / "key.txt"))
+    assert outside == "key.txt" and str(server) not in outside

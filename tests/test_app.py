@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -72,8 +73,14 @@ def matrix(heat: dict) -> torch.Tensor:
     return torch.tensor([[0.0 if v is None else v for v in row] for row in heat["z"]])
 
 
+def as_read(markdown: str) -> str:
+    """Markdown source as it reads on the page: backslash escapes and the word joiners that
+    break autolinks (views.plain) removed."""
+    return re.sub(r"\\(.)", r"\1", str(markdown)).replace("\u2060", "")
+
+
 def messages(at: AppTest) -> str:
-    return " ".join(str(e.value) for e in [*at.error, *at.warning, *at.info])
+    return " ".join(as_read(e.value) for e in [*at.error, *at.warning, *at.info])
 
 
 def test_home_shows_the_model(app_model):
@@ -113,7 +120,7 @@ def test_senses_page_table_heatmaps_pieces_side_by_side(app_model):
     at.text_input(key="senses:w1").input("river").run()
     ok(at)
     assert at.selectbox(key="senses:w2:pick").value == " river"
-    assert len(at.dataframe) == 2 and len(figures(at)) == 4
+    assert len(at.dataframe) == 2 and len(figures(at)) == 5  # 2 x (top, bottom), and similarity
 
 
 def test_sense_search(app_model):
@@ -162,13 +169,39 @@ def test_context_page_predictions_contextualization_attribution(app_model):
     assert at.query_params["pos"] == "3" and at.query_params["target"] == " river"
 
 
-@pytest.mark.parametrize("text, message", [("   ", "empty"), ("bank " * 80, "reads at most")])
-def test_bad_text_is_a_message_not_a_traceback(app_model, text, message):
+def test_bad_text_is_a_message_not_a_traceback(app_model):
     for name in ("context", "steer"):
         at = ok(page(name))
-        at.text_area(key=f"{name}:text").input(text).run()
+        at.text_area(key=f"{name}:text").input("   ").run()
         ok(at)
-        assert message in messages(at)
+        assert "empty" in messages(at)
+
+
+def test_a_text_longer_than_the_context_reads_its_last_tokens_or_a_window(app_model):
+    """Not refused: the last n_positions tokens by default, or a window of a sliding window."""
+    from backpack_core.model.windows import window_starts
+
+    model, tokenizer = app_model
+    n_ctx = model.config.n_positions
+    long_text = " ".join(f"bank{i % 7} river" for i in range(n_ctx))
+    ids = tokenizer.encode(long_text)
+    assert len(ids) > n_ctx
+    for name in ("context", "steer"):
+        at = ok(page(name))
+        at.text_area(key=f"{name}:text").input(long_text).run()
+        ok(at)
+        assert f"{len(ids):,} tokens long" in at.radio(key=f"{name}:long-text").label
+        positions = at.selectbox(key=f"{name}:pos").options
+        assert len(positions) == n_ctx and "reads at most" not in messages(at)
+        assert state._session(state.default_choice().key, tuple(ids[-n_ctx:]), model, tokenizer)
+    at = ok(page("context"))  # the session's text is still the long one
+    at.text_area(key="context:text").input(long_text).run()
+    at.radio(key="context:long-text").set_value("window").run()
+    starts = window_starts(len(ids), n_ctx)
+    at.select_slider(key="context:window").set_value(starts[1]).run()
+    shown = ok(at).dataframe[0].value
+    first = tokenizer.decode([ids[starts[1]]])
+    assert len(shown) == n_ctx and shown["token"].iloc[0] == views.show_token(first)
 
 
 def test_steer_ablation_changes_the_predictions_and_the_url(app_model):
@@ -204,7 +237,7 @@ def test_steer_link_restores_the_view_and_edits_stay_in_their_session(app_model)
     shared = ok(page("steer", text=TEXT, edits=state.encode_edits(edits), pos="5"))
     assert shared.session_state["edit_set"] == edits
     assert shared.selectbox(key="steer:pos").value == 5
-    assert "scale senses [0, 1] of ' bank' by 3" in " ".join(m.value for m in shared.markdown)
+    assert "scale senses [0, 1] of ' bank' by 3" in " ".join(as_read(m.value) for m in shared.markdown)
     changed = shared.table[0].value
 
     # a second session at the same time: none of the first one's edits
@@ -338,10 +371,20 @@ def test_models_page(app_model, tiny_model_dir, tmp_path, monkeypatch):
     assert dict(zip(numbers["metric"], numbers["value"])) == {
         "backpack_val.perplexity": "25.8", "backpack_val.tokens": "1,000", "parameters.total": "1,234"}
     tiles = {m.label: m.value for m in at.metric}
-    assert tiles["backpack_val.perplexity"] == "25.8" and tiles["parameters.total"] == "1,234"
+    assert tiles["Backpack perplexity, validation"] == "25.8" and tiles["parameters"] == "1,234"
+    reference = next(d.value for d in at.dataframe if "published mini" in d.value.columns)
+    assert reference.set_index("").loc["width (d)"].tolist() == [
+        f"{model.config.n_embd}", "384", "640", "768"]
     loss = next(f for f in figures(at) if f["layout"]["title"]["text"] == "loss")
     assert [s["y"] for s in loss["data"]] == [[5.0, 4.0], [4.5]]
     assert "1 unreadable line" in " ".join(c.value for c in at.caption)
+    # no absolute server path anywhere: the model is named relative to its allowed root
+    shown = " ".join([*(as_read(e.value) for kind in ("markdown", "caption", "success", "error", "info",
+                                                   "warning", "code") for e in at.get(kind)),
+                      *(e.label for e in at.get("expander")),
+                      *(str(o) for s in at.selectbox for o in s.options)])
+    assert "with-card" in shown and str(tmp_path) not in shown, shown
+    assert f"{tmp_path.name}/with-card · cpu" in shown  # the root's name, then the path in it
 
 
 # ----------------------------------------------------------------------------------------------
@@ -450,7 +493,7 @@ def test_an_unexpected_failure_is_one_line_not_a_traceback(app_model, monkeypatc
         raise RuntimeError('injected failure\n  File "views.py", line 1, in prediction_rows')
 
     monkeypatch.setattr(views, "prediction_rows", broken)
-    monkeypatch.setattr(views, "edit_spec", broken)  # a widget callback that fails
+    monkeypatch.setattr(views, "add_edit", broken)  # a widget callback that fails
     with caplog.at_level("ERROR", logger="backpack_workbench.app"):
         at = ok(page("context", text=TEXT))
         steer = ok(page("steer", text=TEXT))
@@ -488,7 +531,7 @@ def test_steer_effect_per_edit_jump_and_live_factor(app_model):
     session = ContextSession(model, tokenizer, TEXT)
     expected = views.edit_effects(session, edits)[0]
     assert expected.most_affected == bank
-    shown = " ".join(c.value for c in at.caption)
+    shown = " ".join(as_read(c.value) for c in at.caption)
     assert f"most at **{bank}**" in shown
     at.button(key="steer:jump-0").click().run()
     assert ok(at).selectbox(key="steer:pos").value == bank
@@ -600,7 +643,7 @@ def test_an_oversized_link_is_refused_whole_and_the_text_box_is_bounded(app_mode
 
     long_text = "the river bank " * (limits.MAX_LINK_CHARS // 10)
     at = ok(page("context", text=long_text))
-    warning = " ".join(w.value for w in at.sidebar.warning)
+    warning = " ".join(as_read(w.value) for w in at.sidebar.warning)
     assert "The link was not used" in warning and "MAX_LINK_CHARS" in warning
     assert at.text_area(key="context:text").value != long_text  # the default text, not the link's
     assert at.text_area(key="context:text").proto.max_chars == limits.MAX_TEXT_CHARS
@@ -654,3 +697,164 @@ def test_steer_learn_from_examples_joins_the_edit_set(app_model):
     assert not any("Nothing was learned" in str(e.value) for e in at.error)
     # the page now shows the learned edits like any other (one row each)
     assert len(views.edit_rows(edits)) == len(edits["edits"]) >= 1
+
+
+# ----------------------------------------------------------------------------------------------
+# Edits that do what the user means (issue 23)
+# ----------------------------------------------------------------------------------------------
+
+def test_steer_kind_change_resets_fields_and_preview_warns_on_tiny_edits(app_model):
+    model, tokenizer = app_model
+    at = ok(page("steer", text=TEXT))
+    at.selectbox(key="steer:kind").set_value("scale_sense").run()
+    at.text_input(key="steer:senses").input("0, 1").run()
+    at.number_input(key="steer:factor").set_value(1.0).run()
+    ok(at)
+    captions = " ".join(as_read(c.value) for c in at.caption)
+    assert "Will scale senses [0, 1] of" in captions and "by 1" in captions  # shown before adding
+    assert "changes almost nothing" in messages(at)  # a factor of 1 is no edit
+    at.selectbox(key="steer:kind").set_value("knowledge_edit").run()
+    ok(at)
+    assert at.text_input(key="steer:senses").value == "all"  # not the scale edit's [0, 1]
+    at.selectbox(key="steer:word").set_value(" MacBook").run()
+    at.text_input(key="steer:remove").input("Apple").run()  # bare: the in-text form ' Apple'
+    ok(at)
+    captions = " ".join(as_read(c.value) for c in at.caption)
+    assert "Will " in captions and "' MacBook'" in captions and "position(s) 1" in captions
+    at.button(key="steer:add-button").click().run()
+    edit = ok(at).session_state["edit_set"]["edits"][0]
+    assert edit["remove"] == " Apple" and edit.get("sense", "all") == "all"
+
+
+def test_steer_another_word_box_takes_bank_quoted_and_token_ids(app_model):
+    model, tokenizer = app_model
+    river = tokenizer.encode(" river")[0]
+    at = ok(page("steer", text=TEXT))
+    for typed, expected in (("bank", " bank"), ("' bank'", " bank"), (f"#{river}", river)):
+        at.selectbox(key="steer:word").set_value("\x00other").run()
+        at.text_input(key="steer:word-other").input(typed).run()
+        at.button(key="steer:add-button").click().run()
+        ok(at)
+        assert at.session_state["edit_set"]["edits"][-1]["word"] == expected, messages(at)
+
+
+def test_a_new_text_resets_the_position_and_stale_messages(app_model):
+    at = ok(page("steer", text=TEXT, pos="3"))
+    assert at.selectbox(key="steer:pos").value == 3
+    at.text_input(key="steer:senses").input("99").run()
+    at.button(key="steer:add-button").click().run()
+    assert "out of range" in messages(ok(at))
+    new_text = "The river bank was muddy after the rain."
+    at.text_area(key="steer:text").input(new_text).run()
+    ok(at)
+    tokens = ContextSession(*app_model, new_text).tokens
+    assert at.selectbox(key="steer:pos").value == views.default_position(tokens) != 3
+    assert "out of range" not in messages(at)
+
+
+def test_context_target_box_takes_a_bare_word_and_a_token_id(app_model):
+    model, tokenizer = app_model
+    river = tokenizer.encode(" river")[0]
+    at = ok(page("context", text=TEXT))
+    for typed in ("river", f"#{river}"):
+        at.text_input(key="context:custom-target").input(typed).run()
+        ok(at)
+        assert {m.label: m.value for m in at.metric}["target"] == "␣river", messages(at)
+
+
+def test_evaluating_a_word_the_corpus_never_has_says_so_and_ranks_count_from_1(app_model):
+    model, tokenizer = app_model
+    at = ok(page("steer", text=TEXT))
+    edits = {"version": 1, "edits": [{"kind": "ablate_sense", "word": " science", "sense": "all"}]}
+    at.text_area(key="steer:json").input(json.dumps(edits))
+    at.button(key="steer:apply-json").click().run()
+    session = ContextSession(model, tokenizer, TEXT)
+    best = int(session.base_logits[5].float()[: session.n_real].argmax())  # a token id
+    prompt = tokenizer.decode(session.token_ids[:6])
+    at.file_uploader(key="steer:eval-prompts").upload(
+        "p.jsonl", json.dumps({"prompt": prompt, "target": best}).encode(), "application/json")
+    at.radio(key="steer:eval-data").set_value("text")
+    at.button(key="steer:evaluate").click().run()
+    ok(at)
+    assert "' science' never occurs in" in messages(at)
+    assert "n/a" not in " ".join(m.value for m in at.metric)
+    sweep = next(d.value for d in at.dataframe if "blast radius" in d.value.columns)
+    assert (sweep["blast radius"] == 0).all() and "None" not in sweep.astype(str).values
+    prompts = next(d.value for d in at.dataframe if "rank before" in d.value.columns)
+    assert prompts["rank before"].tolist() == [1]  # the most probable token is rank 1
+
+
+def test_pages_run_on_one_thread_unless_backpack_threads_says_otherwise(app_model, monkeypatch):
+    """A small request on a busy server: one torch thread by default (issue 23: a generation took
+    16.7 s on 2 threads, 0.53 s on 1); BACKPACK_THREADS overrides."""
+    seen = []
+    real = views.prediction_rows
+
+    def counting(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(views, "prediction_rows", counting)
+    monkeypatch.delenv("BACKPACK_THREADS", raising=False)
+    with state.progress.torch_threads(2):  # the process default: several threads
+        ok(page("context", text=TEXT))
+        monkeypatch.setenv("BACKPACK_THREADS", "2")
+        ok(page("context", text=TEXT))
+    assert seen == [1, 2]
+
+
+def test_sense_cards_similarity_and_a_card_button_that_edits_on_steer(app_model):
+    from backpack_core.interpret.sense_cards import near_duplicate_groups, sense_cards, sense_similarity
+
+    model, tokenizer = app_model
+    bank = tokenizer.encode(" bank")[0]
+    cards = sense_cards(model, tokenizer, " bank", top=5)
+    assert [c.sense for c in cards] == list(range(model.config.num_senses))
+    shown = [readable_token(tokenizer, i) for c in cards for _, i, _ in c.top + c.bottom]
+    assert not any("<0x" in w for w in shown)  # byte and control tokens hidden
+    senses = model.sense_vectors(torch.tensor(bank)).detach()
+    twin = torch.stack([senses[0], senses[0] * 2.0, -senses[0]])  # 0 and 1: same direction
+    assert near_duplicate_groups(twin) == [[0, 1]]
+    sim = sense_similarity(model, tokenizer, " bank", " river")
+    unit = torch.nn.functional.normalize(model.sense_vectors(torch.tensor(
+        [bank, tokenizer.encode(" river")[0]])).detach(), dim=-1)
+    torch.testing.assert_close(sim, unit[0] @ unit[1].T)
+
+    at = ok(page("senses", word=" bank", word2=" river"))
+    heat = next(f for f in figures(at) if "cosine of the sense vectors" in f["layout"]["title"]["text"])
+    torch.testing.assert_close(torch.tensor(heat["data"][0]["z"]), sim)
+    at = ok(page("senses", word=" bank"))
+    at.button(key="senses:w1:0:ablate-2").click().run()
+    ok(at)
+    assert at.session_state["edit_set"]["edits"] == [{"kind": "ablate_sense", "word": bank, "sense": 2}]
+
+
+def test_position_rows_filter_sort_and_generation_divergence(tiny_model, tiny_tokenizer):
+    session = ContextSession(tiny_model, tiny_tokenizer, TEXT)
+    edits = {"version": 1, "edits": [{"kind": "scale_sense", "word": " bank", "sense": "all",
+                                      "factor": 8.0}]}
+    view = views.steer_view(session, edits)
+    changed = views.position_rows(view.rows, only_changed=True)
+    assert changed and [r["position"] for r in changed] == view.changed_positions
+    by_kl = views.position_rows(view.rows, order="KL")
+    assert [r["KL"] for r in by_kl] == sorted(view.kl, reverse=True)
+    split = views.divergence(tiny_tokenizer, " the bank by the river", " the bank of the sea")
+    assert split.shared == " the bank" and split.before == " by the river" and split.tokens == 2
+    assert views.divergence(tiny_tokenizer, " same", " same").identical
+    assert "<mark" in views.divergence_html("<b>", "x") and "&lt;b&gt;" in views.divergence_html("<b>", "x")
+    html = views.token_weights_html(session, 5, sense=None)
+    alpha = session.contextualization[:, 5, :6].float()
+    assert html.count('title="') == 6 and "#aaa" in html  # 0..5 coloured, the future grey
+    assert f"weight {float(alpha[:, 0].sum()):.3f}" in html  # a token's hover: its weight, by sense
+
+
+def test_plain_text_renders_as_typed_in_markdown():
+    """views.plain: a CommonMark renderer draws no link, image or HTML from it, and the text reads
+    as typed (the browser test checks Streamlit's own renderer, autolinks included)."""
+    markdown_it = pytest.importorskip("markdown_it")
+    typed = ("![pixel](https://evil.example/a.png) [Click here](http://evil.example) "
+             "<img src='https://evil.example/i.png'> **bold** $x$ `code` www.evil.example")
+    html = markdown_it.MarkdownIt("commonmark").render(views.plain(typed))
+    assert "<a " not in html and "<img" not in html and "<strong>" not in html and "<code>" not in html
+    assert as_read(views.plain(typed)) == typed
+    assert "://" not in views.plain(typed).replace("\\", "")  # the joiner breaks autolinks

@@ -29,6 +29,7 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not 
 
 TEXT = "The MacBook is made by Apple. The bank by the river has money."
 FAIL_MARK = "<inject failure>"
+SLOW_MARK = "<slow evaluation>"
 # run in the server before Streamlit starts: the view model's prediction table fails on FAIL_MARK
 INJECT = f"""
 sys.path.insert(0, {str(APP)!r})
@@ -39,6 +40,20 @@ def _failing(session, *args, **kwargs):
         raise RuntimeError("injected failure for the browser test")
     return _rows(session, *args, **kwargs)
 views.prediction_rows = _failing
+# a long evaluation for texts holding SLOW_MARK: it reports progress until it is stopped (the
+# browser test clicks Stop; it gives up by itself after 600 reports)
+import time
+import evaluation_view
+_evaluate = evaluation_view.evaluate
+def _slow(model, tokenizer, edits, choice, max_tokens, strengths, text="", progress=None, **kw):
+    if {SLOW_MARK!r} not in text:
+        return _evaluate(model, tokenizer, edits, choice, max_tokens, strengths, text=text,
+                         progress=progress, **kw)
+    for done in range(1, 601):
+        time.sleep(0.2)
+        progress(done, 1000)
+    raise ValueError("the slow evaluation was not stopped")
+evaluation_view.evaluate = _slow
 """
 
 
@@ -158,3 +173,89 @@ def test_a_failure_is_one_line_without_a_traceback(server, page):
     body = page.locator("body").inner_text()
     assert "Traceback" not in body and 'File "' not in body
     assert "Traceback" in log.read_text() and "injected failure" in log.read_text()
+
+
+HOSTILE = "https://evil.example"
+
+
+def test_user_text_in_a_link_is_plain_text_no_link_no_outside_request(server, page):
+    """A shared link's edit set names itself with a phishing link, an image (which a browser
+    would fetch), an autolink and HTML; a second link's refused edit set quotes the same in its
+    error. Both read as typed: nothing becomes a link or an image, no request leaves the machine
+    (the `page` fixture asserts that)."""
+    import state
+
+    url, _ = server
+    name = f"[Click here to re-authenticate]({HOSTILE}/login)"
+    description = (f"![pixel]({HOSTILE}/pixel.png) www.evil.example {HOSTILE}/auto "
+                   f"<img src='{HOSTILE}/img.png'>")
+    edits = {"version": 1, "name": name, "description": description,
+             "edits": [{"kind": "ablate_sense", "word": " bank", "sense": 0}]}
+    browser.open_page(page, f"{url}/steer?text={quote(TEXT)}&edits={state.encode_edits(edits)}")
+    page.get_by_text("Click here to re-authenticate", exact=False).first.wait_for()
+    body = page.locator("body").inner_text()
+    assert name in body and f"![pixel]({HOSTILE}/pixel.png)" in body  # as typed
+    assert no_hostile_elements(page)
+    refused = {"version": 1, "name": name,
+               "edits": [{"kind": "![k](https://evil.example/k.png)", "word": " bank"}]}
+    browser.open_page(page, f"{url}/steer?text={quote(TEXT)}&edits={state.encode_edits(refused)}")
+    page.get_by_text("The edit set in the link was not loaded").wait_for()
+    shown = page.locator("body").inner_text().replace("\u2060", "")  # the joiner breaking autolinks
+    assert "unknown edit kind '![k](https://evil.example/k.png)'" in shown
+    assert no_hostile_elements(page)
+
+
+def no_hostile_elements(page) -> bool:
+    """No link to, image from or element sourcing the hostile host anywhere in the page."""
+    return page.locator('a[href*="evil"], img, [src*="evil"]').count() == 0
+
+
+def test_a_long_evaluation_says_its_time_left_and_stops(server, page):
+    """The Stop button interrupts a running evaluation at its next progress report; the page then
+    says it stopped, and keeps nothing."""
+    import state
+
+    url, _ = server
+    edits = {"version": 1, "edits": [{"kind": "ablate_sense", "word": " bank", "sense": 0}]}
+    text = f"The bank by the river. {SLOW_MARK}"
+    browser.open_page(page, f"{url}/steer?text={quote(text)}&edits={state.encode_edits(edits)}")
+    page.get_by_text("Blast radius, loss change").click()
+    page.get_by_text("the text above").click()
+    browser.settle(page)
+    page.get_by_role("button", name="Evaluate").click()
+    page.get_by_text("s left").first.wait_for()  # "batch 2 of 1000; about 3 min 19 s left"
+    page.get_by_role("button", name="Stop").click()
+    page.get_by_text("The evaluation was stopped").wait_for()
+    assert "Stopped after" in page.locator("body").inner_text()
+    assert page.get_by_text("the slow evaluation was not stopped").count() == 0
+
+
+def test_views_token_text_changed_rows_divergence_and_sense_cards(server, page, tiny_tokenizer):
+    """The token-coloured text (hover: the weight by sense), the every-position table filtered to
+    changed rows, the generations' divergence marked, and a sense card's Ablate button."""
+    import state
+
+    url, _ = server
+    browser.open_page(page, f"{url}/context?text={quote(TEXT)}&pos=5")
+    tokens = page.locator('span[title*="by sense"]')
+    tokens.first.wait_for()
+    assert tokens.count() == 6  # positions 0..5 have a weight in the prediction after 5
+    tokens.nth(2).hover()
+    assert "in the prediction after 5; by sense: " in tokens.nth(2).get_attribute("title")
+
+    edits = {"version": 1, "edits": [{"kind": "scale_sense", "word": " bank", "sense": "all",
+                                      "factor": 8.0}]}
+    browser.open_page(page, f"{url}/steer?text={quote(TEXT)}&edits={state.encode_edits(edits)}")
+    page.get_by_text("Only changed rows").click()
+    browser.settle(page)
+    page.wait_for_function("() => document.querySelector('[data-testid=\"stDataFrame\"]')")
+    assert page.locator('[data-testid="stException"]').count() == 0
+    page.get_by_role("button", name="Generate").click()
+    page.get_by_text("then diverge").or_(page.get_by_text("are identical")).first.wait_for()
+    if page.get_by_text("then diverge").count():
+        assert page.locator("mark").count() == 2
+
+    browser.open_page(page, f"{url}/senses?word=%20bank")
+    page.get_by_role("button", name="Ablate").first.click()
+    page.wait_for_function("() => window.location.pathname.endsWith('/steer')")
+    page.get_by_text("ablate sense").first.wait_for()

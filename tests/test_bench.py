@@ -90,3 +90,14 @@ def test_bench_steer_rerun_smoke(run_smoke):
     assert out["bench"] == "steer_rerun" and out["smoke"]
     assert set(out["cpu_s_per_rerun"]) == {"baseline", "memo"}
     assert {"speedup", "compile_ms", "goal_cpu_s"} <= set(out)
+
+
+def test_bench_patch_smoke():
+    out = run_smoke("bench_patch.py")
+    assert out["bench"] == "patch" and out["smoke"]
+    row = out["results"]["tiny_random"]
+    assert set(row["ours_ms"]) == {"runs", "senses", "contextualizer"}
+    assert set(row["baseline_ms"]) == set(row["speedup"]) == {"senses", "contextualizer"}
+    # the full forward passes per cell agree with the patching computed without them
+    assert max(row["max_abs_diff"].values()) < 1e-4
+    assert (REPO / "bench/results/patch_smoke.json").is_file()

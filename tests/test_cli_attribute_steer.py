@@ -111,3 +111,35 @@ def test_steer_text_output(tiny_model_dir, capsys):
                                 "--top", "3", "--words", " HP"])
     out = capsys.readouterr().out
     assert code == 0 and "KL(before || after)" in out and "scale sense 1 of ' MacBook' by 5" in out
+
+
+def test_long_texts_stop_by_default_or_read_the_last_tokens_or_a_window(tiny_model_dir, tiny_model,
+                                                                       tiny_tokenizer, capsys):
+    """--long-text: the last n_positions tokens, or one window; the default still refuses."""
+    from backpack_core.model.windows import LongTextError, text_window, window_starts
+
+    n_ctx = tiny_model.config.n_positions
+    long_text = " ".join(f"bank{i % 7} river" for i in range(n_ctx))
+    ids = tiny_tokenizer.encode(long_text)
+    base = ["--model", str(tiny_model_dir), "--text", long_text, "--target", " river", "--json"]
+    assert run(attribute_cli.main, base, prog="attribute") == 2
+    assert "--long-text last" in capsys.readouterr().err
+    assert run(attribute_cli.main, [*base, "--long-text", "last"], prog="attribute") == 0
+    out = capsys.readouterr()
+    expected = attribute(tiny_model, tiny_tokenizer, ids[-n_ctx:], " river")
+    assert strict_json(out.out)["logit"] == pytest.approx(expected.logit, abs=1e-5)
+    assert f"tokens {len(ids) - n_ctx:,}..{len(ids) - 1:,} of {len(ids):,}" in out.err
+    start = window_starts(len(ids), n_ctx)[1]
+    assert run(attribute_cli.main, [*base, "--long-text", "window", "--window-start", str(start)]) == 0
+    expected = attribute(tiny_model, tiny_tokenizer, ids[start:start + n_ctx], " river")
+    assert strict_json(capsys.readouterr().out)["logit"] == pytest.approx(expected.logit, abs=1e-5)
+    edits = '{"version": 1, "edits": [{"kind": "ablate_sense", "word": " river", "sense": 0}]}'
+    assert run(steer_cli.main, ["--model", str(tiny_model_dir), "--text", long_text, "--edits", edits,
+                                "--long-text", "last", "--json"], prog="steer") == 0
+    assert strict_json(capsys.readouterr().out)["position"] == n_ctx - 1
+    # the core function
+    assert text_window(ids[:5], n_ctx).whole
+    assert text_window(ids, n_ctx, "window", start=10**9).end == len(ids)  # clamped to the text
+    assert window_starts(len(ids), n_ctx)[-1] == len(ids) - n_ctx
+    with pytest.raises(LongTextError, match="reads at most"):
+        text_window(ids, n_ctx)

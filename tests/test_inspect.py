@@ -8,7 +8,7 @@ import torch
 from backpack_core.interpret.readouts import sense_readout
 from backpack_core.interpret.sense_bank import SenseBank, model_fingerprint, sense_search
 from backpack_core.interpret.session import ContextSession, attribute, context_readout
-from backpack_core.model.vocab import WordError, resolve_word, single_token_id
+from backpack_core.model.vocab import WordError, parse_word, resolve_word, single_token_id
 
 TEXT = "The MacBook is made by Apple and the bank by the river has money"
 
@@ -32,6 +32,23 @@ def test_resolve_word_single_multi_and_alternative_forms(tiny_tokenizer):
         resolve_word(tiny_tokenizer, True)
     with pytest.raises(WordError, match="empty"):
         resolve_word(tiny_tokenizer, "")
+
+
+def test_parse_word_one_rule_for_every_word_box(tiny_tokenizer):
+    """`bank`, `' bank'`, ` bank` and `#id` all read as a user means them."""
+    bank = single_token_id(tiny_tokenizer, " bank")
+    assert parse_word("bank", tiny_tokenizer) == " bank"  # the in-text form, one token
+    assert parse_word("' bank'", tiny_tokenizer) == " bank" == parse_word('" bank"', tiny_tokenizer)
+    assert parse_word(" bank ", tiny_tokenizer) == " bank"  # typed with its space
+    assert parse_word(f"#{bank}", tiny_tokenizer) == bank and parse_word(bank) == bank
+    assert parse_word("'science'", tiny_tokenizer) == "science"  # quoted: exactly, even 2 tokens
+    assert parse_word("science", tiny_tokenizer) == " science"  # ' science' is the one token
+    assert parse_word("zzqx", tiny_tokenizer) == " zzqx"  # no single form: split as in a text
+    for empty in ("", "   ", "''"):
+        with pytest.raises(WordError, match="empty"):
+            parse_word(empty, tiny_tokenizer)
+    with pytest.raises(WordError, match="#123"):  # the message asks for what the box accepts
+        single_token_id(tiny_tokenizer, "science")
 
 
 # -- sense readout --------------------------------------------------------------------------

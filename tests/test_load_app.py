@@ -27,3 +27,4 @@ def test_load_app_smoke():
     assert result["server_alive_at_end"], why
     assert loaded["errors"] == 0 and loaded["leaks"] == 0 and loaded["missing"] == 0, why
     assert loaded["latency_ms"]["p95"] > 0 and loaded["server_rss_mb"]["peak"] > 0, why
+    assert loaded["generations"] >= 2 and loaded["generation_ms"]["p50"] > 0, why  # Generate clicked

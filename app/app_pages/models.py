@@ -15,8 +15,8 @@ env_model = state.default_choice().source
 
 st.title("Models")
 current = state.model_choice()
-st.caption(f"This session uses **{current.label}**. Each model is loaded once per server process "
-           "and shared by every session; the choice here applies to your session only.")
+st.caption(f"This session uses **{views.plain(current.label)}**. Each model is loaded once per "
+           "server process and shared by every session; the choice here applies to your session only.")
 
 st.subheader("Choose the model")
 kinds = (["default"] if env_model else []) + ["shipped", "directory", "hub"]
@@ -68,7 +68,7 @@ def on_load() -> None:
 st.button("Load", type="primary", key=f"{PAGE}:load", on_click=on_load)
 if st.session_state.get(f"{PAGE}:message"):
     level, text = st.session_state.pop(f"{PAGE}:message")
-    (st.error if level == "error" else st.success)(text)
+    (st.error if level == "error" else st.success)(views.plain(text))
 current = state.model_choice()
 
 st.subheader("The model")
@@ -85,25 +85,35 @@ if model is not None:
 card = views.model_card(current.source)
 st.subheader("Model card")
 if card.headline:
-    tiles = st.columns(4)
+    tiles = st.columns(3)
     for n, row in enumerate(card.headline[:12]):
-        tiles[n % 4].metric(row["metric"], row["value"])
+        tiles[n % 3].metric(row["label"], row["value"], help=f"eval.json: {row['metric']}")
 if card.numbers:
     with st.expander(f"Every number in `{card.directory}/eval.json` ({len(card.numbers)})",
                      expanded=not card.headline):
         st.dataframe(card.numbers, hide_index=True, key=f"{PAGE}:eval")
 if card.readme:
     with st.expander("Model card (README.md)", expanded=not card.numbers):
-        st.markdown(card.readme)
+        # as text: a card's Markdown could make the browser fetch an image from outside
+        st.code(card.readme, language="markdown", wrap_lines=True)
 for note in card.notes:
-    st.caption(note)
+    st.caption(views.plain(note))
+with st.expander("Beside the published Backpack (Hewitt et al. 2023)", expanded=True):
+    st.caption("The paper's sizes (its training code: OpenWebText, GPT-2 tokenizer, 100k steps of "
+               "about 512k tokens) beside this model's; the paper's perplexities are on "
+               "OpenWebText, WikiText and LAMBADA, not comparable with a small model trained "
+               "on another corpus. From docs/backpack-reference.md.")
+    st.dataframe(views.reference_rows(model), hide_index=True, key=f"{PAGE}:reference")
+    st.caption("A calibration at small scale (the reference's run on the offline corpus: width "
+               "256, 6 layers, 16 senses, 98M tokens, one H100): " + "; ".join(
+                   f"{k} {v}" for k, v in views.CALIBRATION.items()) + ".")
 
 st.subheader("Training curves")
 directory = views.model_directory(current.source)
 found = views.find_metrics(*([directory] if directory else []), state.REPO_ROOT / "runs")
 OTHER = "another file…"
 picked = st.selectbox("Metrics file (a run's metrics.jsonl)", found + [OTHER], key=f"{PAGE}:metrics",
-                      format_func=lambda p: p.removeprefix(f"{state.REPO_ROOT}/"))
+                      format_func=lambda p: p if p == OTHER else access.display_source(p))
 path = st.text_input("Path to a run directory or metrics.jsonl", key=f"{PAGE}:metrics-path") \
     if picked == OTHER else picked
 if path:
@@ -114,7 +124,7 @@ if path:
     else:
         train, val = curves.train, curves.val
         if not train.get("step") and not val.get("step"):
-            st.info(f"{curves.path} has no records yet.")
+            st.info(f"{views.plain(curves.path)} has no records yet.")
         else:
             series = []
             if train.get("loss"):
@@ -136,6 +146,6 @@ if path:
                 st.caption(f"{curves.skipped} unreadable line(s) skipped.")
 elif not found:
     st.caption(f"No metrics.jsonl found next to the model or under runs/ (shipped model: "
-               f"{DEFAULT_MODEL_DIR}).")
+               f"{DEFAULT_MODEL_DIR.name}).")
 
 state.write_url()  # the model, device and dtype (when not the default) in the URL

@@ -1,13 +1,18 @@
 """Senses: a word's senses as top / bottom words, two words side by side, sense search, and the
 atlas (how each sense is used over a corpus)."""
 
+import html
+
 import atlas_views
 import components as ui
 import state
 import streamlit as st
 import views
 
+from backpack_core.common import limits
+from backpack_core.edit.specs import EditError
 from backpack_core.interpret.sense_bank import sense_search
+from backpack_core.interpret.sense_cards import DUPLICATE_COSINE, sense_cards
 
 PAGE = "senses"
 model, tokenizer, choice = state.require_model()
@@ -55,15 +60,86 @@ def pick_word(slot: str, default: str) -> str | None:
                         format_func=lambda t: f"{views.show_token(t)}   ({t!r})")
 
 
+@state.guarded
+def on_steer_sense(token_id: int, sense: int, kind: str) -> None:
+    """A card's button: add an edit of this sense to the session's edit set, then open Steer."""
+    spec = ({"kind": "ablate_sense", "word": token_id, "sense": sense} if kind == "ablate"
+            else {"kind": "scale_sense", "word": token_id, "sense": sense, "factor": 2.0})
+    try:
+        state.set_edit_set(views.add_edit(state.edit_set(), spec, model, tokenizer))
+    except EditError as err:
+        st.session_state[f"{PAGE}:card-problem"] = f"The edit was not added: {err}"
+        return
+    st.session_state.pop("steer:json", None)  # the Steer page's JSON box shows the new set
+    st.session_state[f"{PAGE}:goto-steer"] = True
+
+
+def show_cards(token_id: int, slot: str) -> None:
+    """A card per sense (Neuronpedia-style): top / bottom words, near-duplicates, its use in the
+    atlas when one is loaded, and buttons that ablate or scale it on the Steer page."""
+    state.persist(f"{PAGE}:{slot}:bytes", False)
+    show_bytes = st.toggle("Show byte tokens (<0xE2>: parts of a character)", key=f"{PAGE}:{slot}:bytes")
+    cards = sense_cards(model, tokenizer, token_id, top=top, hide_bytes=not show_bytes)
+    groups = sorted({tuple(sorted([c.sense, *c.duplicates])) for c in cards if c.duplicates})
+    if groups:
+        st.caption("Near-duplicate senses (cosine of their vectors ≥ "
+                   f"{DUPLICATE_COSINE:g}), grouped: " + ", ".join(
+                       "{" + ", ".join(map(str, sorted(g))) + "}" for g in groups))
+    atlas = atlas_views.current(choice.key)
+    report = None
+    if atlas is not None:
+        try:
+            report = atlas.word_report(token_id, top=1)
+        except ValueError:
+            report = None
+        if report is not None and not report.occurrences:
+            report = None
+    shown, seen_groups = [], set()
+    for card in cards:  # one card per group of near-duplicates: its first sense
+        group = tuple(sorted([card.sense, *card.duplicates]))
+        if card.duplicates and group in seen_groups:
+            continue
+        seen_groups.add(group)
+        shown.append(card)
+    grid = st.columns(2 if compare else 4)
+    for n, card in enumerate(shown):
+        with grid[n % len(grid)].container(border=True, key=f"{PAGE}:{slot}:card-{card.sense}"):
+            same = f" (also {', '.join(map(str, card.duplicates))})" if card.duplicates else ""
+            st.markdown(f"**sense {card.sense}**{same} · norm {card.norm:.2f}")
+            st.caption("top: " + views.plain(views.card_words(card.top[:6], tokenizer)))
+            st.caption("bottom: " + views.plain(views.card_words(card.bottom[:6], tokenizer)))
+            if report is not None:
+                use = report.senses[card.sense]
+                st.caption(f"atlas: mean weight {use.mean_weight:.2f} over {report.occurrences:,} "
+                           f"occurrences ({use.share:.0%} of the word's){' · dead' if use.dead else ''}")
+                for ctx in use.contexts[:1]:
+                    st.markdown(f"<small>{atlas_views.snippet_html(ctx)}</small>", unsafe_allow_html=True)
+            st.button("Ablate", key=f"{PAGE}:{slot}:ablate-{card.sense}", on_click=on_steer_sense,
+                      args=(card.token_id, card.sense, "ablate"), icon=":material/block:",
+                      help="add 'ablate this sense' to the edit set and open Steer", width="stretch")
+            st.button("Scale ×2", key=f"{PAGE}:{slot}:scale-{card.sense}", on_click=on_steer_sense,
+                      args=(card.token_id, card.sense, "scale"), icon=":material/tune:",
+                      help="add 'scale this sense by 2' to the edit set and open Steer", width="stretch")
+
+
+FULL_WIDTH_TABLES: list = []  # two words side by side: their tables go below, full width
+
+
+def sense_table(piece, slot: str, n: int) -> None:
+    st.dataframe(piece.rows, hide_index=True, key=f"{PAGE}:{slot}:table:{n}",
+                 height=38 + 35 * len(piece.rows),
+                 column_config={"sense": st.column_config.NumberColumn(width="small")})
+
+
 def show_word(word: str, slot: str) -> None:
     try:
         view = views.sense_view(model, tokenizer, word, top=top)
     except ValueError as err:
         state.show_error(err)
         return
-    st.caption(view.description)
+    st.caption(views.plain(view.description))
     if view.multi_token:
-        st.info(f"{word!r} is not one token: it splits into {len(view.pieces)} pieces. A "
+        st.info(f"{views.plain(repr(word))} is not one token: it splits into {len(view.pieces)} pieces. A "
                 "Backpack has senses per token, not per word, so the senses of each piece are "
                 "shown.")
     tabs = st.tabs([f"piece {i + 1}: {views.readable_token(tokenizer, p.token_id)}"
@@ -71,9 +147,10 @@ def show_word(word: str, slot: str) -> None:
                    ) if view.multi_token else [st.container()]
     for n, (tab, piece) in enumerate(zip(tabs, view.pieces)):
         with tab:
-            st.dataframe(piece.rows, hide_index=True, key=f"{PAGE}:{slot}:table:{n}",
-                         height=38 + 35 * len(piece.rows),
-                         column_config={"sense": st.column_config.NumberColumn(width="small")})
+            if compare:  # a half-width column would cut the words off: below, full width
+                FULL_WIDTH_TABLES.append((piece, slot, n))
+            else:
+                sense_table(piece, slot, n)
             top_tab, bottom_tab = st.tabs(["Top words", "Bottom words"])
             fit = {"max_chars": 7, "font_size": 9} if compare else {}  # half-width columns
             with top_tab:
@@ -82,8 +159,15 @@ def show_word(word: str, slot: str) -> None:
             with bottom_tab:
                 st.plotly_chart(ui.heatmap(piece.bottom, "Reds_r", colorbar_title="score", **fit),
                                 key=f"{PAGE}:{slot}:bottom:{n}")
+            with st.expander("A card per sense: top and bottom words, near-duplicates, use in "
+                             "the atlas, ablate or scale it on Steer", expanded=not compare):
+                show_cards(piece.token_id, f"{slot}:{n}")
 
 
+if st.session_state.pop(f"{PAGE}:goto-steer", False):
+    st.switch_page("app_pages/steer.py")
+if st.session_state.get(f"{PAGE}:card-problem"):
+    st.error(views.plain(st.session_state.pop(f"{PAGE}:card-problem")))
 picked = {}
 if compare:
     left, right = st.columns(2)
@@ -92,6 +176,18 @@ if compare:
             picked[slot] = pick_word(slot, default)
             if picked[slot]:
                 show_word(picked[slot], slot)
+    for piece, slot, n in FULL_WIDTH_TABLES:
+        st.markdown(f"**Senses of {views.plain(views.readable_token(tokenizer, piece.token_id))}**")
+        sense_table(piece, slot, n)
+    if picked.get("w1") and picked.get("w2"):
+        try:
+            similarity = views.similarity_heatmap(model, tokenizer, picked["w1"], picked["w2"])
+        except ValueError as err:
+            st.caption(f"Sense-by-sense similarity: {views.plain(err)}")
+        else:
+            st.plotly_chart(ui.heatmap(similarity, "RdBu_r", colorbar_title="cosine", max_chars=5,
+                                       font_size=9, height=max(360, 40 + 26 * len(similarity.y))),
+                            key=f"{PAGE}:similarity")
 else:
     picked["w1"] = pick_word("w1", "bank")
     if picked["w1"]:
@@ -133,7 +229,7 @@ if query:
             rows = views.sense_search_rows(result, tokenizer)
             label = "promote" if result.largest else "suppress"
             st.markdown(f"Senses that most **{label}** "
-                        f"{', '.join(repr(t) for t in result.targets)}:")
+                        f"{views.plain(', '.join(repr(t) for t in result.targets))}:")
             table, chart = st.columns([2, 3])
             table.dataframe(rows, hide_index=True, key=f"{PAGE}:search-table")
             chart.plotly_chart(ui.bars([f"{r['word']} · {r['sense']}" for r in rows],
@@ -152,11 +248,17 @@ with st.form(f"{PAGE}:atlas-form"):
     atlas_source = cols[0].radio("Corpus", list(atlas_views.SOURCES), key=f"{PAGE}:atlas-source")
     uploaded = cols[1].file_uploader("Text file (UTF-8)", type=["txt", "md", "text"],
                                      key=f"{PAGE}:atlas-upload")
-    max_tokens = cols[2].number_input("Max tokens", 1_000, 1_000_000, 50_000, step=10_000,
+    max_tokens = cols[2].number_input("Max tokens", 1_000, limits.MAX_REQUEST_TOKENS,
+                                      min(50_000, limits.MAX_REQUEST_TOKENS), step=10_000,
                                       key=f"{PAGE}:atlas-tokens",
                                       help="The first N tokens of the corpus (about 150 µs a "
-                                           "token on a CPU for the shipped model)")
+                                           "token on an idle CPU for the shipped model); at most "
+                                           f"{limits.MAX_REQUEST_TOKENS:,} per request "
+                                           "(BACKPACK_MAX_REQUEST_TOKENS)")
     build = st.form_submit_button("Build or load the atlas")
+stopped = state.stopped_message(atlas_views.STOP_NAME)
+if stopped:
+    st.info(f"The atlas build was stopped. {stopped}")
 if build:
     try:
         corpus = atlas_views.read_source(atlas_source, uploaded, tokenizer, int(max_tokens))
@@ -166,25 +268,25 @@ if build:
 atlas = atlas_views.current(choice.key)
 if atlas is not None:
     summary = atlas.summary()
-    st.caption(f"**{summary['corpus']}**: {summary['tokens']:,} tokens in windows of "
+    st.caption(f"**{views.plain(summary['corpus'])}**: {summary['tokens']:,} tokens in windows of "
                f"{summary['seq_len']}; {summary['words_seen']:,} distinct tokens; "
                f"{summary['dead_pairs']:,} of {summary['pairs_seen']:,} (word, sense) pairs dead.")
     state.persist(f"{PAGE}:atlas-word", picked.get("w1") or " bank")
-    atlas_word = st.text_input("Word (a token; ' bank' with its leading space as inside a text)",
-                               key=f"{PAGE}:atlas-word")
+    typed = st.text_input("Word (one token)", key=f"{PAGE}:atlas-word", help=views.WORD_HELP)
     try:
-        report = atlas.word_report(atlas_word, top=0) if atlas_word else None
+        atlas_word = views.typed_word(typed, tokenizer, model.config.vocab_size)
+        report = atlas.word_report(atlas_word, top=0) if atlas_word is not None else None
     except ValueError as err:
         state.show_error(err, "Atlas")
         report = None
     if report is not None and not report.occurrences:
-        st.info(f"{atlas_word!r} does not occur in {summary['corpus']} "
+        st.info(f"{views.plain(repr(atlas_word))} does not occur in {views.plain(summary['corpus'])} "
                 f"(first {summary['tokens']:,} tokens).")
     elif report is not None:
         rows = atlas_views.usage_rows(report)
         chart, table = st.columns([3, 2])
         chart.plotly_chart(ui.bars([f"s{r['sense']}" for r in rows], [r["mean weight"] for r in rows],
-                                   f"{atlas_word!r}: mean weight per occurrence "
+                                   f"{html.escape(repr(atlas_word))}: mean weight per occurrence "
                                    f"({report.occurrences:,} occurrences)", y_title="weight",
                                    diverging=False), key=f"{PAGE}:atlas-chart")
         table.dataframe(rows, hide_index=True, key=f"{PAGE}:atlas-usage")
@@ -192,7 +294,7 @@ if atlas is not None:
         atlas_sense = st.selectbox("Top contexts of sense", list(range(atlas.num_senses)),
                                    index=busiest, key=f"{PAGE}:atlas-sense:{atlas_word}")
         detail = atlas.word_report(atlas_word, sense=atlas_sense, top=5)
-        st.markdown(f"Where sense {atlas_sense} of {atlas_word!r} carried the most weight "
+        st.markdown(f"Where sense {atlas_sense} of {views.plain(repr(atlas_word))} carried the most weight "
                     "(highlighted: the word, and the position whose prediction it supported most):")
         for ctx in detail.senses[0].contexts:
             st.markdown(f"**{ctx.weight:.2f}** · {atlas_views.snippet_html(ctx)}  \n"

@@ -8,6 +8,7 @@ import state
 import streamlit as st
 import views
 
+from backpack_core.common import limits
 from backpack_core.edit.generation import generate_side_by_side
 from backpack_core.edit.specs import EditError
 
@@ -37,22 +38,41 @@ def problem(message: str) -> None:
     st.session_state[f"{PAGE}:problem"] = message
 
 
-@state.guarded
-def on_add() -> None:
+# the fields of one kind of edit; they start from their defaults when the kind changes
+KIND_FIELDS = ("senses", "positions", "factor", "renormalize", "source-word", "source-sense",
+               "remove", "add")
+
+
+def control_spec() -> dict:
+    """The edit the controls describe now (EditError when they do not make one)."""
     s = st.session_state
     word = s.get(f"{PAGE}:word")
     if word == OTHER:
-        word = s.get(f"{PAGE}:word-other", "")
-    kind = s[f"{PAGE}:kind"]
+        word = views.typed_word(s.get(f"{PAGE}:word-other", ""), tokenizer, model.config.vocab_size)
+    return views.edit_spec(
+        s[f"{PAGE}:kind"], word=word, senses=s.get(f"{PAGE}:senses", "all"),
+        factor=s.get(f"{PAGE}:factor"), positions=s.get(f"{PAGE}:positions", ""),
+        source_word=s.get(f"{PAGE}:source-word"), source_sense=s.get(f"{PAGE}:source-sense"),
+        remove=s.get(f"{PAGE}:remove"), add=s.get(f"{PAGE}:add"),
+        renormalize=s.get(f"{PAGE}:renormalize", False), tokenizer=tokenizer,
+        vocab_size=model.config.vocab_size)
+
+
+@state.guarded
+def on_add() -> None:
     try:
-        spec = views.edit_spec(
-            kind, word=word, senses=s.get(f"{PAGE}:senses", "all"), factor=s.get(f"{PAGE}:factor"),
-            positions=s.get(f"{PAGE}:positions", ""), source_word=s.get(f"{PAGE}:source-word"),
-            source_sense=s.get(f"{PAGE}:source-sense"), remove=s.get(f"{PAGE}:remove"),
-            add=s.get(f"{PAGE}:add"), renormalize=s.get(f"{PAGE}:renormalize", False))
-        set_edits(views.add_edit(state.edit_set(), spec, model, tokenizer))
+        set_edits(views.add_edit(state.edit_set(), control_spec(), model, tokenizer))
     except EditError as err:
         problem(f"The edit was not added: {err}")
+
+
+@state.guarded
+def on_kind() -> None:
+    """Another kind of edit: the last kind's fields (its senses, positions, factor...) do not
+    carry over; each starts from its default."""
+    for name in KIND_FIELDS:
+        st.session_state.pop(f"{PAGE}:{name}", None)
+    st.session_state.pop(f"{PAGE}:problem", None)
 
 
 @state.guarded
@@ -123,7 +143,7 @@ def edit_row(effect) -> None:
     """One edit: what it is, a live slider for its factor, and where it acts (its effect alone)."""
     with st.container(border=True, key=f"{PAGE}:edit-{effect.index}"):
         line = st.columns([8, 1])
-        line[0].markdown(f"`{effect.index}` {effect.edit}")
+        line[0].markdown(f"`{effect.index}` {views.plain(effect.edit)}")
         line[1].button("", icon=":material/delete:", key=f"{PAGE}:remove-{effect.index}",
                        on_click=on_remove, args=(effect.index,), help="remove this edit",
                        type="tertiary")
@@ -141,7 +161,7 @@ def edit_row(effect) -> None:
         top = effect.rows[0]
         st.caption(f"Moves {effect.n_moved} of {session.n} positions' predictions "
                    f"({effect.n_changed} top-1 changes); most at **{top['position']}** "
-                   f"`{top['token']}`: KL {top['KL']:.4f}, logit change up to "
+                   f"{views.plain(top['token'])}: KL {top['KL']:.4f}, logit change up to "
                    f"{top['largest logit change']:.3f}.")
         st.button(f"Jump to position {top['position']}", key=f"{PAGE}:jump-{effect.index}",
                   on_click=on_jump, args=(top["position"],), icon=":material/my_location:",
@@ -158,16 +178,19 @@ st.caption("Edit senses or contextualization weights and compare the predictions
            "after. Edits never change the model: they apply to this session only. The URL "
            "holds the text, the edit set and the position: copy it to share the view.")
 if link_problem:
-    st.error(link_problem)
+    st.error(views.plain(link_problem))
 text = state.text_area(PAGE)
 try:
-    session = state.context_session(text)
+    session = state.text_session(PAGE, text)
 except ValueError as err:
     state.show_error(err)
     st.stop()
 
 positions = list(range(session.n))
 state.persist(f"{PAGE}:pos", shared="position")
+if state.text_changed(PAGE, text):  # a new text: its own default position, no stale message
+    st.session_state[f"{PAGE}:pos"] = views.default_position(session.tokens)
+    st.session_state.pop(f"{PAGE}:problem", None)
 pending = st.session_state.pop(f"{PAGE}:pos:pending", None)
 if pending in positions:
     st.session_state[f"{PAGE}:pos"] = pending
@@ -182,7 +205,7 @@ builder, results = st.columns([2, 3], gap="large")
 # -------------------------------------------------------------------------- the edit set --
 with builder:
     st.subheader("Edit set")
-    kind = st.selectbox("Edit", views.STEER_KINDS, key=f"{PAGE}:kind",
+    kind = st.selectbox("Edit", views.STEER_KINDS, key=f"{PAGE}:kind", on_change=on_kind,
                         format_func=lambda kd: KIND_LABELS.get(kd, kd))
     words = list(dict.fromkeys(session.tokens))
     word_options = words + [OTHER]
@@ -200,8 +223,8 @@ with builder:
                        help=f"'all', one index like 3, or a list like 1, 2 "
                             f"(0..{model.config.num_senses - 1})")
     if word == OTHER:
-        st.text_input("Another word (one token; ' bank' with its leading space)", " bank",
-                      key=f"{PAGE}:word-other")
+        st.text_input("Another word (one token)", "bank", key=f"{PAGE}:word-other",
+                      help=views.WORD_HELP)
     if kind in ("scale_sense", "scale_contextualization"):
         st.number_input("Factor", value=2.0 if kind == "scale_sense" else 0.0, step=0.5,
                         min_value=None if kind == "scale_sense" else 0.0, key=f"{PAGE}:factor")
@@ -209,18 +232,37 @@ with builder:
         st.checkbox("Renormalise the rows", False, key=f"{PAGE}:renormalize")
     if kind == "replace_sense":
         c = st.columns(2)
-        c[0].text_input("By the sense of word", " river", key=f"{PAGE}:source-word")
+        c[0].text_input("By the sense of word", "river", key=f"{PAGE}:source-word",
+                        help=views.WORD_HELP)
         c[1].number_input("Sense", 0, model.config.num_senses - 1, 0, key=f"{PAGE}:source-sense")
     if kind == "knowledge_edit":
         c = st.columns(2)
         c[0].text_input("Remove the word", knowledge[1] if knowledge else "", key=f"{PAGE}:remove",
-                        help="one token of this model's vocabulary, e.g. ' States'")
-        c[1].text_input("Add the word (optional)", knowledge[2] if knowledge else "", key=f"{PAGE}:add")
+                        help="one token of this model's vocabulary; " + views.WORD_HELP)
+        c[1].text_input("Add the word (optional)", knowledge[2] if knowledge else "", key=f"{PAGE}:add",
+                        help=views.WORD_HELP)
     st.text_input("Only at positions (blank: every occurrence)", "", key=f"{PAGE}:positions",
                   placeholder="e.g. 3, 7")
+    try:  # what the edit will touch, before it is added
+        spec = control_spec()
+        preview = state.memo(f"{PAGE}:preview", session, spec,
+                             lambda: views.edit_preview(session, spec))
+    except EditError:
+        preview = None  # the Add button says why
+    if preview is not None:
+        where = (f"its word is at position(s) {', '.join(map(str, preview.occurrences[:12]))}"
+                 f"{'…' if len(preview.occurrences) > 12 else ''}" if preview.occurrences
+                 else "its word is not in this text")
+        st.caption(f"Will {views.plain(preview.edit)}: {where}; it moves {preview.n_moved} of "
+                   f"{session.n} positions' predictions ({preview.n_changed} top-1 changes), "
+                   f"largest KL {preview.max_kl:.2g}.")
+        if preview.tiny:
+            st.warning(f"This edit changes almost nothing on this text (largest KL "
+                       f"{preview.max_kl:.2g}, below {views.TINY_KL:g}): check its senses, "
+                       "positions and words.", icon=":material/warning:")
     st.button("Add edit", type="primary", on_click=on_add, key=f"{PAGE}:add-button")
     if st.session_state.get(f"{PAGE}:problem"):
-        st.error(st.session_state[f"{PAGE}:problem"])
+        st.error(views.plain(st.session_state[f"{PAGE}:problem"]))
 
     with st.expander("Learn from examples (sense finetuning)",
                      expanded=bool(st.session_state.get(f"{PAGE}:learned"))):
@@ -264,7 +306,8 @@ with builder:
     edits = state.edit_set()
     rows = views.edit_rows(edits)
     if edits.get("name") or edits.get("description"):
-        st.caption(" · ".join(str(edits[k]) for k in ("name", "description") if edits.get(k)))
+        # a link's or upload's own words: plain text, never Markdown (no links, no images)
+        st.text(" · ".join(str(edits[k]) for k in ("name", "description") if edits.get(k)))
     if rows:
         effects = state.memo(f"{PAGE}:effects", session, edits,
                              lambda: views.edit_effects(session, edits))
@@ -304,7 +347,7 @@ with results:
     m[1].metric(f"KL(before ‖ after) at {position}", f"{view.comparison.kl:.4f}")
     m[2].metric("largest KL", f"{max(view.kl):.4f}")
     shown = views.readable_token(tokenizer, session.token_ids[position])
-    st.markdown(f"Next token after position **{position}** (`{shown}`); green: entered the top "
+    st.markdown(f"Next token after position **{position}** ({views.plain(shown)}); green: entered the top "
                 "10, red: left it.")
     st.table(ui.detail_table(view.detail))
 
@@ -322,8 +365,14 @@ if view.edits:
 else:
     charts[1].caption("KL(before ‖ after) per position appears here once there are edits.")
 st.markdown("**Every position** (rows whose most probable next token changed are highlighted)")
-st.dataframe(ui.steer_table(view.rows), hide_index=True, key=f"{PAGE}:table",
-             height=min(420, 38 + 35 * session.n))
+f = st.columns([1, 2])
+only_changed = f[0].toggle(f"Only changed rows ({view.n_changed})", False, key=f"{PAGE}:only-changed",
+                           disabled=not view.n_changed)
+order = f[1].radio("Sort by", list(views.ROW_ORDERS), format_func=views.ROW_ORDERS.get,
+                   horizontal=True, key=f"{PAGE}:order", label_visibility="collapsed")
+table_rows = views.position_rows(view.rows, only_changed and view.n_changed > 0, order)
+st.dataframe(ui.steer_table(table_rows), hide_index=True, key=f"{PAGE}:table",
+             height=min(420, 38 + 35 * max(1, len(table_rows))))
 
 st.subheader("Generations with and without the edits")
 g = st.columns(4)
@@ -337,7 +386,7 @@ request = {"text": text, "edits": edits, "tokens": int(new_tokens), "seed": int(
 if st.button("Generate", key=f"{PAGE}:generate"):
     try:
         with st.spinner("Generating…"):
-            out = generate_side_by_side(model, tokenizer, text, edits or None,
+            out = generate_side_by_side(model, tokenizer, session.text, edits or None,
                                         max_new_tokens=int(new_tokens), do_sample=bool(sample),
                                         temperature=float(temperature), top_p=0.95 if sample else None,
                                         seed=int(seed))
@@ -351,6 +400,14 @@ if generation and generation["request"] == request:
     left.code(generation["result"]["before"], language=None, wrap_lines=True)
     right.markdown("**With the edits**")
     right.code(generation["result"]["after"], language=None, wrap_lines=True)
+    split = views.divergence(tokenizer, generation["result"]["before"], generation["result"]["after"])
+    if split.identical:
+        st.caption("The two generations are identical.")
+    else:
+        st.caption(f"They share their first {split.tokens} generated token(s), then diverge "
+                   "(marked):")
+        left.markdown(views.divergence_html(split.shared, split.before), unsafe_allow_html=True)
+        right.markdown(views.divergence_html(split.shared, split.after), unsafe_allow_html=True)
 elif generation:
     st.caption("The text, edits or settings changed since the last generation: generate again.")
 
@@ -367,7 +424,10 @@ with st.expander("Blast radius, loss change and target-prompt success over a cor
     e = st.columns([3, 1, 2])
     dataset = e[0].radio("Dataset", list(ev.DATASETS), format_func=ev.DATASETS.get, horizontal=True,
                          key=f"{PAGE}:eval-data")
-    max_tokens = e[1].number_input("Max tokens", 16, 200_000, 5_000, step=1_000, key=f"{PAGE}:eval-max")
+    max_tokens = e[1].number_input("Max tokens", 16, limits.MAX_REQUEST_TOKENS, 5_000, step=1_000,
+                                   key=f"{PAGE}:eval-max",
+                                   help=f"at most {limits.MAX_REQUEST_TOKENS:,} per request "
+                                        "(BACKPACK_MAX_REQUEST_TOKENS)")
     strengths_text = e[2].text_input("Strengths", "0, 0.5, 1, 2", key=f"{PAGE}:eval-strengths",
                                      help="comma-separated; 1 is always added")
     corpus_file = (st.file_uploader("Text file (UTF-8)", type=["txt", "md"], key=f"{PAGE}:eval-file")
@@ -375,38 +435,43 @@ with st.expander("Blast radius, loss change and target-prompt success over a cor
     prompts_file = st.file_uploader(
         "Target prompts (optional, JSONL: one {\"prompt\", \"target\", \"foil\"} a line)",
         type=["jsonl", "json", "txt"], key=f"{PAGE}:eval-prompts")
+    stopped = state.stopped_message(f"{PAGE}:eval")
+    if stopped:
+        st.info(f"The evaluation was stopped. {stopped}")
     if st.button("Evaluate", key=f"{PAGE}:evaluate", type="primary", disabled=not edits.get("edits"),
                  help=None if edits.get("edits") else "add an edit first"):
-        bar = st.progress(0.0, text="Reading the corpus…")
         try:
-            result = ev.evaluate(
-                model, tokenizer, edits, dataset, int(max_tokens), strengths_text, text=text,
-                prompts=(prompts_file.name, prompts_file.getvalue()) if prompts_file else None,
-                upload=(corpus_file.name, corpus_file.getvalue()) if corpus_file else None,
-                progress=lambda done, total: bar.progress(done / total,
-                                                          text=f"window batch {done} of {total}"))
+            result = state.run_with_stop(
+                f"{PAGE}:eval", "Evaluating the edit set", lambda report: ev.evaluate(
+                    model, tokenizer, edits, dataset, int(max_tokens), strengths_text, text=text,
+                    prompts=(prompts_file.name, prompts_file.getvalue()) if prompts_file else None,
+                    upload=(corpus_file.name, corpus_file.getvalue()) if corpus_file else None,
+                    progress=report), work_tokens=int(max_tokens))
             st.session_state[f"{PAGE}:evaluation"] = {"edits": edits, "result": result}
         except (ValueError, OSError) as err:  # EditError, PromptError, CorpusError are ValueErrors
+            st.session_state.pop(f"_running:{PAGE}:eval", None)
             state.show_error(err, "The evaluation")
-        finally:
-            bar.empty()
     evaluation = st.session_state.get(f"{PAGE}:evaluation")
     if evaluation and evaluation["edits"] == edits:
         result = evaluation["result"]
         one = result.at(1.0)
+        note = ev.absent_note(result)
+        if note:
+            st.warning(views.plain(note), icon=":material/search_off:")
         m = st.columns(4)
         m[0].metric("blast radius", f"{len(result.blast_radius):,}",
                     help=f"positions whose prediction the edits change, of {result.corpus['tokens']:,} "
                          f"tokens of {result.corpus['name']}")
         m[1].metric("Δ loss, all text", f"{one.loss_change['all']:+.4f}")
-        m[2].metric("Δ loss, inside the radius",
-                    "n/a" if one.loss_change["inside"] is None else f"{one.loss_change['inside']:+.4f}")
-        m[3].metric("Δ loss, outside", "n/a" if one.loss_change["outside"] is None
-                    else f"{one.loss_change['outside']:+.4f}")
+        m[2].metric("Δ loss, inside the radius", ev.loss_text(one.loss_change["inside"]),
+                    help="– : the radius is empty, no position to average over")
+        m[3].metric("Δ loss, outside", ev.loss_text(one.loss_change["outside"]),
+                    help="– : every position is inside the radius")
         if result.prompts:
             st.markdown(f"Target prompts: success **{result.success_before:.0%}** before, "
                         f"**{one.success_rate:.0%}** after (strength 1).")
-        st.plotly_chart(ev.sweep_figure(result), key=f"{PAGE}:eval-figure")
+        if result.blast_radius or result.prompts:  # nothing to plot when no position moved
+            st.plotly_chart(ev.sweep_figure(result), key=f"{PAGE}:eval-figure")
         st.dataframe(ev.sweep_rows(result), hide_index=True, key=f"{PAGE}:eval-sweep")
         if result.prompts:
             st.dataframe(ev.prompt_rows(result), hide_index=True, key=f"{PAGE}:eval-prompts-table")

@@ -24,6 +24,11 @@ the core all refuse past them with a message naming the limit (`LimitError`).
     MAX_TOPIC_SAMPLES     generations of one topic-control run (prompts x samples per prompt)
     MAX_TOPIC_SENSES      (word, sense) pairs topic control turns up: their candidates are
                           scored against the whole vocabulary, 2 x 20 x N x vocab floats
+    MAX_PATCH_TOKENS      a prompt pair patched position by position (analyses.patch, the
+                          Context page): (layers + 1) x tokens partial contextualizer passes
+    MAX_REQUEST_TOKENS    corpus tokens one dashboard request reads (a sense atlas, an edit
+                          evaluation): 200,000 tokens took 722 s on a busy 2-core CPU; 50,000
+                          is a few minutes there (the command-line tools are not bound by it)
     model size            a config's parameters must fit the memory available (checked before
                           anything is allocated): `check_model_fits`
 
@@ -66,6 +71,8 @@ MAX_DATA_FILE_BYTES = _limit("MAX_DATA_FILE_BYTES", 10_000_000)
 MAX_EDIT_NUMBER = _limit("MAX_EDIT_NUMBER", 1_000_000)
 MAX_TOPIC_SAMPLES = _limit("MAX_TOPIC_SAMPLES", 1_000)
 MAX_TOPIC_SENSES = _limit("MAX_TOPIC_SENSES", 1_000)
+MAX_PATCH_TOKENS = _limit("MAX_PATCH_TOKENS", 128)
+MAX_REQUEST_TOKENS = _limit("MAX_REQUEST_TOKENS", 50_000)
 
 
 def check_size(size: int, limit: int, what: str, unit: str, setting: str,
@@ -130,6 +137,10 @@ def check_topic_request(samples: int, top_senses: int, error: type[Exception] = 
     if top_senses > MAX_TOPIC_SENSES:
         raise error(f"{top_senses:,} topic senses is more than the limit of {MAX_TOPIC_SENSES:,} "
                     "(BACKPACK_MAX_TOPIC_SENSES)")
+
+
+def check_patch_tokens(n: int, error: type[Exception] = LimitError) -> None:
+    check_size(n, MAX_PATCH_TOKENS, "the prompt to patch", "tokens", "MAX_PATCH_TOKENS", error)
 
 
 def check_batch_windows(n: int, error: type[Exception] = LimitError) -> None:

@@ -358,6 +358,12 @@ class EditEvaluation:
     prompts: list[PromptResult] = field(default_factory=list)
     success_before: float | None = None
     timing: dict[str, float] = field(default_factory=dict)
+    words: list[dict[str, Any]] = field(default_factory=list)  # `word_counts`: each edited word
+
+    @property
+    def absent_words(self) -> list[dict[str, Any]]:
+        """The edited words that never occur in the corpus (their edits change nothing there)."""
+        return [w for w in self.words if w["count"] == 0]
 
     def at(self, strength: float) -> StrengthResult:
         return next(r for r in self.sweep if r.strength == strength)
@@ -376,7 +382,7 @@ class EditEvaluation:
             "success_before": self.success_before, "success_after": one.success_rate,
             "sweep": [asdict(r) for r in self.sweep],
             "prompts": [asdict(p) for p in self.prompts],
-            "timing": self.timing,
+            "timing": self.timing, "words": self.words,
         }
 
 
@@ -421,6 +427,43 @@ def _window_changes(intervention: ScaledEdits, contextualization: torch.Tensor,
 
 
 @torch.inference_mode()
+def word_counts(edit_set: EditSet, tokenizer: Tokenizer | None, corpus: Corpus,
+                vocab_size: int | None = None) -> list[dict[str, Any]]:
+    """How often each edited word occurs in `corpus`: [{"word", "token_id", "count", "other"}],
+    one per distinct word; "other" is the other-case form ({"word", "count"}) when that is one
+    token that occurs (' united' for ' United' in the lower-cased Penn Treebank), else None."""
+    from backpack_core.model.vocab import token_text
+
+    ids = corpus.token_ids
+    out, seen = [], set()
+    for edit in edit_set:
+        word = getattr(edit, "word", None)
+        if word is None:
+            continue
+        try:
+            token_id = single_token_id(tokenizer, word, vocab_size)
+        except WordError:
+            continue
+        if token_id in seen:
+            continue
+        seen.add(token_id)
+        text = token_text(tokenizer, token_id) if tokenizer is not None else str(token_id)
+        other = None
+        bare = text.lstrip()
+        flipped = text[: len(text) - len(bare)] + (
+            bare.lower() if bare != bare.lower() else bare[:1].upper() + bare[1:])
+        if flipped != text and tokenizer is not None:
+            try:
+                other_id = single_token_id(tokenizer, flipped, vocab_size)
+                n = int((ids == other_id).sum())
+                other = {"word": flipped, "count": n} if n else None
+            except WordError:
+                pass
+        out.append({"word": text, "token_id": token_id, "count": int((ids == token_id).sum()),
+                    "other": other})
+    return out
+
+
 def evaluate_edits(model: Backpack, tokenizer: Tokenizer | None, edits: Any, corpus: Corpus,
                    prompts: Sequence[TargetPrompt] | None = None,
                    strengths: Sequence[float] | str | None = None, seq_len: int | None = None,
@@ -525,7 +568,8 @@ def evaluate_edits(model: Backpack, tokenizer: Tokenizer | None, edits: Any, cor
         sweep=sweep, prompts=prompt_results,
         success_before=(sum(p.before.success for p in prompt_results) / len(prompt_results)
                         if prompt_results else None),
-        timing={"forward_s": forward_s, "reevaluate_s": reevaluate_s, "prompts_s": prompts_s})
+        timing={"forward_s": forward_s, "reevaluate_s": reevaluate_s, "prompts_s": prompts_s},
+        words=word_counts(edit_set, tokenizer, corpus, model.config.vocab_size))
 
 
 def naive_losses(model: Backpack, tokenizer: Tokenizer | None, edits: Any, corpus: Corpus,

@@ -107,3 +107,23 @@ def allowed_source(source: str | None) -> str | None:
         return HubId(text)  # downloaded: a local path of the same name is never read
     raise AccessError(f"loading models from the hub is not enabled on this server (the operator "
                       f"allows hub ids with {HUB_ENV}); choose the shipped model or a local run")
+
+
+def display_source(source: str | os.PathLike | None) -> str:
+    """A model source (or a run's file) as a visitor may see it: a path named relative to the
+    allowed root that holds it (`backpack-mini`, `runs/backpack-mini-cpu/metrics.jsonl`), never
+    the server's absolute path; a hub id as it is; None: the shipped model's name. A path under
+    no allowed root shows its last part only."""
+    if source is None or not str(source).strip():
+        return DEFAULT_MODEL_DIR.name
+    text = str(source).strip()
+    path = Path(text).expanduser()
+    local = text.startswith((".", "/", "~", os.sep)) or not HUB_ID.match(text) or path.is_dir()
+    if not local:
+        return text
+    resolved = path.resolve()
+    inside = [root for root in model_roots() if resolved == root or resolved.is_relative_to(root)]
+    if not inside:
+        return resolved.name or text
+    root = max(inside, key=lambda r: len(r.parts))  # the closest root
+    return str(Path(root.name) / resolved.relative_to(root))

@@ -130,4 +130,42 @@ def single_token_id(tokenizer: Tokenizer | None, word: str | int, vocab_size: in
     if single_alts:
         hint = f"; {single_alts[0].query!r} is a single token (id {single_alts[0].token_ids[0]})"
     raise WordError(f"{role} {word!r} is {len(resolved.token_ids)} tokens ({pieces}), but one "
-                    f"token is needed: give one piece or a token id{hint}")
+                    f"token is needed: give one piece or a token id (#123){hint}")
+
+
+def parse_word(text: str | int, tokenizer: Tokenizer | None = None, vocab_size: int | None = None
+               ) -> str | int:
+    """What a user typed in a word box -> a word (text) or a token id, one rule for every box:
+
+    - `#123` -> token id 123 (an int is taken as a token id as it is);
+    - quoted, `' bank'` or `"bank"` -> the text inside the quotes, exactly;
+    - typed with its leading space, ` bank` -> as typed;
+    - bare, `bank` -> the in-text form `' bank'` when that is one token of the vocabulary (how
+      the word reads inside a text), else `bank` when that is one token, else `' bank'` (a word
+      of several tokens, split as inside a text).
+
+    WordError for an empty box. Surrounding whitespace of a bare word is ignored."""
+    if not isinstance(text, str):
+        return text
+    stripped = text.strip()
+    if not stripped:
+        raise WordError("the word is empty: type a word (bank), a form in quotes (' bank') or a "
+                        "token id (#123)")
+    if stripped.startswith("#") and stripped[1:].isdigit():
+        return int(stripped[1:])
+    if len(stripped) >= 2 and stripped[0] == stripped[-1] and stripped[0] in "'\"":
+        inner = stripped[1:-1]
+        if not inner:
+            raise WordError(f"the word {stripped} is empty inside its quotes")
+        return inner
+    if text.startswith(" ") and not text.startswith("  "):
+        return text.rstrip()
+    if tokenizer is None:
+        return " " + stripped
+    for form in (" " + stripped, stripped):
+        try:
+            if resolve_word(tokenizer, form, vocab_size).is_single:
+                return form
+        except WordError:
+            continue
+    return " " + stripped
