@@ -219,3 +219,28 @@ def test_cli_end_to_end(tmp_path, capsys, tiny_model_dir):
     assert EditSet.load(out).to_dict() == data["edit_set"]
     assert len(data["senses"]) == len({(s["token_id"], s["sense"]) for s in data["senses"]}) <= 4
     assert all(len(s["top_before"]) == 6 for s in data["senses"])
+
+
+def test_shipped_datasets_are_what_the_builder_writes(tmp_path):
+    """analyses/data/canonical/ is reproducible (python -m data.build_canonical), every file
+    parses, and validation and test share no example prefix or evaluation sentence."""
+    from pathlib import Path
+
+    from data.build_canonical import DATASETS, main
+
+    main(["--out", str(tmp_path)])
+    shipped = Path(__file__).resolve().parent.parent / "analyses" / "data" / "canonical"
+    written = sorted(p.name for p in tmp_path.glob("*.jsonl"))
+    assert written == sorted(p.name for p in shipped.glob("*.jsonl")) and len(written) == 12
+    for name in written:
+        assert (tmp_path / name).read_text() == (shipped / name).read_text(), name
+    for name, (_, loss) in DATASETS.items():
+        splits = {}
+        for which in ("val", "test"):
+            examples = parse_examples((shipped / f"{name}-{which}-examples.jsonl").read_text(),
+                                      name, loss)
+            items = parse_examples((shipped / f"{name}-{which}-eval.jsonl").read_text(), name,
+                                   loss, evaluation=True)
+            assert all(i.suffix2 is not None for i in items)
+            splits[which] = {e.prefix for e in examples} | {i.prefix for i in items}
+        assert not splits["val"] & splits["test"], name
