@@ -244,3 +244,33 @@ def test_shipped_datasets_are_what_the_builder_writes(tmp_path):
             assert all(i.suffix2 is not None for i in items)
             splits[which] = {e.prefix for e in examples} | {i.prefix for i in items}
         assert not splits["val"] & splits["test"], name
+
+
+def test_the_three_losses_match_their_definitions(tiny_model, tiny_tokenizer):
+    """good = -log p(suffix), bad = -log(1 - p(suffix)), balance = (log p1 - log p2)^2, with
+    log p(suffix | prefix) summed token by token from separate forward passes."""
+    def logp(prefix: str, suffix: str) -> float:
+        p, s = tiny_tokenizer.encode(prefix), tiny_tokenizer.encode(suffix)
+        total = 0.0
+        for k, token in enumerate(s):
+            with torch.no_grad():
+                logits = tiny_model(torch.tensor([p + s[:k]])).logits[0, -1]
+            total += float(torch.log_softmax(logits.double(), -1)[token])
+        return total
+
+    pair = parse_examples('{"prefix": "The bank by the", "suffix1": " river has", "suffix2": " money"}',
+                          "b", "balance")
+    single = parse_examples('{"prefix": "The bank by the", "suffix": " river has"}', "g", "good")
+    lp1, lp2 = logp("The bank by the", " river has"), logp("The bank by the", " money")
+    forward = lambda x: tiny_model(x).logits  # noqa: E731
+    with torch.no_grad():
+        good = examples_loss(forward, example_batches(tiny_tokenizer, single, 64, "cpu"), "good")
+        bad = examples_loss(forward, example_batches(tiny_tokenizer, single, 64, "cpu"), "bad")
+        balance = examples_loss(forward, example_batches(tiny_tokenizer, pair, 64, "cpu"), "balance")
+    import math
+
+    assert float(good) == pytest.approx(-lp1, rel=1e-4)
+    # p ~ 3e-6 here, so -log(1 - p) ~ p: its relative error is the absolute error of lp
+    # (float32 logits of magnitude ~50, one pass against several), about 1e-2
+    assert float(bad) == pytest.approx(-math.log1p(-math.exp(lp1)), rel=5e-2)
+    assert float(balance) == pytest.approx((lp1 - lp2) ** 2, rel=1e-4)
