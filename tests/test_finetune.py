@@ -274,3 +274,21 @@ def test_the_three_losses_match_their_definitions(tiny_model, tiny_tokenizer):
     # (float32 logits of magnitude ~50, one pass against several), about 1e-2
     assert float(bad) == pytest.approx(-math.log1p(-math.exp(lp1)), rel=5e-2)
     assert float(balance) == pytest.approx((lp1 - lp2) ** 2, rel=1e-4)
+
+
+def test_bad_loss_where_the_suffix_has_probability_one_half(tiny_tokenizer):
+    """A logits function giving each suffix token p = 1/2: bad = -log(1 - 1/4) for a 2-token
+    suffix (p(suffix) = 1/4), good = -log(1/4)."""
+    import math
+
+    (example,) = parse_examples('{"prefix": "The bank by the", "suffix": " river has"}', "g", "good")
+    batches = example_batches(tiny_tokenizer, [example], 64, "cpu")
+    vocab = 400
+
+    def half(ids):
+        logits = torch.zeros(*ids.shape, vocab)
+        logits.scatter_(-1, batches[0].targets[..., None], math.log(vocab - 1))
+        return logits
+
+    assert float(examples_loss(half, batches, "bad")) == pytest.approx(-math.log(0.75), rel=1e-5)
+    assert float(examples_loss(half, batches, "good")) == pytest.approx(-math.log(0.25), rel=1e-5)
