@@ -818,6 +818,67 @@ def with_factor(edits: dict[str, Any], index: int, factor: float) -> dict[str, A
 
 
 # ----------------------------------------------------------------------------------------------
+# Steer page: learn an edit from examples (backpack_core.edit.finetune)
+# ----------------------------------------------------------------------------------------------
+
+LEARN_EXAMPLE = ('{"prefix": "The capital of France is", "suffix": " Paris"}\n'
+                 '{"prefix": "The capital of Italy is", "suffix": " Rome"}\n')
+
+
+@dataclass
+class LearnedEdits:
+    """Sense finetuning's result as the page shows it."""
+
+    edit_set: dict[str, Any]  # the session's edit set with the learned edits joined
+    learned: dict[str, Any]  # the learned edit set alone (add_sense edits, with provenance)
+    strength: float
+    general_increase: float
+    budget: float
+    background: str
+    senses: list[dict[str, Any]]  # chosen (token, sense): score, top words of the sense
+
+
+def join_learned(current: dict[str, Any] | None, learned: EditSet) -> dict[str, Any]:
+    """The learned edits appended to the session's edit set; an empty set becomes the learned
+    one whole (name, description, provenance). Each learned edit's note names its examples."""
+    if not current or not current.get("edits"):
+        return learned.to_dict()
+    return (as_edit_set(current) + learned).to_dict()
+
+
+def learn_from_examples(model: Backpack, tokenizer: Tokenizer, current: dict[str, Any] | None,
+                        examples_text: str, loss: str, *, senses_per_example: int = 10,
+                        budget: float = 0.01, steps: int = 40, background: str = "ptb",
+                        text: str = "", upload: tuple[str, bytes] | None = None,
+                        windows: int = 16, progress=None) -> LearnedEdits:
+    """The panel's form -> `sense_finetune` on background windows of the chosen corpus (half
+    for the KL penalty, half held out for the budget). ValueError (ExampleError, CorpusError)
+    says what is wrong."""
+    from backpack_core.common.corpus import corpus_from_choice
+    from backpack_core.edit.finetune import Background, TrainConfig, parse_examples, sense_finetune
+
+    examples = parse_examples(examples_text, "the examples", loss)
+    config = TrainConfig(steps=int(steps), senses_per_example=int(senses_per_example))
+    config.check()
+    seq_len = min(128, model.config.n_positions)
+    corpus = corpus_from_choice(background, tokenizer, seq_len * 2 * windows, upload=upload,
+                                text=text)
+    seq_len = min(seq_len, max(2, corpus.token_ids.numel() // 2))
+    split = Background.split(corpus.token_ids, seq_len, windows, windows, corpus.name)
+    result = sense_finetune(model, tokenizer, examples, loss, split, float(budget), config,
+                            progress=progress)
+    senses = []
+    for c in result.choices:
+        readout = sense_readout(model, tokenizer, c.token_id, top=6).pieces[0].readouts[c.sense]
+        senses.append({"token": show_token(c.token), "sense": c.sense, "score": round(c.score, 4),
+                       "example": c.example, "top words": " ".join(show_token(w.token)
+                                                                   for w in readout.top)})
+    return LearnedEdits(join_learned(current, result.edit_set), result.edit_set.to_dict(),
+                        result.result.strength, result.result.general_increase, float(budget),
+                        split.name, senses)
+
+
+# ----------------------------------------------------------------------------------------------
 # Models page
 # ----------------------------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from backpack_core.edit.specs import (
     EDIT_KINDS,
     AblateSense,
+    AddSense,
     EditError,
     EditSet,
     KnowledgeEdit,
@@ -43,6 +44,8 @@ ONE_OF_EACH = {
          "source_positions": [1]},
         {"kind": "replace_contextualization", "sense": 2, "weights": [[0.1, 0.2], [0.3, 0.4]],
          "word": " MacBook", "renormalize": True},
+        {"kind": "add_sense", "word": " bank", "senses": [3, 1], "delta": [[0.25] * 32, [-1.0] * 32],
+         "positions": [2, 9], "note": "learned"},
     ],
 }
 
@@ -62,6 +65,15 @@ def test_json_round_trip_one_edit_of_each_kind(tiny_model, tiny_tokenizer):
     assert again.to_dict()["version"] == 1 and again.name == "one of each kind"
     edit_set.validate(tiny_tokenizer, tiny_model.config)
     assert len(edit_set.describe()) == len(edit_set)
+
+
+def test_provenance_round_trips():
+    data = {"version": 1, "provenance": {"examples_sha256": "ab" * 32, "budget_nats": 0.01,
+                                         "nested": {"steps": [1, 2]}}, "edits": []}
+    edit_set = EditSet.from_dict(data)
+    assert edit_set.to_dict() == data and EditSet.from_json(edit_set.to_json()) == edit_set
+    joined = edit_set + EditSet.from_dict(ONE_OF_EACH)
+    assert joined.provenance == data["provenance"] and len(joined) == len(ONE_OF_EACH["edits"])
 
 
 def test_python_construction_equals_json(tmp_path):
@@ -93,6 +105,22 @@ def test_python_construction_equals_json(tmp_path):
      '"factor": -2}]}', "'factor' must be >= 0"),
     ('{"version": 1, "edits": [{"kind": "replace_sense", "word": " bank", "sense": 0}]}',
      "exactly one of 'vector'"),
+    ('{"version": 1, "edits": [{"kind": "add_sense", "word": " bank", "senses": [0, 1], '
+     '"delta": [[1.0, 2.0]]}]}', "edit 0 (add_sense): 'delta' has 1 rows but 'senses' lists 2"),
+    ('{"version": 1, "edits": [{"kind": "add_sense", "word": " bank", "senses": [1, 1], '
+     '"delta": [[1.0], [2.0]]}]}', "'senses' lists a sense twice"),
+    ('{"version": 1, "edits": [{"kind": "add_sense", "word": " bank", "senses": "all", '
+     '"delta": [[1.0]]}]}', "'senses' must be a non-empty list of sense indices"),
+    ('{"version": 1, "edits": [{"kind": "add_sense", "word": " bank", "senses": [0, 1], '
+     '"delta": [[1.0], [2.0, 3.0]]}]}', "'delta' rows have different lengths"),
+    ('{"version": 1, "edits": [{"kind": "add_sense", "word": " bank", "senses": 0, '
+     '"delta": [[NaN]]}]}', "'delta[0][0]' must be a finite number, got nan"),
+    ('{"version": 1, "edits": [{"kind": "add_sense", "word": " bank", "senses": 0, '
+     '"delta": [1.0]}]}', "'delta[0]' must be a non-empty list of numbers"),
+    ('{"version": 1, "edits": [{"kind": "add_sense", "word": " bank", "sense": 0, "delta": [[1.0]]}]}',
+     "unknown field 'sense' in a add_sense edit"),
+    ('{"version": 1, "edits": [], "provenance": [1]}', "'provenance' must be a JSON object"),
+    ('{"version": 1, "edits": [], "provenance": {"x": NaN}}', "finite numbers"),
 ])
 def test_malformed_specs_are_refused_with_a_message(spec, message):
     with pytest.raises(EditError) as err:
@@ -108,6 +136,9 @@ def test_malformed_specs_are_refused_with_a_message(spec, message):
     ({"kind": "knowledge_edit", "word": " MacBook", "remove": "Apple Inc"}, "'remove'"),
     ({"kind": "replace_sense", "word": " bank", "sense": 0, "vector": [1.0, 2.0]}, "d = 32"),
     ({"kind": "ablate_sense", "word": " bank", "sense": 0, "positions": [64]}, "positions 0..63"),
+    ({"kind": "add_sense", "word": " bank", "senses": [0], "delta": [[1.0, 2.0]]}, "d = 32"),
+    ({"kind": "add_sense", "word": " bank", "senses": [0, 4], "delta": [[1.0] * 32] * 2},
+     "'senses' 4 is out of range: the model has 4 senses"),
 ])
 def test_specs_that_do_not_fit_the_model_are_refused(tiny_model, tiny_tokenizer, edit, message):
     edit_set = EditSet.from_dict({"version": 1, "edits": [{"kind": "scale_sense", "word": " the",
@@ -140,6 +171,9 @@ plausible = {
     "renormalize": st.sampled_from([True, False, 1, None]),
     "orthogonalize": st.sampled_from([True, False, "yes"]),
     "note": st.sampled_from(["a note", None, 5]),
+    "senses": senses,
+    "delta": st.sampled_from([[[0.1] * 32], [[0.1] * 32, [-0.2] * 32], [[1.0, 2.0]], [], [[]],
+                              [[math.inf] * 32], [0.1] * 32, "d"]),
 }
 # wild edits: any kind, any fields, any values
 wild_edit = st.fixed_dictionaries(
@@ -379,6 +413,7 @@ PADDING_EDITS = [
     {"kind": "replace_contextualization", "sense": 2, "weights": [[0.1, 0.2], [0.3, 0.4]],
      "renormalize": True},
     {"kind": "replace_contextualization", "sense": 0, "value": 2.0, "word": " the"},
+    {"kind": "add_sense", "word": " the", "senses": [2, 0], "delta": [[0.5] * 32, [-0.3] * 32]},
 ]
 
 
@@ -405,3 +440,42 @@ def test_left_padding_gets_no_weight_under_any_edit(tiny_model, tiny_tokenizer, 
     assert (alone - unedited).abs().max() > 1e-2  # the edit does something here
     torch.testing.assert_close(both[0, pad:], alone[0], atol=1e-5, rtol=0)
     torch.testing.assert_close(both[1, :-pad], alone[0], atol=1e-5, rtol=0)
+
+
+# -- add_sense: exactly x + delta on the listed senses, x + s delta at strength s ---------------
+
+def test_add_sense_adds_its_delta_to_the_listed_senses_only(tiny_model, tiny_tokenizer):
+    from backpack_core.interpret.edit_effects import ScaledEdits
+
+    torch.manual_seed(1)
+    delta = torch.randn(2, 32)
+    edit = AddSense(" bank", [3, 1], delta.tolist(), positions=[2])
+    edit_set = EditSet([edit])
+    assert EditSet.from_json(edit_set.to_json()) == edit_set
+    assert edit_set.to_dict()["edits"][0]["senses"] == [3, 1]  # order kept: rows follow it
+    assert EditSet([AddSense(" bank", 2, [[0.5] * 32])]).to_dict()["edits"][0]["senses"] == [2]
+    ids = ids_of(tiny_tokenizer, " the bank by the bank")  # " bank" at positions 1 and 4
+    bank = tiny_tokenizer.encode(" bank")[0]
+    ids[0, 2] = bank  # and at 2, the one listed
+    positions = torch.arange(ids.shape[1])[None]
+    with torch.no_grad():
+        senses = tiny_model.sense_vectors(ids).transpose(1, 2)  # (b, k, s, d)
+        compiled = edit_set.compile(tiny_model, tiny_tokenizer)
+        new = compiled.on_senses(senses, ids, positions)
+        expected = senses.clone()
+        expected[0, 3, 2] += delta[0]
+        expected[0, 1, 2] += delta[1]
+        assert torch.equal(new, expected)  # exactly: the other senses and positions untouched
+        for strength in (0.0, 0.5, 2.0, -1.0):
+            scaled = ScaledEdits(compiled, strength).on_senses(senses, ids, positions)
+            target = senses.clone()
+            target[0, 3, 2] += strength * delta[0]
+            target[0, 1, 2] += strength * delta[1]
+            torch.testing.assert_close(scaled, target, atol=1e-6, rtol=1e-6)
+        # in the forward pass: predictions before the first " bank" are exactly unchanged
+        everywhere = EditSet([AddSense(" bank", [3, 1], delta.tolist())]).compile(tiny_model,
+                                                                                  tiny_tokenizer)
+        edited = tiny_model(ids, intervention=everywhere).logits
+        plain = tiny_model(ids).logits
+    assert torch.equal(edited[0, 0], plain[0, 0])
+    assert (edited[0, 1:] - plain[0, 1:]).abs().amax() > 1e-3

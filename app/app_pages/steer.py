@@ -111,6 +111,25 @@ def on_factor(index: int) -> None:
 
 
 @state.guarded
+def on_learn() -> None:
+    s = st.session_state
+    upload = s.get(f"{PAGE}:learn-file")
+    try:
+        learned = views.learn_from_examples(
+            model, tokenizer, state.edit_set(), s[f"{PAGE}:learn-examples"], s[f"{PAGE}:learn-loss"],
+            senses_per_example=s[f"{PAGE}:learn-senses"], budget=s[f"{PAGE}:learn-budget"],
+            steps=s[f"{PAGE}:learn-steps"], background=s[f"{PAGE}:learn-background"],
+            text=s.get(f"{PAGE}:text", ""),
+            upload=(upload.name, upload.getvalue()) if upload is not None else None)
+    except (ValueError, OSError) as err:  # ExampleError, CorpusError, EditError are ValueErrors
+        s[f"{PAGE}:learn-problem"] = f"Nothing was learned: {' '.join(str(err).split())}"
+        return
+    s.pop(f"{PAGE}:learn-problem", None)
+    s[f"{PAGE}:learned"] = learned
+    set_edits(learned.edit_set)
+
+
+@state.guarded
 def on_jump(position: int) -> None:
     st.session_state[f"{PAGE}:pos"] = position
 
@@ -239,6 +258,45 @@ with builder:
     st.button("Add edit", type="primary", on_click=on_add, key=f"{PAGE}:add-button")
     if st.session_state.get(f"{PAGE}:problem"):
         st.error(views.plain(st.session_state[f"{PAGE}:problem"]))
+
+    with st.expander("Learn from examples (sense finetuning)",
+                     expanded=bool(st.session_state.get(f"{PAGE}:learned"))):
+        st.caption("State the behaviour with a few canonical examples, one JSON object a line: "
+                   "{\"prefix\", \"suffix\"} (good: raise the suffix; bad: lower it) or "
+                   "{\"prefix\", \"suffix1\", \"suffix2\"} (balance: even the two). The most "
+                   "important senses of each example (gradient norm of its loss) are trained, with "
+                   "a KL penalty on background text; the strength is the largest whose measured "
+                   "loss increase on held-out background text stays within the budget. The result "
+                   "joins the edit set as add_sense edits. See docs/ANALYSES.md.")
+        st.text_area("Canonical examples (JSONL)", views.LEARN_EXAMPLE, key=f"{PAGE}:learn-examples",
+                     height=110)
+        c = st.columns(3)
+        c[0].radio("Loss", ["good", "bad", "balance"], key=f"{PAGE}:learn-loss", horizontal=True)
+        c[1].number_input("Senses per example", 1, 64, 10, key=f"{PAGE}:learn-senses")
+        c[2].number_input("Steps", 1, 500, 40, key=f"{PAGE}:learn-steps")
+        c = st.columns(2)
+        c[0].number_input("Budget (nats)", 0.0, 5.0, 0.01, step=0.005, format="%.3f",
+                          key=f"{PAGE}:learn-budget",
+                          help="allowed increase of the mean next-token loss on held-out "
+                               "background text")
+        c[1].selectbox("Background text", ["ptb", "validation", "text", "upload"],
+                       key=f"{PAGE}:learn-background",
+                       format_func=lambda v: {"ptb": "Penn Treebank (test split)",
+                                              "validation": "training corpus (validation split)",
+                                              "text": "the text above",
+                                              "upload": "a text file (upload)"}[v])
+        if st.session_state.get(f"{PAGE}:learn-background") == "upload":
+            st.file_uploader("Background text file (UTF-8)", type=["txt", "md"],
+                             key=f"{PAGE}:learn-file")
+        st.button("Learn", on_click=on_learn, key=f"{PAGE}:learn", icon=":material/school:")
+        if st.session_state.get(f"{PAGE}:learn-problem"):
+            st.error(st.session_state[f"{PAGE}:learn-problem"])
+        learned = st.session_state.get(f"{PAGE}:learned")
+        if learned is not None:
+            st.markdown(f"Learned **{len(learned.learned['edits'])}** add_sense edits at strength "
+                        f"**{learned.strength:g}**: general loss **{learned.general_increase:+.4f}** "
+                        f"nats on held-out {learned.background} (budget {learned.budget:g}).")
+            st.dataframe(learned.senses, hide_index=True, key=f"{PAGE}:learned-senses")
 
     edits = state.edit_set()
     rows = views.edit_rows(edits)

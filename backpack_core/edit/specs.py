@@ -10,6 +10,7 @@ Kinds (fields in docs/API.md; every edit also takes an optional free-text "note"
 - `ablate_sense`: zero sense(s) of a word, everywhere or at given positions;
 - `scale_sense`: multiply sense vector(s) of a word by a factor;
 - `replace_sense`: replace sense vector(s) of a word by a given vector or another word's sense;
+- `add_sense`: add a given delta to sense vector(s) of a word (what `edit.finetune` learns);
 - `scale_contextualization`: multiply alpha[l, i, j] for source positions j holding the word
   (the paper's topic-control / gender-debiasing edit); rows are not renormalised unless
   `renormalize` is true;
@@ -422,6 +423,76 @@ class ReplaceSense(Edit):
                         lambda s: vector.to(s.dtype).expand_as(s))
 
 
+def _check_sense_list(value: Any, name: str) -> tuple[int, ...]:
+    """An explicit sense index or list of distinct ones, order kept (rows of a delta follow it)."""
+    if _is_int(value):
+        return (_check_int(value, name),)
+    if not isinstance(value, (list, tuple)) or not value:
+        raise EditError(f"'{name}' must be a non-empty list of sense indices (one per row of "
+                        f"'delta'), got {_show(value)}")
+    senses = tuple(_check_int(v, f"{name}[{i}]") for i, v in enumerate(value))
+    if len(set(senses)) != len(senses):
+        raise EditError(f"'{name}' lists a sense twice: {list(senses)}; list each sense once")
+    return senses
+
+
+@dataclass(frozen=True)
+class AddSense(Edit):
+    """Add `delta[r]` (length d) to sense `senses[r]` of `word`: C'(x)_l = C(x)_l + delta_l.
+
+    The additive form a learned edit takes (`edit.finetune`): at strength s it is exactly
+    x + s delta. `senses` is an explicit list (order kept, no repeats), one row of `delta` each.
+    """
+
+    kind: ClassVar[str] = "add_sense"
+    word: str | int
+    senses: Any
+    delta: Any
+    positions: Any = None
+    note: str | None = None
+
+    def _normalise(self) -> None:
+        super()._normalise()
+        self._set("word", _check_word(self.word, "word"))
+        self._set("senses", _check_sense_list(self.senses, "senses"))
+        self._set("positions", _check_positions(self.positions, "positions"))
+        if not isinstance(self.delta, (list, tuple)) or not self.delta:
+            raise EditError(f"'delta' must be a list of rows (one list of d numbers per listed "
+                            f"sense), got {_show(self.delta)}")
+        rows = tuple(_check_vector(row, f"delta[{i}]") for i, row in enumerate(self.delta))
+        if len(rows) != len(self.senses):
+            raise EditError(f"'delta' has {len(rows)} rows but 'senses' lists {len(self.senses)}; "
+                            "give one row per listed sense")
+        if len({len(r) for r in rows}) != 1:
+            raise EditError("'delta' rows have different lengths; each must have d numbers")
+        self._set("delta", rows)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        out["senses"] = list(self.senses)  # always a list: rows of delta follow its order
+        return out
+
+    def describe(self) -> str:
+        norms = ", ".join(f"{math.sqrt(sum(v * v for v in row)):.3g}" for row in self.delta)
+        return (f"add a learned delta to {_senses_label(self.senses)} of {_word_label(self.word)} "
+                f"(norms {norms}) {_where_label(self.positions)}")
+
+    def check(self, ctx):
+        r = {"token_id": ctx.token(self.word, "word"), "senses": ctx.senses(self.senses, "senses"),
+             "positions": ctx.positions(self.positions, "positions")}
+        if len(self.delta[0]) != ctx.config.n_embd:
+            raise EditError(f"'delta' rows have {len(self.delta[0])} numbers; the model's sense "
+                            f"vectors have d = {ctx.config.n_embd}")
+        return r
+
+    def build(self, ctx, r):
+        full = torch.zeros(ctx.config.num_senses, ctx.config.n_embd, dtype=torch.float32,
+                           device=ctx.model.wte.weight.device)  # (k, d): zero rows add nothing
+        full[list(r["senses"])] = torch.tensor(self.delta, dtype=torch.float32, device=full.device)
+        return _SenseOp(r["token_id"], None, r["positions"],
+                        lambda s: s + full.to(s.device, s.dtype))
+
+
 @dataclass(frozen=True)
 class ScaleContextualization(Edit):
     """Multiply alpha[l, i, j] by `factor` for the senses l listed and every source position j
@@ -596,7 +667,7 @@ class ReplaceContextualization(Edit):
 
 EDIT_KINDS: dict[str, type[Edit]] = {cls.kind: cls for cls in (
     AblateSense, ScaleSense, ReplaceSense, ScaleContextualization, KnowledgeEdit,
-    ReplaceContextualization)}
+    ReplaceContextualization, AddSense)}
 
 
 def fields_of_kind(cls: type[Edit]) -> tuple[list[str], list[str]]:
@@ -776,17 +847,32 @@ class CompiledEdits(Intervention):
 # Edit sets
 # ----------------------------------------------------------------------------------------------
 
-_SET_FIELDS = ("version", "edits", "name", "description")
+_SET_FIELDS = ("version", "edits", "name", "description", "provenance")
+
+
+def _check_provenance(value: Any) -> dict[str, Any] | None:
+    """Where a learned edit set came from (`edit.finetune`): a JSON object of finite values."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise EditError(f"'provenance' must be a JSON object (string keys), got {_show(value)}")
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise EditError(f"'provenance' must hold only JSON values (finite numbers): {err}") from None
+    return value
 
 
 @dataclass
 class EditSet:
-    """Edits applied in order; JSON: {"version": 1, "edits": [...], "name"?, "description"?}."""
+    """Edits applied in order; JSON: {"version": 1, "edits": [...], "name"?, "description"?,
+    "provenance"?} (provenance: a JSON object saying where a learned edit set came from)."""
 
     edits: list[Edit] = field(default_factory=list)
     version: int = SCHEMA_VERSION
     name: str | None = None
     description: str | None = None
+    provenance: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not _is_int(self.version) or self.version != SCHEMA_VERSION:
@@ -800,6 +886,7 @@ class EditSet:
                                 "(use EditSet.from_dict for JSON objects)")
         self.name = _check_note(self.name, "name")
         self.description = _check_note(self.description, "description")
+        self.provenance = _check_provenance(self.provenance)
 
     def __len__(self) -> int:
         return len(self.edits)
@@ -808,7 +895,8 @@ class EditSet:
         return iter(self.edits)
 
     def __add__(self, other: EditSet) -> EditSet:
-        return EditSet(self.edits + list(other.edits), name=self.name, description=self.description)
+        return EditSet(self.edits + list(other.edits), name=self.name, description=self.description,
+                       provenance=self.provenance)
 
     # -- JSON --
 
@@ -843,7 +931,8 @@ class EditSet:
                 label = f"edit {i} ({kind})" if isinstance(kind, str) and kind in EDIT_KINDS else f"edit {i}"
                 raise EditError(f"{label}: {err}") from None
         try:
-            return cls(edits, version, data.get("name"), data.get("description"))
+            return cls(edits, version, data.get("name"), data.get("description"),
+                       data.get("provenance"))
         except EditError as err:
             raise EditError(f"edit set: {err}") from None
 
@@ -853,6 +942,8 @@ class EditSet:
             out["name"] = self.name
         if self.description is not None:
             out["description"] = self.description
+        if self.provenance is not None:
+            out["provenance"] = self.provenance
         out["edits"] = [e.to_dict() for e in self.edits]
         return out
 
@@ -966,7 +1057,7 @@ def check_edited_logits(logits: torch.Tensor) -> torch.Tensor:
     return logits
 
 
-__all__ = ["SCHEMA_VERSION", "AblateSense", "CompiledEdits", "EDIT_KINDS", "Edit", "EditError",
+__all__ = ["SCHEMA_VERSION", "AblateSense", "AddSense", "CompiledEdits", "EDIT_KINDS", "Edit", "EditError",
            "EditSet", "KnowledgeEdit", "ReplaceContextualization", "ReplaceSense",
            "ScaleContextualization", "ScaleSense", "SenseRef", "as_edit_set",
            "check_edited_logits", "edit_from_dict", "fields_of_kind", "to_intervention"]
