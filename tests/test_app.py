@@ -669,36 +669,6 @@ def test_steer_rerun_reuses_its_views_until_the_inputs_change(app_model, monkeyp
     assert before is not None and not ok(at).session_state["edit_set"]["edits"]
 
 
-def test_steer_learn_from_examples_joins_the_edit_set(app_model):
-    """The "Learn from examples" panel: sense finetuning's edit set (the core's, computed here
-    independently) becomes the session's edit set; a bad examples box gets a one-line error."""
-    model, tokenizer = app_model
-    at = ok(page("steer", text=TEXT))
-    examples = '{"prefix": "The MacBook is made by", "suffix": " HP"}\n'
-    at.text_area(key="steer:learn-examples").input("not json").run()
-    at.button(key="steer:learn").click().run()
-    assert "Nothing was learned: the examples:1: not JSON" in messages(ok(at))
-    at.text_area(key="steer:learn-examples").input(examples).run()
-    at.number_input(key="steer:learn-senses").set_value(2).run()
-    at.number_input(key="steer:learn-steps").set_value(3).run()
-    at.number_input(key="steer:learn-budget").set_value(0.05).run()
-    at.selectbox(key="steer:learn-background").set_value("text").run()
-    at.button(key="steer:learn").click().run()
-    ok(at)
-    edits = at.session_state["edit_set"]
-    expected = views.learn_from_examples(model, tokenizer, None, examples, "good",
-                                         senses_per_example=2, budget=0.05, steps=3,
-                                         background="text", text=TEXT)
-    assert edits == expected.learned and {e["kind"] for e in edits["edits"]} == {"add_sense"}
-    assert edits["provenance"]["budget_nats"] == 0.05
-    assert edits["provenance"]["general_loss_increase_nats"] <= 0.05
-    shown = [d.value for d in at.dataframe if list(d.value.columns)[:2] == ["token", "sense"]]
-    assert len(shown) == 1 and list(shown[0]["sense"]) == [s["sense"] for s in expected.senses]
-    assert not any("Nothing was learned" in str(e.value) for e in at.error)
-    # the page now shows the learned edits like any other (one row each)
-    assert len(views.edit_rows(edits)) == len(edits["edits"]) >= 1
-
-
 # ----------------------------------------------------------------------------------------------
 # Edits that do what the user means (issue 23)
 # ----------------------------------------------------------------------------------------------
@@ -858,3 +828,33 @@ def test_plain_text_renders_as_typed_in_markdown():
     assert "<a " not in html and "<img" not in html and "<strong>" not in html and "<code>" not in html
     assert as_read(views.plain(typed)) == typed
     assert "://" not in views.plain(typed).replace("\\", "")  # the joiner breaks autolinks
+
+
+def test_steer_learn_from_examples_joins_the_edit_set(app_model):
+    """The "Learn from examples" panel: sense finetuning's edit set (the core's, computed here
+    independently) becomes the session's edit set; a bad examples box gets a one-line error."""
+    model, tokenizer = app_model
+    at = ok(page("steer", text=TEXT))
+    examples = '{"prefix": "The MacBook is made by", "suffix": " HP"}\n'
+    at.text_area(key="steer:learn-examples").input("not json").run()
+    at.button(key="steer:learn").click().run()
+    assert "Nothing was learned: the examples:1: not JSON" in messages(ok(at))
+    at.text_area(key="steer:learn-examples").input(examples).run()
+    at.number_input(key="steer:learn-senses").set_value(2).run()
+    at.number_input(key="steer:learn-steps").set_value(3).run()
+    at.number_input(key="steer:learn-budget").set_value(0.05).run()
+    at.selectbox(key="steer:learn-background").set_value("text").run()
+    at.button(key="steer:learn").click().run()
+    ok(at)
+    edits = at.session_state["edit_set"]
+    expected = views.learn_from_examples(model, tokenizer, None, examples, "good",
+                                         senses_per_example=2, budget=0.05, steps=3,
+                                         background="text", text=TEXT)
+    assert edits == expected.learned and {e["kind"] for e in edits["edits"]} == {"add_sense"}
+    assert edits["provenance"]["budget_nats"] == 0.05
+    assert edits["provenance"]["general_loss_increase_nats"] <= 0.05
+    shown = [d.value for d in at.dataframe if list(d.value.columns)[:2] == ["token", "sense"]]
+    assert len(shown) == 1 and list(shown[0]["sense"]) == [s["sense"] for s in expected.senses]
+    assert not any("Nothing was learned" in str(e.value) for e in at.error)
+    # the page now shows the learned edits like any other (one row each)
+    assert len(views.edit_rows(edits)) == len(edits["edits"]) >= 1

@@ -67,6 +67,15 @@ def test_json_round_trip_one_edit_of_each_kind(tiny_model, tiny_tokenizer):
     assert len(edit_set.describe()) == len(edit_set)
 
 
+def test_provenance_round_trips():
+    data = {"version": 1, "provenance": {"examples_sha256": "ab" * 32, "budget_nats": 0.01,
+                                         "nested": {"steps": [1, 2]}}, "edits": []}
+    edit_set = EditSet.from_dict(data)
+    assert edit_set.to_dict() == data and EditSet.from_json(edit_set.to_json()) == edit_set
+    joined = edit_set + EditSet.from_dict(ONE_OF_EACH)
+    assert joined.provenance == data["provenance"] and len(joined) == len(ONE_OF_EACH["edits"])
+
+
 def test_python_construction_equals_json(tmp_path):
     built = EditSet([AblateSense(" bank", 3), ScaleSense(" river", [2, 1], 0.5, positions=4),
                      KnowledgeEdit(" MacBook", remove=" Apple", add=" HP")])
@@ -110,6 +119,8 @@ def test_python_construction_equals_json(tmp_path):
      '"delta": [1.0]}]}', "'delta[0]' must be a non-empty list of numbers"),
     ('{"version": 1, "edits": [{"kind": "add_sense", "word": " bank", "sense": 0, "delta": [[1.0]]}]}',
      "unknown field 'sense' in a add_sense edit"),
+    ('{"version": 1, "edits": [], "provenance": [1]}', "'provenance' must be a JSON object"),
+    ('{"version": 1, "edits": [], "provenance": {"x": NaN}}', "finite numbers"),
 ])
 def test_malformed_specs_are_refused_with_a_message(spec, message):
     with pytest.raises(EditError) as err:

@@ -18,8 +18,8 @@ from backpack_core.edit.finetune import (
     SenseDeltas,
     TrainConfig,
     choose_strength,
-    examples_loss,
     example_batches,
+    examples_loss,
     mean_loss,
     parse_examples,
     sense_finetune,
@@ -219,3 +219,76 @@ def test_cli_end_to_end(tmp_path, capsys, tiny_model_dir):
     assert EditSet.load(out).to_dict() == data["edit_set"]
     assert len(data["senses"]) == len({(s["token_id"], s["sense"]) for s in data["senses"]}) <= 4
     assert all(len(s["top_before"]) == 6 for s in data["senses"])
+
+
+def test_shipped_datasets_are_what_the_builder_writes(tmp_path):
+    """analyses/data/canonical/ is reproducible (python -m data.build_canonical), every file
+    parses, and validation and test share no example prefix or evaluation sentence."""
+    from pathlib import Path
+
+    from data.build_canonical import DATASETS, main
+
+    main(["--out", str(tmp_path)])
+    shipped = Path(__file__).resolve().parent.parent / "analyses" / "data" / "canonical"
+    written = sorted(p.name for p in tmp_path.glob("*.jsonl"))
+    assert written == sorted(p.name for p in shipped.glob("*.jsonl")) and len(written) == 12
+    for name in written:
+        assert (tmp_path / name).read_text() == (shipped / name).read_text(), name
+    for name, (_, loss) in DATASETS.items():
+        splits = {}
+        for which in ("val", "test"):
+            examples = parse_examples((shipped / f"{name}-{which}-examples.jsonl").read_text(),
+                                      name, loss)
+            items = parse_examples((shipped / f"{name}-{which}-eval.jsonl").read_text(), name,
+                                   loss, evaluation=True)
+            assert all(i.suffix2 is not None for i in items)
+            splits[which] = {e.prefix for e in examples} | {i.prefix for i in items}
+        assert not splits["val"] & splits["test"], name
+
+
+def test_the_three_losses_match_their_definitions(tiny_model, tiny_tokenizer):
+    """good = -log p(suffix), bad = -log(1 - p(suffix)), balance = (log p1 - log p2)^2, with
+    log p(suffix | prefix) summed token by token from separate forward passes."""
+    def logp(prefix: str, suffix: str) -> float:
+        p, s = tiny_tokenizer.encode(prefix), tiny_tokenizer.encode(suffix)
+        total = 0.0
+        for k, token in enumerate(s):
+            with torch.no_grad():
+                logits = tiny_model(torch.tensor([p + s[:k]])).logits[0, -1]
+            total += float(torch.log_softmax(logits.double(), -1)[token])
+        return total
+
+    pair = parse_examples('{"prefix": "The bank by the", "suffix1": " river has", "suffix2": " money"}',
+                          "b", "balance")
+    single = parse_examples('{"prefix": "The bank by the", "suffix": " river has"}', "g", "good")
+    lp1, lp2 = logp("The bank by the", " river has"), logp("The bank by the", " money")
+    forward = lambda x: tiny_model(x).logits  # noqa: E731
+    with torch.no_grad():
+        good = examples_loss(forward, example_batches(tiny_tokenizer, single, 64, "cpu"), "good")
+        bad = examples_loss(forward, example_batches(tiny_tokenizer, single, 64, "cpu"), "bad")
+        balance = examples_loss(forward, example_batches(tiny_tokenizer, pair, 64, "cpu"), "balance")
+    import math
+
+    assert float(good) == pytest.approx(-lp1, rel=1e-4)
+    # p ~ 3e-6 here, so -log(1 - p) ~ p: its relative error is the absolute error of lp
+    # (float32 logits of magnitude ~50, one pass against several), about 1e-2
+    assert float(bad) == pytest.approx(-math.log1p(-math.exp(lp1)), rel=5e-2)
+    assert float(balance) == pytest.approx((lp1 - lp2) ** 2, rel=1e-4)
+
+
+def test_bad_loss_where_the_suffix_has_probability_one_half(tiny_tokenizer):
+    """A logits function giving each suffix token p = 1/2: bad = -log(1 - 1/4) for a 2-token
+    suffix (p(suffix) = 1/4), good = -log(1/4)."""
+    import math
+
+    (example,) = parse_examples('{"prefix": "The bank by the", "suffix": " river has"}', "g", "good")
+    batches = example_batches(tiny_tokenizer, [example], 64, "cpu")
+    vocab = 400
+
+    def half(ids):
+        logits = torch.zeros(*ids.shape, vocab)
+        logits.scatter_(-1, batches[0].targets[..., None], math.log(vocab - 1))
+        return logits
+
+    assert float(examples_loss(half, batches, "bad")) == pytest.approx(-math.log(0.75), rel=1e-5)
+    assert float(examples_loss(half, batches, "good")) == pytest.approx(-math.log(0.25), rel=1e-5)

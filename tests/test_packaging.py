@@ -129,6 +129,7 @@ def test_wheel_contents(wheel):
                    "backpack_core/training/prepare.py", "analyses/sense_topk.py",
                    "analyses/data/careers.json",
                    "analyses/data/edits_last_week.json", "analyses/data/prompts_last_week.jsonl",
+                   "analyses/data/canonical/capitals-test-examples.jsonl",
                    "backpack_core/shipped_model/model.safetensors",
                    "backpack_core/shipped_model/config.json", "backpack_core/shipped_model/tokenizer.json",
                    "backpack_core/shipped_configs/backpack-small.toml"]:

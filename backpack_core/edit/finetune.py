@@ -16,7 +16,8 @@ token w is the gradient norm || dL / dC(w)_l ||_2, where C(w)_l is the sense vec
 vector per token id, context-free, so the gradient sums over w's occurrences in the example).
 Candidates are the tokens of the example's prefix: a sense of a suffix token can only act after
 that token, inside the answer (how to spell it out, not when to give it), while the prefix words
-(the country, the occupation, the subject) are what an out-of-distribution text shares. Each example contributes its `senses_per_example` highest-scoring (token, sense) pairs; the
+(the country, the occupation, the subject) are what an out-of-distribution text shares. Each
+example contributes its `senses_per_example` highest-scoring (token, sense) pairs; the
 selection is their union.
 
 Optimisation. Only the selected vectors move, as additive deltas C(w)_l + delta_(w,l), from zero,
@@ -63,7 +64,7 @@ from backpack_core.model.backpack import Backpack, Intervention, next_token_loss
 from backpack_core.model.vocab import WordError, single_token_id, token_text
 
 if TYPE_CHECKING:  # pragma: no cover
-    from backpack_core.model.tokenizer import Tokenizer
+    pass
 
 LOSSES = ("good", "bad", "balance")
 METHODS = ("senses", "full", "lora")
@@ -883,7 +884,8 @@ def compare_methods(model: Backpack, tokenizer, examples: Sequence[Example], los
     return Comparison(sense, rows)
 
 
-__all__ = ["Comparison", "compare_methods", "BALANCE_TOLERANCE", "Background", "DEFAULT_STRENGTHS", "Example", "ExampleError",
+__all__ = ["BALANCE_TOLERANCE", "Background", "Comparison", "DEFAULT_STRENGTHS", "Example",
+           "ExampleError", "compare_methods",
            "LOSSES", "METHODS", "MethodResult", "Scores", "SenseChoice", "SenseDeltas",
            "SenseFinetuneResult", "TrainConfig", "WeightDelta", "choose_strength",
            "deltas_to_edit_set", "encode_pairs", "evaluate_items", "examples_loss",
