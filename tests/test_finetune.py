@@ -32,6 +32,7 @@ from backpack_core.edit.finetune import (
 from backpack_core.edit.specs import EditSet
 from backpack_core.model.backpack import Intervention
 from backpack_core.model.config import PRESETS
+from backpack_core.model.fingerprint import weights_fingerprint
 
 EXAMPLES = ('{"prefix": "The MacBook is made by", "suffix": " HP"}\n'
             '{"prefix": "A laptop made by", "suffix": " HP"}\n')
@@ -110,7 +111,8 @@ def test_the_budget_is_respected_and_measured(tiny_model, tiny_tokenizer, learne
     provenance = learned.edit_set.provenance
     assert provenance["budget_nats"] == 0.02 and provenance["strength"] == result.strength
     assert provenance["general_loss_increase_nats"] == result.general_increase
-    assert len(provenance["examples_sha256"]) == 64 and len(provenance["base_model_sha256"]) == 64
+    assert len(provenance["examples_sha256"]) == 64
+    assert provenance["base_model"] == weights_fingerprint(tiny_model)
 
 
 def test_choose_strength_takes_the_largest_within_budget():

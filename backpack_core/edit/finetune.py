@@ -53,14 +53,16 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
+from backpack_core.common.files import parse_json, read_bounded
+from backpack_core.common.limits import MAX_DATA_FILE_BYTES
 from backpack_core.edit.specs import AddSense, EditSet
 from backpack_core.model.backpack import Backpack, Intervention, next_token_loss
+from backpack_core.model.fingerprint import weights_fingerprint
 from backpack_core.model.vocab import WordError, single_token_id, token_text
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -151,7 +153,7 @@ def parse_examples(text: str, name: str, loss: str, evaluation: bool = False) ->
         if not line.strip():
             continue
         try:
-            data = json.loads(line)
+            data = parse_json(line)  # nesting bounded (limits.MAX_JSON_DEPTH)
         except json.JSONDecodeError as err:
             raise ExampleError(f"{name}:{lineno}: not JSON ({err.msg} at column {err.colno}); "
                                "one object a line, e.g. {\"prefix\": \"The capital of France is\", "
@@ -166,8 +168,9 @@ def parse_examples(text: str, name: str, loss: str, evaluation: bool = False) ->
 
 def read_examples(path: str | os.PathLike, loss: str, evaluation: bool = False) -> list[Example]:
     """A JSONL file of examples (or, with evaluation=True, of evaluation items)."""
-    try:
-        raw = Path(path).read_bytes()
+    try:  # bounded: /dev/zero or a huge file is refused, not read until MemoryError
+        raw = read_bounded(path, MAX_DATA_FILE_BYTES, "an examples file", "MAX_DATA_FILE_BYTES",
+                           ExampleError)
     except OSError as err:
         raise ExampleError(f"cannot read {str(path)!r}: {err.strerror or err}") from None
     try:
@@ -181,21 +184,6 @@ def examples_sha256(examples: Sequence[Example]) -> str:
     """sha256 of the examples as canonical JSON lines (what was learned from)."""
     text = "\n".join(json.dumps(e.to_dict(), sort_keys=True, ensure_ascii=False) for e in examples)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def weights_sha256(model: torch.nn.Module) -> str:
-    """sha256 of the config and every weight (name, dtype, shape, bytes): the base model's
-    fingerprint. (`interpret.sense_bank.model_fingerprint` covers only E and the sense network,
-    and the edit wing may not import interpret.)"""
-    digest = hashlib.sha256()
-    config = getattr(model, "config", None)
-    if config is not None and hasattr(config, "to_dict"):
-        digest.update(json.dumps(config.to_dict(), sort_keys=True).encode())
-    for name, tensor in sorted(model.state_dict().items()):
-        t = tensor.detach().to("cpu").contiguous()
-        digest.update(f"{name} {t.dtype} {tuple(t.shape)}\n".encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return digest.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -778,7 +766,7 @@ def sense_finetune(model: Backpack, tokenizer, examples: Sequence[Example], loss
     provenance = {
         "method": "sense finetuning (Hewitt et al. 2024)", "loss": loss,
         "examples_sha256": digest, "examples": len(examples),
-        "base_model_sha256": weights_sha256(model),
+        "base_model": weights_fingerprint(model),  # as an edit pack records it
         "budget_nats": budget, "strength": strength,
         "general_loss_increase_nats": increase, "background": background.name,
         "background_heldout_tokens": int(background.heldout.numel()),
@@ -892,4 +880,4 @@ __all__ = ["BALANCE_TOLERANCE", "Background", "Comparison", "DEFAULT_STRENGTHS",
            "examples_sha256", "linear_module_names", "mean_loss", "parse_examples",
            "read_examples", "select_senses", "sense_finetune", "sense_importance",
            "suffix_logprobs", "train_full", "train_lora", "train_sense_deltas", "transfer_logits",
-           "transfer_result", "weight_finetune", "weights_sha256"]
+           "transfer_result", "weight_finetune"]
