@@ -327,8 +327,11 @@ class SenseWeightNetwork(nn.Module):
         ~4000 on the shipped model) by tens, the weights by up to 0.46 on PTB (0.32 without
         that rounding; docs/API.md, "Precision"). Under autocast the matmul stays autocast's."""
         dtype = score_dtype(hidden_states.dtype)
-        w = self.c_attn
-        projected = F.linear(hidden_states.to(dtype), w.weight.to(dtype), w.bias.to(dtype))
+        if hidden_states.dtype == dtype:  # float32 / float64: the module itself, so that hooks
+            projected = self.c_attn(hidden_states)  # and adapters on it (LoRA) take part
+        else:
+            w = self.c_attn
+            projected = F.linear(hidden_states.to(dtype), w.weight.to(dtype), w.bias.to(dtype))
         return rearrange(projected, "b s (two k hd) -> two b k s hd", two=2, k=self.num_senses)
 
     def forward(self, queries, keys, allowed):
