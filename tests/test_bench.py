@@ -14,7 +14,8 @@ import pytest
 from tests.conftest import HANG_S
 
 REPO = Path(__file__).resolve().parent.parent
-SCRIPTS = ("bench_sense_search.py", "bench_train.py", "bench_long.py", "bench_steer_rerun.py")
+SCRIPTS = ("bench_sense_search.py", "bench_train.py", "bench_long.py", "bench_steer_rerun.py",
+           "bench_patch.py")
 RUNNER = r"""
 import contextlib, importlib.util, io, json, sys, traceback
 results = {}
@@ -92,7 +93,7 @@ def test_bench_steer_rerun_smoke(run_smoke):
     assert {"speedup", "compile_ms", "goal_cpu_s"} <= set(out)
 
 
-def test_bench_patch_smoke():
+def test_bench_patch_smoke(run_smoke):
     out = run_smoke("bench_patch.py")
     assert out["bench"] == "patch" and out["smoke"]
     row = out["results"]["tiny_random"]

@@ -6,6 +6,7 @@ strength sweep equal full passes with the edits applied, and nothing outside the
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -460,7 +461,8 @@ def test_steer_page_evaluates_the_edit_set_on_a_dataset(tiny_model_dir, tmp_path
     at.run()
     at.button(key="steer:evaluate").click().run()
     assert not at.exception
-    assert any("bad.jsonl, line 1" in e.value for e in at.error)
+    shown = [re.sub(r"\\(.)", r"\1", e.value) for e in at.error]  # Markdown escapes undone
+    assert any("bad.jsonl, line 1" in s for s in shown), shown
 
     # an uploaded text file: the same corpus gives the same radius; a file that is not UTF-8 is a message
     at.file_uploader(key="steer:eval-prompts").set_value(None)
@@ -468,7 +470,9 @@ def test_steer_page_evaluates_the_edit_set_on_a_dataset(tiny_model_dir, tmp_path
     at.file_uploader(key="steer:eval-file").set_value(("latin.txt", b"caf\xe9 bank", "text/plain"))
     at.run()
     at.button(key="steer:evaluate").click().run()
-    assert not at.exception and any("latin.txt" in e.value and "not UTF-8" in e.value for e in at.error)
+    assert not at.exception
+    shown = [re.sub(r"\\(.)", r"\1", e.value) for e in at.error]
+    assert any("latin.txt" in s and "not UTF-8" in s for s in shown), shown
     at.file_uploader(key="steer:eval-file").set_value(("page.txt", PAGE_TEXT.encode(), "text/plain"))
     at.run()
     at.button(key="steer:evaluate").click().run()
