@@ -14,6 +14,7 @@ import torch
 from backpack_core.interpret.patching import patch_prompts
 from backpack_core.interpret.twin import compare_with_twin
 from backpack_core.model.loading import load_backpack
+from tests.conftest import HANG_S
 
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
@@ -41,7 +42,7 @@ def app_with_twin(tiny_model_with_twin_dir, tmp_path_factory):
 
 
 def context_page(**query) -> AppTest:
-    at = AppTest.from_file(str(APP / "Home.py"), default_timeout=60)
+    at = AppTest.from_file(str(APP / "Home.py"), default_timeout=HANG_S)
     for key, value in query.items():
         at.query_params[key] = value
     at.switch_page("app_pages/context.py")

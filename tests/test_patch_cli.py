@@ -7,7 +7,7 @@ import pytest
 
 from analyses import _cli, patch
 from backpack_core.interpret.patching import patch_prompts
-from tests.conftest import strict_json
+from tests.conftest import HANG_S, strict_json
 
 CLEAN, CORRUPTED = "The MacBook is made by", "The laptop is made by"
 
@@ -73,15 +73,15 @@ def test_as_a_real_command(tiny_model_dir):
              "    runpy.run_module('analyses.patch', run_name='__main__')\nexcept SystemExit:\n"
              "    pass\nprint('torch imported:', 'torch' in sys.modules)")
     help_run = subprocess.run([sys.executable, "-c", probe], cwd=repo, capture_output=True,
-                              text=True, timeout=120)
+                              text=True, timeout=HANG_S)
     assert "--corrupted" in help_run.stdout and "torch imported: False" in help_run.stdout
     base = [sys.executable, "-m", "analyses.patch", "--model", str(tiny_model_dir), "--json",
             "--clean", CLEAN]
     good = subprocess.run(base + ["--corrupted", CORRUPTED], cwd=repo, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=HANG_S)
     assert good.returncode == 0, good.stderr
     assert strict_json(good.stdout)["corrupted"]["text"] == CORRUPTED
     bad = subprocess.run(base + ["--corrupted", "The bank"], cwd=repo, capture_output=True,
-                         text=True, timeout=300)
+                         text=True, timeout=HANG_S)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
     assert strict_json(bad.stdout)["kind"] == "input"
