@@ -267,3 +267,21 @@ def test_warm_start_from_a_trained_model(shards, tmp_path, capsys):
     err = main_error(["--config", "tiny", f"data.dir={shards}", f"train.out_dir={tmp_path / 'y'}",
                       "train.init_embeddings=word2vec", f"train.init_from={base}"], capsys)
     assert "choose one" in err
+
+
+def test_campaign_resumes_a_checkpoint_else_warm_starts(shards, tmp_path):
+    """data.campaign: --resume when the run directory holds a complete checkpoint, otherwise a
+    new run from the committed model with a warm-up (the twin: from scratch)."""
+    from data.campaign import campaign_command
+
+    run_dir = tmp_path / "campaign"
+    fresh = campaign_command(run_dir, False, str(shards), ["train.max_tokens=1e6"], warmup=7)
+    assert fresh[-6:] == [f"data.dir={shards}", f"train.out_dir={run_dir}", "train.threads=1",
+                          "train.init_from=data/backpack-mini", "train.warmup_steps=7",
+                          "train.max_tokens=1e6"]
+    assert "--config" in fresh and "--resume" not in fresh
+    twin = campaign_command(tmp_path / "campaign-twin", True, str(shards), [])
+    assert "transformer-mini-cpu" in twin and not any("init_from" in a for a in twin)
+    run(tiny(shards, run_dir, "train.max_steps=2"))
+    assert campaign_command(run_dir, False, str(shards), ["train.max_steps=4"])[-3:] == [
+        "--resume", str(run_dir), "train.max_steps=4"]
