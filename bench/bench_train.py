@@ -21,7 +21,7 @@ the least disturbed figure). Ratios are against hf_gpt2; `flops_per_token` count
 model's training FLOPs (backpack_core.model.flops_per_token), so `flops_ratio` says how much
 more work a Backpack token is than a twin token.
 
-With --compile the models are backpack, twin and hf_gpt2, each eager and compiled
+With --compile the models are backpack, backpack_dedup, twin and hf_gpt2, each eager and compiled
 (`*_compiled`: `model.compile()`, as `train.compile` does for runs of >= 300 steps); the
 warm-up steps (compiling) are excluded from the timings and reported as `compile_s` (the
 first step's seconds). Writes bench/results/train_compile.json (smoke: train_compile_smoke.json).
@@ -119,7 +119,8 @@ def main(argv=None) -> dict:
     fields = shipped_config(args.smoke)
     names = ["backpack", "backpack_old", "backpack_dedup", "twin", "hf_gpt2"]
     if args.compile:
-        names = [f"{n}{c}" for c in ("", "_compiled") for n in ("backpack", "twin", "hf_gpt2")]
+        names = [f"{n}{c}" for c in ("", "_compiled")
+                 for n in ("backpack", "backpack_dedup", "twin", "hf_gpt2")]
     models = {n: build(n, fields) for n in names}
     optimizers = {n: torch.optim.AdamW(m.parameters(), lr=1e-4) for n, (m, _) in models.items()}
     ids = torch.randint(0, fields["vocab_size"], (args.batch, args.seq),
