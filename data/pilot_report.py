@@ -40,7 +40,7 @@ def held_out_sense(sims: dict) -> dict:
     return out
 
 
-def measure(run: Path, wv, val_words: int, at_tokens: int | None) -> dict:
+def measure(run: Path, wv, val_words: int, at_tokens: int | None, full_val: bool) -> dict:
     import numpy as np
     import torch
 
@@ -63,7 +63,7 @@ def measure(run: Path, wv, val_words: int, at_tokens: int | None) -> dict:
     shards = Path(cfg["data"]["dir"])
     manifest = json.loads((shards / "manifest.json").read_text())
     val = np.memmap(shards / manifest["splits"]["val"]["file"], dtype=manifest["dtype"], mode="r")
-    ppl = perplexity(model, torch.from_numpy(val.astype("int64")), words=val_words)
+    ppl = perplexity(model, torch.from_numpy(val.astype("int64")), words=val_words) if full_val else None
     extra = {"word2vec": keyed_vectors_similarity(wv)}
     sims = {b: word_similarity(model, tok, b, extra=extra).to_dict() for b in ("simlex999", "wordsim353")}
     ho = held_out_sense(sims)
@@ -74,7 +74,8 @@ def measure(run: Path, wv, val_words: int, at_tokens: int | None) -> dict:
             "batch_size", "lr", "min_lr", "warmup_steps", "max_tokens", "init_embeddings")},
         "vocab": manifest["vocab_size"], "tokens": train[-1]["tokens"] if train else 0,
         "tokens_per_s": sum(x["tokens_per_s"] for x in train) / max(1, len(train)),
-        "val_ppl_at": at, "val_ppl": ppl.perplexity, "val_word_ppl": ppl.word_perplexity,
+        "val_ppl_at": at, "val_ppl": ppl.perplexity if ppl else None,
+        "val_word_ppl": ppl.word_perplexity if ppl else None,
         "simlex999": ho["simlex999"], "wordsim353": ho["wordsim353"],
         "word2vec": {b: sims[b]["spearman"]["word2vec"] for b in sims},
         "pairs": {b: sims[b]["pairs_used"] for b in sims},
@@ -90,6 +91,8 @@ def main() -> None:
     parser.add_argument("--corpus-manifest", default="data/corpus/manifest.json")
     parser.add_argument("--at-tokens", type=int, help="compare the curves' val ppl at these tokens")
     parser.add_argument("--json", type=Path, help="also write every figure here")
+    parser.add_argument("--full-val", action="store_true",
+                        help="also the word perplexity of the whole val split (minutes per run on CPU)")
     args = parser.parse_args()
     from gensim.models import KeyedVectors
 
@@ -97,7 +100,7 @@ def main() -> None:
     val_words = json.loads(Path(args.corpus_manifest).read_text())["totals"]["words_val"]
     rows = []
     for run in args.runs:
-        rows.append(measure(run, wv, val_words, args.at_tokens))
+        rows.append(measure(run, wv, val_words, args.at_tokens, args.full_val))
         r = rows[-1]
         print(json.dumps({k: v for k, v in r.items() if k != "readable_words"}), flush=True)
     print("\n| run | vocab | width x layers x senses | init | tokens | tokens/s | val ppl at "
@@ -108,7 +111,7 @@ def main() -> None:
         at = f"{r['val_ppl_at'][1]:.1f} ({r['val_ppl_at'][0] / 1e6:.2f}M)" if r["val_ppl_at"] else "-"
         print(f"| {r['run']} | {r['vocab']} | {m.get('n_embd')} x {m.get('n_layer')} x "
               f"{m.get('num_senses')} | {r['train']['init_embeddings']} | {r['tokens'] / 1e6:.2f}M | "
-              f"{r['tokens_per_s']:.0f} | {at} | {r['val_word_ppl']:.0f} | "
+              f"{r['tokens_per_s']:.0f} | {at} | {r['val_word_ppl'] or float('nan'):.0f} | "
               f"{r['simlex999']['spearman']:.3f} | {r['wordsim353']['spearman']:.3f} | "
               f"{r['readable']:.0%} |")
     if args.json:
