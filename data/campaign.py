@@ -10,9 +10,11 @@ the resume state. The decision:
 
 1. it holds a complete checkpoint: `--resume` it (exactly where it stopped; overrides such as a
    larger train.max_tokens are allowed and reported by the trainer);
-2. else: a new run of configs/backpack-mini-cpu.toml that starts from the last committed model
-   (`train.init_from=data/backpack-mini`: its weights, a new AdamW state, --warmup steps of
-   warm-up). The twin has no committed weights and starts from scratch.
+2. else, when the last committed model (data/backpack-mini) has the shards' tokenizer: a new
+   run of configs/backpack-mini-cpu.toml that starts from it (`train.init_from=data/backpack-mini`:
+   its weights, a new AdamW state, --warmup steps of warm-up);
+3. else (the committed model predates these shards): a new run of the config as it stands (its
+   own initialisation: word2vec embeddings). The twin has no committed weights: 1 or 3.
 
 The trainer is started with nohup, `nice -n 5`, one torch thread (OMP_NUM_THREADS=1 and
 train.threads=1), its output in <run dir>.log; its pid is printed and written to <run dir>.pid.
@@ -22,6 +24,7 @@ Stop it with `kill <pid>` (SIGTERM): it saves a checkpoint first.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import subprocess
@@ -31,6 +34,18 @@ from pathlib import Path
 DEFAULT_RUNS = Path("/work/runs")
 WARM_START_FROM = "data/backpack-mini"
 WARMUP_STEPS = 50  # the warm-start's warm-up: 50 x 4,096 tokens
+
+
+def same_tokenizer(model_dir: Path, shards: Path) -> bool:
+    """Whether a model directory's tokenizer is the one the shards were prepared with."""
+    from backpack_core.data.prepare import tokenizer_sha256
+    from backpack_core.tokenizer import Tokenizer
+
+    try:
+        manifest = json.loads((shards / "manifest.json").read_text())
+        return tokenizer_sha256(Tokenizer.load(model_dir)) == manifest.get("tokenizer_sha256")
+    except (OSError, ValueError, KeyError):
+        return False
 
 
 def campaign_command(run_dir: Path, twin: bool, shards: str, overrides: list[str],
@@ -43,7 +58,9 @@ def campaign_command(run_dir: Path, twin: bool, shards: str, overrides: list[str
     if find_checkpoint(run_dir) is not None:
         return [*train, "--resume", str(run_dir), *overrides]
     config = "transformer-mini-cpu" if twin else "backpack-mini-cpu"
-    start = [] if twin else [f"train.init_from={init_from}", f"train.warmup_steps={warmup}"]
+    warm = not twin and same_tokenizer(Path(init_from), Path(shards))
+    start = [f"train.init_from={init_from}", "train.init_embeddings=random",
+             f"train.warmup_steps={warmup}"] if warm else []
     return [*train, "--config", config, f"data.dir={shards}", f"train.out_dir={run_dir}",
             "train.threads=1", *start, *overrides]
 

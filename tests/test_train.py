@@ -270,17 +270,24 @@ def test_warm_start_from_a_trained_model(shards, tmp_path, capsys):
 
 
 def test_campaign_resumes_a_checkpoint_else_warm_starts(shards, tmp_path):
-    """data.campaign: --resume when the run directory holds a complete checkpoint, otherwise a
-    new run from the committed model with a warm-up (the twin: from scratch)."""
+    """data.campaign: --resume when the run directory holds a complete checkpoint; else a warm
+    start from the committed model when it has the shards' tokenizer; else the config's own
+    initialisation (the twin: always that)."""
     from data.campaign import campaign_command
 
+    committed = tmp_path / "committed"  # a model trained on these shards: same tokenizer
+    run(tiny(shards, committed, "train.max_steps=2"))
     run_dir = tmp_path / "campaign"
-    fresh = campaign_command(run_dir, False, str(shards), ["train.max_tokens=1e6"], warmup=7)
-    assert fresh[-6:] == [f"data.dir={shards}", f"train.out_dir={run_dir}", "train.threads=1",
-                          "train.init_from=data/backpack-mini", "train.warmup_steps=7",
-                          "train.max_tokens=1e6"]
+    fresh = campaign_command(run_dir, False, str(shards), ["train.max_tokens=1e6"], warmup=7,
+                             init_from=str(committed))
+    assert fresh[-7:] == [f"data.dir={shards}", f"train.out_dir={run_dir}", "train.threads=1",
+                          f"train.init_from={committed}", "train.init_embeddings=random",
+                          "train.warmup_steps=7", "train.max_tokens=1e6"]
     assert "--config" in fresh and "--resume" not in fresh
-    twin = campaign_command(tmp_path / "campaign-twin", True, str(shards), [])
+    # the shipped model has another tokenizer than the tiny shards: no warm start
+    other = campaign_command(run_dir, False, str(shards), [], init_from=str(REPO / "data/backpack-mini"))
+    assert not any("init_from" in a for a in other) and other[-1] == "train.threads=1"
+    twin = campaign_command(tmp_path / "campaign-twin", True, str(shards), [], init_from=str(committed))
     assert "transformer-mini-cpu" in twin and not any("init_from" in a for a in twin)
     run(tiny(shards, run_dir, "train.max_steps=2"))
     assert campaign_command(run_dir, False, str(shards), ["train.max_steps=4"])[-3:] == [
