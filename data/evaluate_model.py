@@ -342,8 +342,8 @@ def model_card(r: dict, corpus: dict) -> str:
         "",
         f"Pairs used (both words single tokens, in every method's vocabulary): SimLex-999 "
         f"{sims['simlex999']['pairs_used']} of {sims['simlex999']['pairs_total']}, WordSim-353 "
-        f"{sims['wordsim353']['pairs_used']} of {sims['wordsim353']['pairs_total']}. All 16 single "
-        "senses are in `eval.json`.",
+        f"{sims['wordsim353']['pairs_used']} of {sims['wordsim353']['pairs_total']}. All {len(senses)} "
+        "single senses are in `eval.json`.",
         "",
     ]
     lines += _readable_lines(r.get("readable_senses"))
