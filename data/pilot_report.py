@@ -1,7 +1,8 @@
 """Measure short training runs side by side: the pilot table of docs/TRAINING.md.
 
     python -m data.pilot_report /work/runs/pilot-* --word2vec runs/word2vec.kv \
-        --corpus-manifest data/corpus/manifest.json [--at-tokens 1200000] [--json out.json]
+        --corpus-manifest data/corpus/manifest.json [--at-tokens 1200000] [--json out.json] \
+        [--step0 data/shards/corpus8k]
 
 Per run (its newest checkpoint): tokens seen, mean training tokens/s, validation perplexity from
 its curve at --at-tokens (the last evaluation at or before; equal tokens for every run), the
@@ -45,14 +46,7 @@ def measure(run: Path, wv, val_words: int, at_tokens: int | None, full_val: bool
     import torch
 
     from backpack_core import load_backpack
-    from backpack_core.evaluation import (
-        READABLE_NOUNS,
-        keyed_vectors_similarity,
-        perplexity,
-        readable_senses,
-        related_words,
-        word_similarity,
-    )
+    from backpack_core.evaluation import perplexity
 
     torch.set_grad_enabled(False)
     cfg = json.loads((run / "run_config.json").read_text())
@@ -64,10 +58,6 @@ def measure(run: Path, wv, val_words: int, at_tokens: int | None, full_val: bool
     manifest = json.loads((shards / "manifest.json").read_text())
     val = np.memmap(shards / manifest["splits"]["val"]["file"], dtype=manifest["dtype"], mode="r")
     ppl = perplexity(model, torch.from_numpy(val.astype("int64")), words=val_words) if full_val else None
-    extra = {"word2vec": keyed_vectors_similarity(wv)}
-    sims = {b: word_similarity(model, tok, b, extra=extra).to_dict() for b in ("simlex999", "wordsim353")}
-    ho = held_out_sense(sims)
-    readable = readable_senses(model, tok, {w: related_words(wv, w) for w in READABLE_NOUNS})
     at = val_at(lines, tps, at_tokens)
     return {
         "run": run.name, "model": cfg["model"], "train": {k: cfg["train"][k] for k in (
@@ -76,17 +66,58 @@ def measure(run: Path, wv, val_words: int, at_tokens: int | None, full_val: bool
         "tokens_per_s": sum(x["tokens_per_s"] for x in train) / max(1, len(train)),
         "val_ppl_at": at, "val_ppl": ppl.perplexity if ppl else None,
         "val_word_ppl": ppl.word_perplexity if ppl else None,
-        "simlex999": ho["simlex999"], "wordsim353": ho["wordsim353"],
-        "word2vec": {b: sims[b]["spearman"]["word2vec"] for b in sims},
-        "pairs": {b: sims[b]["pairs_used"] for b in sims},
-        "readable": sum(r.readable for r in readable) / len(readable),
-        "readable_words": {r.word: r.related_hits for r in readable},
+        **sense_quality(model, tok, wv),
     }
+
+
+def sense_quality(model, tok, wv) -> dict:
+    """Word similarity of the held-out-chosen sense and the readable-senses share (as the card)."""
+    from backpack_core.evaluation import (
+        READABLE_NOUNS,
+        keyed_vectors_similarity,
+        readable_senses,
+        related_words,
+        word_similarity,
+    )
+
+    extra = {"word2vec": keyed_vectors_similarity(wv)}
+    sims = {b: word_similarity(model, tok, b, extra=extra).to_dict() for b in ("simlex999", "wordsim353")}
+    ho = held_out_sense(sims)
+    readable = readable_senses(model, tok, {w: related_words(wv, w) for w in READABLE_NOUNS})
+    return {"simlex999": ho["simlex999"], "wordsim353": ho["wordsim353"],
+            "word2vec": {b: sims[b]["spearman"]["word2vec"] for b in sims},
+            "pairs": {b: sims[b]["pairs_used"] for b in sims},
+            "readable": sum(r.readable for r in readable) / len(readable),
+            "readable_words": {r.word: r.related_hits for r in readable}}
+
+
+def step0(config: str, shards: str, init: str, wv) -> dict:
+    """The same figures for a model before its first step (the initialisation alone)."""
+    import torch
+
+    from backpack_core.data.loader import ShardSet
+    from backpack_core.model import Backpack
+    from backpack_core.train import initialize
+    from backpack_core.training.config import load_run_config, resolve_model_config
+
+    cfg = load_run_config(config, [f"data.dir={shards}", f"train.init_embeddings={init}"])
+    data = ShardSet(shards)
+    torch.manual_seed(cfg.train.seed)
+    model = Backpack(resolve_model_config(cfg, data.vocab_size, data.eos_token_id)).eval()
+    initialize(model, cfg, data, None)
+    with torch.no_grad():
+        quality = sense_quality(model, data.tokenizer(), wv)
+    return {"run": f"step 0, {init}", "model": cfg.model, "vocab": data.vocab_size, "tokens": 0,
+            "tokens_per_s": 0.0, "val_ppl_at": None, "val_ppl": None, "val_word_ppl": None,
+            "train": {"init_embeddings": init}, **quality}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("runs", nargs="*", type=Path)
+    parser.add_argument("--step0", metavar="SHARDS", help="also rows for the config's model before "
+                        "training, random and word2vec embeddings, on these shards")
+    parser.add_argument("--config", default="backpack-mini-cpu", help="the config of --step0")
     parser.add_argument("--word2vec", required=True)
     parser.add_argument("--corpus-manifest", default="data/corpus/manifest.json")
     parser.add_argument("--at-tokens", type=int, help="compare the curves' val ppl at these tokens")
@@ -99,6 +130,9 @@ def main() -> None:
     wv = KeyedVectors.load(args.word2vec)
     val_words = json.loads(Path(args.corpus_manifest).read_text())["totals"]["words_val"]
     rows = []
+    for init in ("random", "word2vec") if args.step0 else ():
+        rows.append(step0(args.config, args.step0, init, wv))
+        print(json.dumps({k: v for k, v in rows[-1].items() if k != "readable_words"}), flush=True)
     for run in args.runs:
         rows.append(measure(run, wv, val_words, args.at_tokens, args.full_val))
         r = rows[-1]
