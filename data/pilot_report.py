@@ -60,6 +60,8 @@ def measure(run: Path, wv, val_words: int, at_tokens: int | None, full_val: bool
     ppl = perplexity(model, torch.from_numpy(val.astype("int64")), words=val_words) if full_val else None
     at = val_at(lines, tps, at_tokens)
     return {
+        "ckpt_val_ppl": window_ppl(model, val, cfg["data"]["seq_len"],
+                                   cfg["train"]["eval_batches"] * cfg["train"]["batch_size"]),
         "run": run.name, "model": cfg["model"], "train": {k: cfg["train"][k] for k in (
             "batch_size", "lr", "min_lr", "warmup_steps", "max_tokens", "init_embeddings")},
         "vocab": manifest["vocab_size"], "tokens": train[-1]["tokens"] if train else 0,
@@ -68,6 +70,24 @@ def measure(run: Path, wv, val_words: int, at_tokens: int | None, full_val: bool
         "val_word_ppl": ppl.word_perplexity if ppl else None,
         **sense_quality(model, tok, wv),
     }
+
+
+def window_ppl(model, val, seq_len: int, n_windows: int) -> float:
+    """Perplexity on the trainer's fixed validation windows (its curve's val_ppl), for this
+    checkpoint: runs compared at their checkpoints' equal tokens."""
+    import math
+
+    import torch
+
+    from backpack_core.data.loader import eval_windows, gather
+    from backpack_core.model import next_token_loss
+
+    starts = eval_windows(val, seq_len, n_windows)
+    losses = []
+    for i in range(0, len(starts), 16):
+        batch = gather(val, starts[i:i + 16], seq_len)
+        losses.append(next_token_loss(model(batch).logits, batch, reduction="none")[:, :-1].mean(1))
+    return math.exp(float(torch.cat(losses).double().mean()))
 
 
 def sense_quality(model, tok, wv) -> dict:
@@ -137,15 +157,17 @@ def main() -> None:
         rows.append(measure(run, wv, val_words, args.at_tokens, args.full_val))
         r = rows[-1]
         print(json.dumps({k: v for k, v in r.items() if k != "readable_words"}), flush=True)
-    print("\n| run | vocab | width x layers x senses | init | tokens | tokens/s | val ppl at "
-          f"{args.at_tokens or 'end'} | val word ppl | SimLex-999 | WordSim-353 | readable |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("\n| run | vocab | width x layers x senses | init | tokens | tokens/s | val ppl (curve) at "
+          f"{args.at_tokens or 'end'} | val ppl, checkpoint | val word ppl | SimLex-999 | WordSim-353 "
+          "| readable |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         m = r["model"]
         at = f"{r['val_ppl_at'][1]:.1f} ({r['val_ppl_at'][0] / 1e6:.2f}M)" if r["val_ppl_at"] else "-"
         print(f"| {r['run']} | {r['vocab']} | {m.get('n_embd')} x {m.get('n_layer')} x "
               f"{m.get('num_senses')} | {r['train']['init_embeddings']} | {r['tokens'] / 1e6:.2f}M | "
-              f"{r['tokens_per_s']:.0f} | {at} | {r['val_word_ppl'] or float('nan'):.0f} | "
+              f"{r['tokens_per_s']:.0f} | {at} | {r.get('ckpt_val_ppl') or float('nan'):.1f} | "
+              f"{r['val_word_ppl'] or float('nan'):.0f} | "
               f"{r['simlex999']['spearman']:.3f} | {r['wordsim353']['spearman']:.3f} | "
               f"{r['readable']:.0%} |")
     if args.json:
