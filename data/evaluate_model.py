@@ -384,7 +384,8 @@ def model_card(r: dict, corpus: dict) -> str:
         "python -m data.build_corpus",
         "python -m backpack_core.data.prepare --input data/corpus/train.jsonl "
         "--val-input data/corpus/val.jsonl --tokenizer bpe:8192 --out data/shards/corpus8k",
-        "PYTHONHASHSEED=0 python -m data.train_word2vec --corpus data/corpus/train.jsonl --out runs/word2vec.kv",
+        "PYTHONHASHSEED=0 python -m data.train_word2vec --corpus data/corpus/train.jsonl \\",
+        "    --out runs/word2vec.kv",
         "python -m backpack_core.train --config backpack-mini-cpu      # this model (CPU)",
         "python -m backpack_core.train --config transformer-mini-cpu   # its twin",
         "python -m backpack_core.train --config backpack-mini-256      # the GPU recipe",
