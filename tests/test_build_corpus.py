@@ -354,3 +354,15 @@ def test_build_is_deterministic_and_skips_broken_sources(
     assert "broken" in manifest["skipped"]
     rows = [json.loads(line) for line in outputs[0][0].decode().splitlines()]
     assert all(set(r) == {"text", "source"} and r["source"] == "toy" for r in rows)
+
+
+def test_caps_keep_manuals_and_dictionaries_a_minority() -> None:
+    """Issue 22: manuals (4.2M words) and glosses (3.7M) gave the model suffix and genus/tropical
+    senses; together they are now capped to at most 2.5M of the ~10M words."""
+    kinds = ("technical", "dictionary", "definitions")
+    names = {n for n, s in bc.SOURCES.items() if s.default and s.kind.startswith(kinds)}
+    assert {"python_docs", "linux_docs", "gcide", "wordnet", "foldoc"} <= names
+    small = {"debian_handbook", "devil"}  # 160k and 61k words in full: no cap needed
+    assert all(bc.DEFAULT_CAPS.get(n) for n in names - small)
+    assert sum(bc.DEFAULT_CAPS[n] for n in names - small) + 160_000 + 61_000 <= 2_500_000
+    assert "anarchist_faq" in bc.SOURCES and bc.SOURCES["anarchist_faq"].default

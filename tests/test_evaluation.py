@@ -52,3 +52,22 @@ def test_word_similarity_covers_methods_and_pairs():
     assert {"embedding", "sense_0", "sense_3", "sense_pairs_min", "sense_pairs_max",
             "sense_pairs_mean", "senses_mean", "constant_len"} <= methods
     assert all(-1 <= v <= 1 for v in result.spearman.values() if not math.isnan(v))
+
+
+def test_readable_senses_counts_related_words_in_the_best_sense(tiny_model, tiny_tokenizer):
+    from backpack_core.model.evaluation import MIN_RELATED, readable_senses
+
+    tok, model = tiny_tokenizer, tiny_model
+    bank = tok.encode(" bank")[0]
+    with torch.no_grad():
+        logits = model.output_logits(model.sense_vectors(torch.tensor([bank]))[0])[:, :len(tok)]
+    tops = [[tok.decode([i]).strip().lower() for i in row] for row in logits.topk(10, -1).indices.tolist()]
+    words = [w for w in tops[2] if w.isalpha()]
+    related = set(words[:MIN_RELATED]) | {"zebra"}  # 3 of sense 2's top words, one absent word
+    (res, nothing, split) = readable_senses(model, tok, {"bank": related, "river": {"zebra"},
+                                                         "MacBookish": {"bank"}})
+    best = max(len(set(t) & related) for t in tops)
+    assert len(res.related_hits) == best >= MIN_RELATED and res.readable
+    assert set(res.related_hits) == set(tops[res.sense]) & related
+    assert not nothing.readable and nothing.sense == 0 and nothing.related_hits == []
+    assert split.sense is None and not split.readable  # several tokens: no senses of its own

@@ -211,3 +211,85 @@ def test_compile_auto_compiles_long_runs_only():
     assert load_run_config("tiny", ["train.compile=false"]).train.compile is False
     with pytest.raises(ConfigError, match="true, false or auto"):
         load_run_config("tiny", ["train.compile=maybe"])
+
+
+def test_word2vec_init_sets_centred_scaled_embeddings_deterministically(shards, tmp_path):
+    """train.init_embeddings=word2vec: E starts from skip-gram vectors of the train tokens (rows
+    of norm std*sqrt(d), tokens used alike close), the same on a second run (cached file)."""
+    from backpack_core.training.init import word2vec_embeddings
+
+    set_ = ShardSet(shards)
+    kwargs = dict(std=0.02, epochs=5, window=3, max_tokens=0, seed=0)
+    first = word2vec_embeddings(set_.train, 320, 32, set_.eos_token_id, cache_dir=None, **kwargs)
+    again = word2vec_embeddings(set_.train, 320, 32, set_.eos_token_id, cache_dir=None, **kwargs)
+    assert torch.equal(first, again)  # deterministic without the cache (fixed seed and hash)
+    seen = np.setdiff1d(np.unique(np.asarray(set_.train)), [set_.eos_token_id])  # EOS: N(0, std)
+    norms = first[torch.from_numpy(seen.astype(np.int64))].norm(dim=-1)
+    assert torch.allclose(norms, torch.full_like(norms, 0.02 * 32 ** 0.5), rtol=1e-4)
+    tok = set_.tokenizer()
+    cat, dog, bread = (tok.encode(w)[0] for w in (" cat", " dog", " bread"))
+    cos = torch.nn.functional.cosine_similarity
+    assert cos(first[cat], first[dog], dim=0) > cos(first[cat], first[bread], dim=0)
+
+    out = tmp_path / "w2v"
+    run(tiny(shards, out, "train.max_steps=1", "train.init_embeddings=word2vec",
+             "train.init_w2v_epochs=5", "train.init_w2v_window=3"))
+    assert len(list(shards.glob("init-word2vec-*.npy"))) == 1
+    model, _ = load_backpack(out)
+    step0 = word2vec_embeddings(set_.train, model.config.vocab_size, 32, set_.eos_token_id,
+                                cache_dir=shards, identity=str(set_.manifest["tokenizer_sha256"]),
+                                std=0.02, epochs=5, window=3, max_tokens=0, seed=1337)
+    moved = (model.wte.weight - step0).abs().max()
+    assert 0 < moved < 0.01  # one step of lr <= 3e-3 away from the word2vec start
+
+
+def test_warm_start_from_a_trained_model(shards, tmp_path, capsys):
+    """train.init_from: the weights of a trained model, a new optimizer and the warm-up again;
+    another shape is a one-line error."""
+    base = tmp_path / "base"
+    run(tiny(shards, base, "train.max_steps=10"))
+    trained, _ = load_backpack(base)
+    warm = tmp_path / "warm"
+    run(tiny(shards, warm, "train.max_steps=1", "train.warmup_steps=5", f"train.init_from={base}"))
+    first = records(warm)[0]
+    assert first["lr"] == pytest.approx(lr_at(0, lr=3e-3, min_lr=3e-4, warmup_steps=5,
+                                              max_steps=1, schedule="cosine"))
+    restarted, _ = load_backpack(warm)
+    # one step at the warm-up's small lr: close to the trained weights, far from a fresh init
+    fresh = tmp_path / "fresh"
+    run(tiny(shards, fresh, "train.max_steps=1", "train.warmup_steps=5"))
+    new, _ = load_backpack(fresh)
+    near = (restarted.wte.weight - trained.wte.weight).abs().max()
+    far = (new.wte.weight - trained.wte.weight).abs().max()
+    assert near < 1e-3 < far
+    err = main_error(["--config", "tiny", f"data.dir={shards}", f"train.out_dir={tmp_path / 'x'}",
+                      "model.n_embd=48", f"train.init_from={base}"], capsys)
+    assert "another shape" in err and "n_embd" in err
+    err = main_error(["--config", "tiny", f"data.dir={shards}", f"train.out_dir={tmp_path / 'y'}",
+                      "train.init_embeddings=word2vec", f"train.init_from={base}"], capsys)
+    assert "choose one" in err
+
+
+def test_campaign_resumes_a_checkpoint_else_warm_starts(shards, tmp_path):
+    """data.campaign: --resume when the run directory holds a complete checkpoint; else a warm
+    start from the committed model when it has the shards' tokenizer; else the config's own
+    initialisation (the twin: always that)."""
+    from data.campaign import campaign_command
+
+    committed = tmp_path / "committed"  # a model trained on these shards: same tokenizer
+    run(tiny(shards, committed, "train.max_steps=2"))
+    run_dir = tmp_path / "campaign"
+    fresh = campaign_command(run_dir, False, str(shards), ["train.max_tokens=1e6"], warmup=7,
+                             init_from=str(committed))
+    assert fresh[-7:] == [f"data.dir={shards}", f"train.out_dir={run_dir}", "train.threads=1",
+                          f"train.init_from={committed}", "train.init_embeddings=random",
+                          "train.warmup_steps=7", "train.max_tokens=1e6"]
+    assert "--config" in fresh and "--resume" not in fresh
+    # the shipped model has another tokenizer than the tiny shards: no warm start
+    other = campaign_command(run_dir, False, str(shards), [], init_from=str(REPO / "data/backpack-mini"))
+    assert not any("init_from" in a for a in other) and other[-1] == "train.threads=1"
+    twin = campaign_command(tmp_path / "campaign-twin", True, str(shards), [], init_from=str(committed))
+    assert "transformer-mini-cpu" in twin and not any("init_from" in a for a in twin)
+    run(tiny(shards, run_dir, "train.max_steps=2"))
+    assert campaign_command(run_dir, False, str(shards), ["train.max_steps=4"])[-3:] == [
+        "--resume", str(run_dir), "train.max_steps=4"]

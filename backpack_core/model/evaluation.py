@@ -169,6 +169,66 @@ def word_similarity(model: Backpack, tokenizer, benchmark: str,
 
 
 # ----------------------------------------------------------------------------------------------
+# Readable senses: does some sense of a noun point at words related to it?
+# ----------------------------------------------------------------------------------------------
+
+# Common nouns of the model card's readable-senses table (issue 22), fixed before the final run.
+READABLE_NOUNS = (
+    "science", "bank", "river", "play", "music", "war", "money", "water", "king", "church",
+    "army", "city", "school", "law", "book", "family", "house", "government", "ship", "sea",
+    "food", "court", "land", "fire", "tree", "trade", "company", "history", "horse", "market",
+)
+RELATED_TOPN = 50  # a noun's related words: its RELATED_TOPN nearest words in the word2vec
+SENSE_TOP = 10  # top words of a sense that are looked at
+MIN_RELATED = 3  # a sense reads as the noun's when this many of its top words are related
+
+
+@dataclass
+class ReadableSense:
+    word: str
+    sense: int | None  # the sense with the most related words in its top SENSE_TOP; None: no single token
+    related_hits: list[str]  # those related words
+    top: list[str]  # that sense's top words (stripped)
+
+    @property
+    def readable(self) -> bool:
+        return len(self.related_hits) >= MIN_RELATED
+
+
+def related_words(wv, word: str, topn: int = RELATED_TOPN) -> set[str]:
+    """The rule of the readable-senses table: `word`'s `topn` nearest words (cosine) in gensim
+    KeyedVectors trained on the same training split (the card's word2vec baseline)."""
+    if word not in wv.key_to_index:
+        return set()
+    return {w for w, _ in wv.most_similar(word, topn=topn)}
+
+
+@torch.no_grad()
+def readable_senses(model: Backpack, tokenizer, related: dict[str, set[str]], top: int = SENSE_TOP
+                    ) -> list[ReadableSense]:
+    """Per noun: over its k senses, the one whose `top` words of E . C(word)_l hold the most of
+    the noun's related words (tokens compared stripped and lower-cased; each counted once).
+    A noun that is not a single token (" word") has no senses of its own: sense None, no hits."""
+    n_real = min(len(tokenizer), model.config.vocab_size)
+    out = []
+    for word, rel in related.items():
+        token = single_token(tokenizer, word)
+        if token is None:
+            out.append(ReadableSense(word, None, [], []))
+            continue
+        senses = model.sense_vectors(torch.tensor([token], device=model.wte.weight.device))[0]  # (k, d)
+        logits = model.output_logits(senses)[:, :n_real]  # (k, vocab)
+        best = None
+        for sense, ids in enumerate(logits.topk(top, dim=-1).indices.tolist()):
+            words = [tokenizer.decode([i]).strip() for i in ids]
+            hits = list(dict.fromkeys(w for w in (x.lower() for x in words) if w in rel))
+            if best is None or len(hits) > len(best.related_hits):
+                best = ReadableSense(word, sense, hits, words)
+        out.append(best)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
 # word2vec baseline (gensim), trained on the same corpus
 # ----------------------------------------------------------------------------------------------
 

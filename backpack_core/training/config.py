@@ -33,6 +33,7 @@ SCHEDULES = ("linear", "cosine", "constant")
 COMPILE_MIN_STEPS = 300  # train.compile=auto compiles runs at least this long
 TRAIN_DTYPES = ("auto", "float32", "bfloat16")
 NONFINITE_ACTIONS = ("stop", "skip")
+INIT_EMBEDDINGS = ("random", "word2vec")
 VOCAB_MULTIPLE = 64
 
 
@@ -77,6 +78,18 @@ class TrainConfig:
     peak_tflops: float = 0.0  # accelerator peak for MFU; 0: look up the GPU (null on CPU)
     on_nonfinite: str = "stop"  # a NaN/Inf loss or gradient: stop (last checkpoint kept) | skip the update
     max_skipped: int = 10  # with on_nonfinite=skip: stop after this many skipped steps in a row
+    threads: int = 0  # torch CPU threads of this process (torch.set_num_threads); 0: torch's default
+    # Initial weights (docs/TRAINING.md, "Initialisation"): "random" (GPT-2's N(0, 0.02)), or
+    # "word2vec": the tied embeddings from a skip-gram word2vec on the train split's token ids
+    # (init_w2v_* below; computed once, cached in data.dir).
+    init_embeddings: str = "random"
+    init_w2v_epochs: int = 3  # word2vec passes over its tokens
+    init_w2v_window: int = 5  # context window, tokens each side
+    init_w2v_tokens: int = 0  # use the first N train tokens; 0: all
+    init_w2v_std: float = 0.02  # rows get norm init_w2v_std * sqrt(n_embd), as N(0, std) rows
+    # Warm start: a trained model directory (say data/backpack-mini) whose weights this run starts
+    # from, with a new optimizer and the run's warm-up; same shape and tokenizer. "": none.
+    init_from: str = ""
 
 
 @dataclass
@@ -298,6 +311,17 @@ def validate(cfg: RunConfig) -> None:
                         f"got {t.on_nonfinite!r}")
     if t.max_skipped < 1:
         problems.append(f"train.max_skipped must be >= 1, got {t.max_skipped}")
+    if t.threads < 0:
+        problems.append(f"train.threads must be >= 0, got {t.threads}")
+    if t.init_embeddings not in INIT_EMBEDDINGS:
+        problems.append(f"train.init_embeddings must be one of {', '.join(INIT_EMBEDDINGS)}, "
+                        f"got {t.init_embeddings!r}")
+    if t.init_from and t.init_embeddings != "random":
+        problems.append("train.init_from (a trained model) and train.init_embeddings="
+                        f"{t.init_embeddings} both set the embeddings; choose one")
+    if t.init_w2v_epochs < 1 or t.init_w2v_window < 1 or t.init_w2v_tokens < 0 or not t.init_w2v_std > 0:
+        problems.append("train.init_w2v_epochs and init_w2v_window must be >= 1, init_w2v_tokens "
+                        ">= 0 and init_w2v_std > 0")
     if cfg.data.seq_len < 2:
         problems.append(f"data.seq_len must be >= 2, got {cfg.data.seq_len}")
     dropout = {key: cfg.model.get(key, 0.0) for key in ("embd_pdrop", "resid_pdrop")}

@@ -50,6 +50,7 @@ from backpack_core.training.config import (
     resolve_model_config,
     should_compile,
 )
+from backpack_core.training.init import warm_start, word2vec_embeddings
 from backpack_core.training.loader import ShardSet, TrainBatches, eval_windows, gather
 from backpack_core.training.metrics import (
     MetricsLog,
@@ -198,6 +199,27 @@ class Job:
         save_checkpoint(self.cfg.out_dir, self.model, self.optimizer, self.shards.tokenizer(), state, self.d)
 
 
+def initialize(model: Backpack, cfg: RunConfig, shards: ShardSet, say: Callable | None) -> None:
+    """The starting weights a new run asks for: word2vec embeddings (train.init_embeddings) or a
+    trained model's weights (train.init_from); random ones (already in place) otherwise."""
+    t = cfg.train
+    if t.init_from:
+        warm_start(model, t.init_from, shards.manifest.get("tokenizer_sha256"))
+        if say:
+            say(f"warm start from {t.init_from} (new optimizer, {t.warmup_steps} warm-up steps)")
+    elif t.init_embeddings == "word2vec":
+        started = time.time()
+        weight = word2vec_embeddings(
+            shards.train, model.config.vocab_size, model.config.n_embd, shards.eos_token_id,
+            std=t.init_w2v_std, epochs=t.init_w2v_epochs, window=t.init_w2v_window,
+            max_tokens=t.init_w2v_tokens, seed=t.seed, cache_dir=shards.directory,
+            identity=str(shards.manifest.get("tokenizer_sha256")))
+        with torch.no_grad():
+            model.wte.weight.copy_(weight.to(model.wte.weight.device))
+        if say:
+            say(f"embeddings from word2vec on the train tokens ({time.time() - started:.0f}s)")
+
+
 def check_writable(out_dir: Path) -> None:
     """The run directory exists (created) and this process may write there."""
     try:
@@ -240,9 +262,13 @@ def setup(cfg: RunConfig, d: distributed.Dist, resume: bool, overwrite: bool) ->
     if d.device.type == "cuda":
         torch.set_float32_matmul_precision("high")
     bf16 = t.dtype == "bfloat16" or (t.dtype == "auto" and d.device.type == "cuda")
+    if t.threads:
+        torch.set_num_threads(t.threads)
     torch.manual_seed(t.seed)
     model = Backpack(model_config).to(d.device)
     model.dedup_senses = t.dedup_senses
+    if not resume:  # a resumed run loads every weight from its checkpoint
+        initialize(model, cfg, shards=shards, say=print if d.is_main else None)
     train_model = distributed.wrap_model(model, d, t.fsdp, should_compile(t.compile, plan.max_steps), bf16)
     optimizer = build_optimizer(model, t, d.device)
     if resume:
