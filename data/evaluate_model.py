@@ -1,7 +1,7 @@
 """Evaluate a trained Backpack against its Transformer twin and word2vec, and write its model card.
 
     python -m data.evaluate_model --model data/backpack-mini --twin runs/transformer-mini-cpu \
-        --word2vec runs/word2vec.kv --shards data/shards/corpus8k
+        --word2vec data/cache/word2vec.kv --shards data/shards/corpus8k
 
 Writes `<model>/eval.json` (every number) and `<model>/README.md` (the model card: recipe, exact
 commands, numbers, senses of a few words). All computation is in `backpack_core`; this script
@@ -386,12 +386,12 @@ def model_card(r: dict, corpus: dict) -> str:
         "python -m backpack_core.training.prepare --input data/corpus/train.jsonl "
         "--val-input data/corpus/val.jsonl --tokenizer bpe:8192 --out data/shards/corpus8k",
         "PYTHONHASHSEED=0 python -m data.train_word2vec --corpus data/corpus/train.jsonl \\",
-        "    --out runs/word2vec.kv",
+        "    --out data/cache/word2vec.kv",
         "python -m backpack_core.train --config backpack-mini-cpu      # this model (CPU)",
         "python -m backpack_core.train --config transformer-mini-cpu   # its twin",
         "python -m backpack_core.train --config backpack-mini-256      # the GPU recipe",
         "python -m data.evaluate_model --model data/backpack-mini --twin runs/transformer-mini-cpu \\",
-        "    --word2vec runs/word2vec.kv --train-run runs/backpack-mini-cpu",
+        "    --word2vec data/cache/word2vec.kv --train-run runs/backpack-mini-cpu",
         "# the exact overrides of this build: training.run_config in eval.json; the campaign that",
         "# trained it (resumed across sessions): docs/TRAINING.md, Campaign",
         "```",
