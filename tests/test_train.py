@@ -243,6 +243,41 @@ def test_word2vec_init_sets_centred_scaled_embeddings_deterministically(shards, 
     assert 0 < moved < 0.01  # one step of lr <= 3e-3 away from the word2vec start
 
 
+def test_embedding_lr_scale_slows_only_the_embeddings_and_resumes_exactly(shards, tmp_path, capsys):
+    """train.embedding_lr_scale: E (wte) learns at lr x scale, every other weight as before; 0
+    keeps E where it started; an interrupted run with the option resumes bit for bit."""
+    from backpack_core.model.backpack import Backpack
+    from backpack_core.training.config import resolve_model_config
+    from backpack_core.training.trainer import initialize
+
+    frozen, slow, full = (tmp_path / n for n in ("frozen", "slow", "full"))
+    run(tiny(shards, frozen, "train.max_steps=6", "train.embedding_lr_scale=0"))
+    run(tiny(shards, slow, "train.max_steps=6", "train.embedding_lr_scale=0.1"))
+    run(tiny(shards, full, "train.max_steps=6"))
+    w = {n: load_backpack(d)[0].state_dict() for n, d in (("frozen", frozen), ("slow", slow), ("full", full))}
+    cfg, data = tiny(shards, tmp_path / "unused"), ShardSet(shards)
+    torch.manual_seed(cfg.train.seed)  # the trainer's initial weights, rebuilt as it builds them
+    model = Backpack(resolve_model_config(cfg, data.vocab_size, data.eos_token_id))
+    initialize(model, cfg, data, None)
+    w["start"] = model.state_dict()
+    assert torch.equal(w["frozen"]["wte.weight"], w["start"]["wte.weight"])
+    moved = {n: float((w[n]["wte.weight"] - w["start"]["wte.weight"]).abs().max()) for n in ("slow", "full")}
+    assert 0 < moved["slow"] < 0.3 * moved["full"], moved
+    other = next(k for k in w["start"] if k.startswith("sense_network") and k.endswith("weight"))
+    assert not torch.equal(w["frozen"][other], w["start"][other])  # the rest still learns
+
+    settings = ("train.max_steps=12", "train.ckpt_every=4", "train.embedding_lr_scale=0.1")
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    run(tiny(shards, whole, *settings))
+    run(tiny(shards, part, *settings), on_step=lambda step: step == 5 and signal.raise_signal(signal.SIGTERM))
+    assert saved_step(part) == 5 and main(["--resume", str(part)]) == 0
+    assert losses(part) == losses(whole)
+    capsys.readouterr()  # the runs' own output
+    err = main_error(["--config", "tiny", f"data.dir={shards}", f"train.out_dir={tmp_path / 'x'}",
+                      "train.embedding_lr_scale=-1"], capsys)
+    assert "embedding_lr_scale" in err and "between 0 and 10" in err
+
+
 def test_warm_start_from_a_trained_model(shards, tmp_path, capsys):
     """train.init_from: the weights of a trained model, a new optimizer and the warm-up again;
     another shape is a one-line error."""

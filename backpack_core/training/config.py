@@ -59,6 +59,9 @@ class TrainConfig:
     warmup_steps: int = 100  # linear warmup from 0 to lr
     schedule: str = "linear"  # decay after warmup: linear | cosine | constant
     weight_decay: float = 0.1  # AdamW; none on biases and norm weights
+    # The tied embedding matrix E learns at lr x this (its weight decay scales with it): < 1 keeps a
+    # word2vec-started E's geometry while the rest learns; 0 freezes E in effect. 1: as the rest.
+    embedding_lr_scale: float = 1.0
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8
     grad_clip: float = 1.0  # max global gradient norm; 0: no clipping
@@ -311,6 +314,9 @@ def validate(cfg: RunConfig) -> None:
                         f"got {t.on_nonfinite!r}")
     if t.max_skipped < 1:
         problems.append(f"train.max_skipped must be >= 1, got {t.max_skipped}")
+    if not 0.0 <= t.embedding_lr_scale <= 10.0:
+        problems.append(f"train.embedding_lr_scale must be between 0 and 10 (1: E learns as the "
+                        f"rest, 0: E stays as initialised), got {t.embedding_lr_scale}")
     if t.threads < 0:
         problems.append(f"train.threads must be >= 0, got {t.threads}")
     if t.init_embeddings not in INIT_EMBEDDINGS:

@@ -1,5 +1,11 @@
 """AdamW, as the paper trained: weight decay on matrices (linear weights and embeddings), none on
-biases and norm weights (every 1-D parameter). Fused kernels on CUDA."""
+biases and norm weights (every 1-D parameter). Fused kernels on CUDA.
+
+`train.embedding_lr_scale` (default 1) gives the tied embedding matrix E (`wte.weight`) its own
+group whose learning rate (and so its decoupled weight decay) is the schedule's times that
+scale: a word2vec-started E then keeps its geometry while the rest of the model learns
+(docs/TRAINING.md, "Initialisation"). At 1 the groups are the usual two, so runs saved before the
+option existed resume unchanged."""
 
 from __future__ import annotations
 
@@ -9,21 +15,32 @@ from torch import nn
 from backpack_core.training.config import TrainConfig
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two groups: parameters with 2+ dimensions decay; biases and norm weights do not."""
+def param_groups(model: nn.Module, weight_decay: float, embedding_lr_scale: float = 1.0
+                 ) -> list[dict]:
+    """Parameters with 2+ dimensions decay; biases and norm weights do not. With
+    embedding_lr_scale != 1, E (`wte.weight`) is a third group, decaying, whose "lr_scale"
+    multiplies every learning rate set_lr gives it."""
+    wte = getattr(model, "wte", None)
+    embedding = wte.weight if embedding_lr_scale != 1.0 and wte is not None else None
     decay, no_decay = [], []
     for p in model.parameters():
-        if p.requires_grad:
+        if p.requires_grad and p is not embedding:
             (decay if p.dim() >= 2 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": weight_decay, "lr_scale": 1.0},
+              {"params": no_decay, "weight_decay": 0.0, "lr_scale": 1.0}]
+    if embedding is not None and embedding.requires_grad:
+        groups.append({"params": [embedding], "weight_decay": weight_decay,
+                       "lr_scale": embedding_lr_scale})
+    return groups
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas),
+    groups = param_groups(model, cfg.weight_decay, cfg.embedding_lr_scale)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas),
                              eps=cfg.eps, fused=True if device.type == "cuda" else None)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """The schedule's learning rate, times each group's lr_scale (1 where a group has none)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
