@@ -104,7 +104,9 @@ def gpt2_tokenizer() -> Tokenizer:
 
 def train_bpe(texts: Iterable[str] | Iterator[str], vocab_size: int,
               min_frequency: int = 2) -> Tokenizer:
-    """Train a byte-level BPE on texts; `<|endoftext|>` gets id 0."""
+    """Train a byte-level BPE on texts; `<|endoftext|>` gets id 0. Not bit-reproducible: the
+    `tokenizers` trainer breaks ties between equally frequent merges in hash-map order
+    (huggingface/tokenizers#1794), so keep the tokenizer.json of a run rather than retraining it."""
     backend = _byte_level(_HFTokenizer(models.BPE()))
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
                                   special_tokens=[EOS],
