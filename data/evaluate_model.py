@@ -161,8 +161,22 @@ def _init_line(t: dict) -> str:
                 f"ids (`train.init_embeddings = \"word2vec\"`: {t.get('init_w2v_epochs')} epochs, "
                 f"window {t.get('init_w2v_window')}, rows of norm {t.get('init_w2v_std')} x "
                 "sqrt(width)); everything else random (GPT-2's N(0, 0.02)); the ablation is in "
-                "docs/TRAINING.md")
-    return "random (GPT-2's N(0, 0.02))"
+                "docs/TRAINING.md" + _embedding_lr_note(t))
+    return "random (GPT-2's N(0, 0.02))" + _embedding_lr_note(t)
+
+
+def _embedding_lr_note(t: dict) -> str:
+    scale = t.get("embedding_lr_scale", 1.0)
+    if scale == 1.0:
+        return ""
+    note = (f"; E then learned at {scale:g} x the learning rate (`train.embedding_lr_scale`), so it "
+            "kept much of its starting geometry")
+    if t.get("init_embeddings") == "word2vec":
+        note += (". Mind that the readable-senses rule below takes its related words from a word2vec "
+                 "of the same training split: E's start and that rule share their source (word "
+                 "vs. token level, separate trainings), which the random-start ablation in "
+                 "docs/TRAINING.md measures")
+    return note
 
 
 def _equal_tokens_lines(r: dict) -> list[str]:
