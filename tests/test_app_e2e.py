@@ -10,22 +10,13 @@ Skipped with the reason when Chromium or the playwright package is missing:
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 
-APP = Path(__file__).resolve().parent.parent / "app"
-if str(APP) not in sys.path:
-    sys.path.insert(0, str(APP))
-import browser  # noqa: E402
+from tests.browser_setup import APP, browser_or_skip
 
-if not Path(browser.CHROMIUM).is_file():
-    pytest.skip(f"no Chromium at {browser.CHROMIUM}: apt-get install -y --no-install-recommends chromium",
-                allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed: "
-                                                             "pip install playwright")
+browser, sync_api = browser_or_skip()
 
 TEXT = "The MacBook is made by Apple. The bank by the river has money."
 FAIL_MARK = "<inject failure>"

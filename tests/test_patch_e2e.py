@@ -5,22 +5,13 @@ missing."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 
-APP = Path(__file__).resolve().parent.parent / "app"
-if str(APP) not in sys.path:
-    sys.path.insert(0, str(APP))
-import browser  # noqa: E402
+from tests.browser_setup import browser_or_skip
 
-if not Path(browser.CHROMIUM).is_file():
-    pytest.skip(f"no Chromium at {browser.CHROMIUM}: apt-get install -y --no-install-recommends chromium",
-                allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed: "
-                                                             "pip install playwright")
+browser, sync_api = browser_or_skip()
 
 CLEAN, CORRUPTED = "The MacBook is made by", "The laptop is made by"
 
