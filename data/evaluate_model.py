@@ -55,7 +55,10 @@ def main() -> None:
     model_dir = Path(args.model)
     backpack, tok = load_backpack(model_dir, device="cpu")
     twin, twin_tok = load_backpack(args.twin, device="cpu")
-    results: dict = {"model": str(model_dir), "twin": args.twin,
+    from backpack_core.model.fingerprint import weights_fingerprint
+
+    # Identities, not paths: the card is evaluated in a scratch directory and copied into place.
+    results: dict = {"model": weights_fingerprint(backpack), "twin": weights_fingerprint(twin),
                      "parameters": count_parameters(backpack), "twin_parameters": count_parameters(twin),
                      "weights_bytes": (model_dir / "model.safetensors").stat().st_size}
 
