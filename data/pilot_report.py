@@ -8,8 +8,9 @@ Per run (its newest checkpoint): tokens seen, mean training tokens/s, validation
 its curve at --at-tokens (the last evaluation at or before; equal tokens for every run), the
 validation word perplexity of the whole held-out split (comparable across tokenizers), word
 similarity of the sense chosen on the other benchmark (as the model card), and the readable-
-senses share (`backpack_core.model.evaluation.readable_senses` on READABLE_NOUNS, related words from
-the word2vec). Prints a Markdown table.
+senses share (`backpack_core.model.evaluation.readable_report`, as the card: related words are
+the nameable nearest words in the word2vec; in brackets the first rule's share). Prints a
+Markdown table.
 """
 
 from __future__ import annotations
@@ -62,8 +63,9 @@ def measure(run: Path, wv, val_words: int, at_tokens: int | None, full_val: bool
     return {
         "ckpt_val_ppl": window_ppl(model, val, cfg["data"]["seq_len"],
                                    cfg["train"]["eval_batches"] * cfg["train"]["batch_size"]),
-        "run": run.name, "model": cfg["model"], "train": {k: cfg["train"][k] for k in (
-            "batch_size", "lr", "min_lr", "warmup_steps", "max_tokens", "init_embeddings")},
+        "run": run.name, "model": cfg["model"], "train": {k: cfg["train"].get(k) for k in (
+            "batch_size", "lr", "min_lr", "warmup_steps", "max_tokens", "init_embeddings",
+            "embedding_lr_scale")},
         "vocab": manifest["vocab_size"], "tokens": train[-1]["tokens"] if train else 0,
         "tokens_per_s": sum(x["tokens_per_s"] for x in train) / max(1, len(train)),
         "val_ppl_at": at, "val_ppl": ppl.perplexity if ppl else None,
@@ -92,23 +94,17 @@ def window_ppl(model, val, seq_len: int, n_windows: int) -> float:
 
 def sense_quality(model, tok, wv) -> dict:
     """Word similarity of the held-out-chosen sense and the readable-senses share (as the card)."""
-    from backpack_core.model.evaluation import (
-        READABLE_NOUNS,
-        keyed_vectors_similarity,
-        readable_senses,
-        related_words,
-        word_similarity,
-    )
+    from backpack_core.model.evaluation import keyed_vectors_similarity, readable_report, word_similarity
 
     extra = {"word2vec": keyed_vectors_similarity(wv)}
     sims = {b: word_similarity(model, tok, b, extra=extra).to_dict() for b in ("simlex999", "wordsim353")}
     ho = held_out_sense(sims)
-    readable = readable_senses(model, tok, {w: related_words(wv, w) for w in READABLE_NOUNS})
+    readable = readable_report(model, tok, wv)
     return {"simlex999": ho["simlex999"], "wordsim353": ho["wordsim353"],
             "word2vec": {b: sims[b]["spearman"]["word2vec"] for b in sims},
             "pairs": {b: sims[b]["pairs_used"] for b in sims},
-            "readable": sum(r.readable for r in readable) / len(readable),
-            "readable_words": {r.word: r.related_hits for r in readable}}
+            "readable": readable["share"], "readable_first_rule": readable["share_first_rule"],
+            "readable_words": {r["word"]: r["related_hits"] for r in readable["words"]}}
 
 
 def step0(config: str, shards: str, init: str, wv) -> dict:
@@ -159,17 +155,18 @@ def main() -> None:
         print(json.dumps({k: v for k, v in r.items() if k != "readable_words"}), flush=True)
     print("\n| run | vocab | width x layers x senses | init | tokens | tokens/s | val ppl (curve) at "
           f"{args.at_tokens or 'end'} | val ppl, checkpoint | val word ppl | SimLex-999 | WordSim-353 "
-          "| readable |")
+          "| readable (first rule) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         m = r["model"]
         at = f"{r['val_ppl_at'][1]:.1f} ({r['val_ppl_at'][0] / 1e6:.2f}M)" if r["val_ppl_at"] else "-"
+        init = f"{r['train']['init_embeddings']}, E lr x{r['train'].get('embedding_lr_scale') or 1:g}"
         print(f"| {r['run']} | {r['vocab']} | {m.get('n_embd')} x {m.get('n_layer')} x "
-              f"{m.get('num_senses')} | {r['train']['init_embeddings']} | {r['tokens'] / 1e6:.2f}M | "
+              f"{m.get('num_senses')} | {init} | {r['tokens'] / 1e6:.2f}M | "
               f"{r['tokens_per_s']:.0f} | {at} | {r.get('ckpt_val_ppl') or float('nan'):.1f} | "
               f"{r['val_word_ppl'] or float('nan'):.0f} | "
               f"{r['simlex999']['spearman']:.3f} | {r['wordsim353']['spearman']:.3f} | "
-              f"{r['readable']:.0%} |")
+              f"{r['readable']:.0%} ({r['readable_first_rule']:.0%}) |")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1) + "\n")
 

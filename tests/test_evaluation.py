@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import torch
 
 from backpack_core import Backpack, ModelConfig, train_bpe
@@ -71,3 +72,25 @@ def test_readable_senses_counts_related_words_in_the_best_sense(tiny_model, tiny
     assert set(res.related_hits) == set(tops[res.sense]) & related
     assert not nothing.readable and nothing.sense == 0 and nothing.related_hits == []
     assert split.sense is None and not split.readable  # several tokens: no senses of its own
+
+
+def test_related_words_among_nameable_words_skips_what_no_top_list_can_show(tiny_tokenizer):
+    """The card's rule since 2026-12-02: a noun's related words are its nearest word2vec words
+    among those the vocabulary holds as one word-initial token."""
+    from gensim.models import KeyedVectors
+
+    from backpack_core.model.evaluation import nameable_words, related_words
+
+    among = nameable_words(tiny_tokenizer)
+    single = [w for w in ("bank", "river", "money", "the") if len(tiny_tokenizer.encode(" " + w)) == 1]
+    assert len(single) >= 3 and set(single) <= among
+    assert "zzyzxqq" not in among and all(w.isalpha() and w == w.lower() for w in among)
+
+    wv = KeyedVectors(vector_size=2)
+    near, far = single[1], single[2]
+    words = [single[0], "zzyzxqq", near, "qqxyzzy", far]  # near to far from single[0]
+    angles = np.array([0.0, 0.1, 0.2, 0.3, 3.0])
+    wv.add_vectors(words, np.stack([np.cos(angles), np.sin(angles)], 1).astype(np.float32))
+    assert related_words(wv, single[0], topn=2) == {"zzyzxqq", near}
+    assert related_words(wv, single[0], topn=2, among=among) == {near, far}
+    assert related_words(wv, "absent", among=among) == set()

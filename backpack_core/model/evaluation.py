@@ -195,12 +195,52 @@ class ReadableSense:
         return len(self.related_hits) >= MIN_RELATED
 
 
-def related_words(wv, word: str, topn: int = RELATED_TOPN) -> set[str]:
+def nameable_words(tokenizer) -> set[str]:
+    """The words a sense's top list can show: every word-initial token (" word", " Word") that
+    is letters only, lower-cased. Longer words are several tokens and never one top entry."""
+    words = set()
+    for token_id in range(len(tokenizer)):
+        text = tokenizer.decode([token_id])
+        if text.startswith(" ") and text[1:].isalpha() and text[1:].isascii():
+            words.add(text[1:].lower())
+    return words
+
+
+def related_words(wv, word: str, topn: int = RELATED_TOPN, among: set[str] | None = None) -> set[str]:
     """The rule of the readable-senses table: `word`'s `topn` nearest words (cosine) in gensim
-    KeyedVectors trained on the same training split (the card's word2vec baseline)."""
+    KeyedVectors trained on the same training split (the card's word2vec baseline); with `among`,
+    the `topn` nearest of those words only (the card: `nameable_words` of the model)."""
     if word not in wv.key_to_index:
         return set()
-    return {w for w, _ in wv.most_similar(word, topn=topn)}
+    if among is None:
+        return {w for w, _ in wv.most_similar(word, topn=topn)}
+    cosines = wv.most_similar(word, topn=None)  # (n_words,), the word itself included
+    out: set[str] = set()
+    for i in np.argsort(-cosines, kind="stable"):
+        candidate = wv.index_to_key[int(i)]
+        if candidate != word and candidate in among:
+            out.add(candidate)
+            if len(out) == topn:
+                break
+    return out
+
+
+def readable_report(model: Backpack, tokenizer, wv) -> dict:
+    """The card's readable-senses figures (JSON-ready): READABLE_NOUNS, related words = the
+    RELATED_TOPN nearest nameable words in the word2vec (the rule since 2026-12-02), and the
+    share under the first rule (the RELATED_TOPN nearest of all words) beside it."""
+    among = nameable_words(tokenizer)
+    rows = readable_senses(model, tokenizer,
+                           {w: related_words(wv, w, among=among) for w in READABLE_NOUNS})
+    first = readable_senses(model, tokenizer, {w: related_words(wv, w) for w in READABLE_NOUNS})
+    return {
+        "rule": {"nouns": list(READABLE_NOUNS), "related_topn": RELATED_TOPN, "related_among":
+                 "nameable", "nameable_words": len(among), "sense_top": SENSE_TOP,
+                 "min_related": MIN_RELATED},
+        "share": sum(r.readable for r in rows) / len(rows),
+        "share_first_rule": sum(r.readable for r in first) / len(first),
+        "words": [{"word": r.word, "sense": r.sense, "related_hits": r.related_hits,
+                   "top": r.top, "readable": r.readable} for r in rows]}
 
 
 @torch.no_grad()
