@@ -1242,12 +1242,22 @@ def with_title(edits: dict[str, Any], title: str, description: str) -> dict[str,
     return EditSet.from_dict({**{k: v for k, v in named.items() if v}, **data}).to_dict()
 
 
+def server_export_allowed() -> bool:
+    """Whether this server lets visitors export to its disk (BACKPACK_SERVER_EXPORT)."""
+    from backpack_core.model.access import server_export_allowed as allowed
+
+    return allowed()
+
+
 def export_to_directory(edits: dict[str, Any], model: Backpack, tokenizer: Tokenizer,
                         directory: str, base_name: str) -> ExportResult:
     """Export the edited model to a new directory on the server, which must lie under the model
     directories the server may open (BACKPACK_MODEL_ROOTS): then the Models page loads it."""
-    from backpack_core.model.access import allowed_path
+    from backpack_core.model.access import EXPORT_ENV, AccessError, allowed_path, server_export_allowed
 
+    if not server_export_allowed():
+        raise AccessError(f"exports to the server's disk are turned off on this server ({EXPORT_ENV}=0); "
+                          "use the zip download instead")
     if not directory.strip():
         raise ValueError("give the directory to export to, e.g. runs/edited-model")
     target = allowed_path(directory.strip(), "this export directory")

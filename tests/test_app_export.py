@@ -70,6 +70,31 @@ def test_export_to_an_allowed_directory_and_as_a_zip(app_model, tmp_path, monkey
     assert at.get("download_button")[-1].label == "Download the edited model (zip)"
 
 
+def test_the_operator_can_turn_off_exports_to_the_server(app_model, tmp_path, monkeypatch):
+    """BACKPACK_SERVER_EXPORT=0: no directory field nor Export button, a line saying why; the
+    view refuses too (one message); the zip download still works."""
+    monkeypatch.setenv("BACKPACK_MODEL_ROOTS", str(tmp_path))
+    monkeypatch.setenv("BACKPACK_SERVER_EXPORT", "0")
+    at = ok(page("steer", text=TEXT))
+    at.text_area(key="steer:json").input(json.dumps(EDITS))
+    at.button(key="steer:apply-json").click().run()
+    ok(at)
+    keys = {b.key for b in at.button}
+    assert "steer:export" not in keys and "steer:export-zip" in keys
+    assert "steer:export-dir" not in {t.key for t in at.text_input}
+    assert any("BACKPACK_SERVER_EXPORT=0" in c.value for c in at.caption)
+    model, tokenizer = app_model
+    try:
+        views.export_to_directory(EDITS, model, tokenizer, str(tmp_path / "x"), "tiny")
+    except ValueError as err:
+        assert "turned off on this server" in str(err) and "zip download" in str(err)
+    else:
+        raise AssertionError("the export was not refused")
+    assert not (tmp_path / "x").exists()
+    at.button(key="steer:export-zip").click().run()
+    assert ok(at).session_state["steer:exported"]["zip"]
+
+
 def test_unexportable_edit_is_a_message(app_model, tmp_path, monkeypatch):
     monkeypatch.setenv("BACKPACK_MODEL_ROOTS", str(tmp_path))
     at = ok(page("steer", text=TEXT))

@@ -506,10 +506,15 @@ def export_section() -> None:
         c[0].text_input("Title", key=f"{PAGE}:title", on_change=on_title)
         c[1].text_input("Description", key=f"{PAGE}:description", on_change=on_title)
         disabled = not edits.get("edits")
+        to_server = views.server_export_allowed()
         d = st.columns([3, 1])
-        target = d[0].text_input("Directory on the server (new; under the model directories "
-                                 "the server may open)", "runs/edited-model", key=f"{PAGE}:export-dir")
-        if d[1].button("Export", key=f"{PAGE}:export", disabled=disabled, type="primary"):
+        if not to_server:
+            d[0].caption("Exports to the server's disk are turned off here (the operator set "
+                         "BACKPACK_SERVER_EXPORT=0); the zip download below still works.")
+        target = "" if not to_server else d[0].text_input(
+            "Directory on the server (new; under the model directories the server may open)",
+            "runs/edited-model", key=f"{PAGE}:export-dir")
+        if to_server and d[1].button("Export", key=f"{PAGE}:export", disabled=disabled, type="primary"):
             try:
                 with st.spinner("Exporting…"):
                     result = views.export_to_directory(edits, model, tokenizer, target, choice.name)

@@ -9,6 +9,10 @@ server must not become a way to read its own files. The operator sets:
     BACKPACK_ALLOW_HUB     hub ids a visitor may load: unset or "0" = none (the default), "1" =
                            any, or a comma-separated list of ids (e.g. stanfordnlp/backpack-gpt2).
                            BACKPACK_MODEL, set by the operator, is always allowed.
+    BACKPACK_SERVER_EXPORT "0" turns off exports of edited models to the server's disk (a full
+                           model directory per export, written under the roots above); unset or
+                           "1" = allowed (a researcher's own dashboard). Zip downloads, made in a
+                           temporary directory and removed, stay on.
 
 Paths are resolved (symlinks and `..` followed) before the check, and a refused path gets the
 same message whether or not it exists, as does a name no file can have (a NUL byte, a component
@@ -28,6 +32,7 @@ from backpack_core.model.loading import DEFAULT_MODEL_DIR, REPO_ROOT, HubId
 ROOTS_ENV = "BACKPACK_MODEL_ROOTS"
 HUB_ENV = "BACKPACK_ALLOW_HUB"
 MODEL_ENV = "BACKPACK_MODEL"
+EXPORT_ENV = "BACKPACK_SERVER_EXPORT"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 NAME_MAX = 255  # bytes in one path component (Linux, macOS)
 
@@ -47,6 +52,12 @@ def model_roots() -> list[Path]:
         if operator_model and Path(operator_model).expanduser().is_dir():
             roots.append(Path(operator_model).expanduser())
     return [p.resolve() for p in roots]
+
+
+def server_export_allowed() -> bool:
+    """Whether visitors may export edited models to the server's disk (BACKPACK_SERVER_EXPORT:
+    unset, "1", "true", "yes" or "on"; any other value turns them off, the safe reading)."""
+    return os.environ.get(EXPORT_ENV, "1").strip().lower() in ("", "1", "true", "yes", "on")
 
 
 def _refused(what: str) -> AccessError:
