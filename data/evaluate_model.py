@@ -182,12 +182,16 @@ def _among(rule: dict) -> str:
     if rule.get("related_among") != "nameable":
         return ""
     return (f", taken among the {rule['nameable_words']:,} words that the model's vocabulary holds "
-            "as one word-initial token (what a top-10 list of tokens can show). That restriction was "
-            "added on 2026-12-02, while this model's pilots ran, on seeing that most of the first "
-            "rule's related words are rare names that are several tokens (for 'king': jehoshaphat, "
-            "hezekiah, joash, ...) and so can never be among a sense's top words; the nouns and "
-            "the other numbers of the rule are unchanged, and the first rule's share is given "
-            "beside it")
+            "as one word-initial token (what a top-10 list of tokens can show)")
+
+
+def _rule_revision(rule: dict) -> str:
+    if rule.get("related_among") != "nameable":
+        return ""
+    return (" The restriction to such words was added on 2026-12-02, while this model's pilots ran, "
+            "on seeing that most of the first rule's related words are rare names of several tokens "
+            "(for 'king': jehoshaphat, hezekiah, joash, ...) that no sense's top list can hold; the "
+            "nouns and the rule's numbers are unchanged, and the first rule's share is given below.")
 
 
 def _readable_lines(rs: dict | None) -> list[str]:
@@ -201,7 +205,8 @@ def _readable_lines(rs: dict | None) -> list[str]:
         f"words are its {rule['related_topn']} nearest words in the word2vec above (same training "
         f"split){_among(rule)}; a noun reads well when some sense's top {rule['sense_top']} words of "
         f"E . C(noun)_l (stripped, lower-cased) hold at least {rule['min_related']} of them "
-        "(`backpack_core.model.evaluation.readable_report`). A noun that is not a single token fails.",
+        "(`backpack_core.model.evaluation.readable_report`). A noun that is not a single token "
+        "fails." + _rule_revision(rule),
         "",
         f"**{rs['share']:.0%} of {len(rs['words'])} nouns read well.**" + (
             f" Under the first rule (the {rule['related_topn']} nearest of all the word2vec's words): "
