@@ -464,6 +464,7 @@ def word_counts(edit_set: EditSet, tokenizer: Tokenizer | None, corpus: Corpus,
     return out
 
 
+@torch.no_grad()
 def evaluate_edits(model: Backpack, tokenizer: Tokenizer | None, edits: Any, corpus: Corpus,
                    prompts: Sequence[TargetPrompt] | None = None,
                    strengths: Sequence[float] | str | None = None, seq_len: int | None = None,
