@@ -92,8 +92,9 @@ def run_with_stop(name: str, total_label: str, work: Callable[[Callable[[int, in
     import time
 
     st.session_state[f"_running:{name}"] = {"done": 0, "total": None}
-    st.button("Stop", key=f"{name}:stop", icon=":material/stop_circle:",
-              help="stop this run (at the end of the current batch)")
+    stop = st.empty()  # shown while the work runs, removed when it ends
+    stop.button("Stop", key=f"{name}:stop", icon=":material/stop_circle:",
+                help="stop this run (at the end of the current batch)")
     bar = st.progress(0.0, text=f"{total_label}: starting…")
     start = time.perf_counter()
 
@@ -108,6 +109,7 @@ def run_with_stop(name: str, total_label: str, work: Callable[[Callable[[int, in
             result = work(report)
     finally:
         bar.empty()
+        stop.empty()
     st.session_state.pop(f"_running:{name}", None)
     return result
 

@@ -752,6 +752,7 @@ def test_evaluating_a_word_the_corpus_never_has_says_so_and_ranks_count_from_1(a
     assert (sweep["blast radius"] == 0).all() and "None" not in sweep.astype(str).values
     prompts = next(d.value for d in at.dataframe if "rank before" in d.value.columns)
     assert prompts["rank before"].tolist() == [1]  # the most probable token is rank 1
+    assert "steer:eval:stop" not in {b.key for b in at.button}  # the run is over: no Stop button
 
 
 def test_pages_run_on_one_thread_unless_backpack_threads_says_otherwise(app_model, monkeypatch):
