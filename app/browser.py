@@ -3,6 +3,7 @@ and drive it with headless Chromium through Playwright. Used by tests/test_app_e
 refresh the screenshots of docs/figures/:
 
     python app/browser.py --out docs/figures        # the shipped model (or --model DIR)
+    python app/browser.py --only app-senses-atlas.png   # some of them
 
 Uses the system Chromium (/usr/bin/chromium, or BACKPACK_CHROMIUM), never `playwright install`:
     apt-get install -y --no-install-recommends chromium && pip install playwright
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import shutil
 import socket
@@ -125,16 +127,84 @@ def drawn(page) -> None:
     page.wait_for_timeout(1500)
 
 
-def screenshots(out: Path, model: str | None) -> list[Path]:
-    """A screenshot of each page on `model`, with an edit on the Steer page."""
+def clip_between(page, top, bottom, pad: int = 12) -> dict:
+    """The main column's rectangle from element `top` down to element `bottom`."""
+    a, b = top.bounding_box(), bottom.bounding_box()
+    column = page.locator('[data-testid="stMainBlockContainer"]').bounding_box()
+    return {"x": column["x"], "y": a["y"] - pad, "width": column["width"],
+            "height": b["y"] + b["height"] - a["y"] + 2 * pad}
+
+
+def shoot_page(page, url: str, path: Path, route: str) -> None:
+    """A page as it opens."""
+    open_page(page, f"{url}/{route}")
+    drawn(page)
+    page.screenshot(path=str(path))
+
+
+def shoot_patching(page, url: str, path: Path) -> None:
+    """Context page, patching France -> Germany: the patching section down to its download."""
+    open_page(page, f"{url}/context?text={quote('The language of France is')}"
+                    f"&corrupted={quote('The language of Germany is')}")
+    drawn(page)
+    for label, word in (("Target word (default: the text's top prediction)", " French"),
+                        ("Foil word (default: the corrupted prompt's top prediction)", " German")):
+        page.get_by_label(label).fill(word)
+        page.keyboard.press("Enter")
+        settle(page)
+    drawn(page)
+    top = page.get_by_text("Patching: what was said, and how it was weighted").first
+    bottom = page.get_by_text("Download the patching JSON").first
+    page.screenshot(path=str(path), clip=clip_between(page, top, bottom))
+
+
+def shoot_atlas(page, url: str, path: Path) -> None:
+    """Senses page: the atlas of the shipped corpus sample, built (or loaded) by its button."""
+    open_page(page, f"{url}/senses?word=%20bank")
+    drawn(page)
+    page.get_by_role("button", name="Build or load the atlas").click()
+    settle(page)
+    page.get_by_text("pairs dead").first.wait_for(timeout=STEP_MS)
+    drawn(page)
+    top = page.get_by_text("Atlas: senses in use over a corpus").first
+    box = top.bounding_box()
+    column = page.locator('[data-testid="stMainBlockContainer"]').bounding_box()
+    page.screenshot(path=str(path), clip={"x": column["x"], "y": box["y"] - 12,
+                                           "width": column["width"], "height": 1586})
+
+
+def shoot_evaluate(page, url: str, path: Path) -> None:
+    """Steer page: the README's edits evaluated on their target prompts (the expander)."""
     import json
 
-    from playwright.sync_api import sync_playwright
+    import state
+
+    edits = json.loads((REPO / "analyses/data/edits_last_week.json").read_text())
+    open_page(page, f"{url}/steer?edits={state.encode_edits(edits)}")
+    drawn(page)
+    title = "Blast radius, loss change and target-prompt success over a corpus, by strength"
+    page.get_by_text(title).click()
+    settle(page)
+    expander = page.locator('[data-testid="stExpander"]').filter(has_text=title)
+    expander.locator('input[type="file"]').last.set_input_files(
+        str(REPO / "analyses/data/prompts_last_week.jsonl"))
+    settle(page)
+    page.get_by_role("button", name="Evaluate").click()
+    settle(page)
+    page.get_by_text("Target prompts: success").first.wait_for(timeout=STEP_MS)
+    drawn(page)
+    expander.screenshot(path=str(path))
+
+
+def screenshots(out: Path, model: str | None, only: list[str] | None = None) -> list[Path]:
+    """docs/figures' screenshots on `model`: each page (with an edit on the Steer page), then
+    three pages after an interaction (patching, the atlas, an edit's evaluation). only: file
+    names to take (default: all)."""
+    import json
 
     sys.path.insert(0, str(REPO / "app"))
     import state
 
-    out.mkdir(parents=True, exist_ok=True)
     text = ("The United States and the United Nations met in Paris. She went to the bank to "
             "deposit money. The bank by the river has money.")
     edits = {"version": 1, "edits": [{"kind": "knowledge_edit", "word": " United",
@@ -151,17 +221,29 @@ def screenshots(out: Path, model: str | None) -> list[Path]:
     }
     heights = {"app-home.png": 900, "app-senses.png": 2600, "app-senses-compare.png": 2400,
                "app-context.png": 2600, "app-steer.png": 2900, "app-models.png": 2000}
+    shots = [(name, heights[name], functools.partial(shoot_page, route=route))
+             for name, route in pages.items()]
+    shots += [("app-context-patching.png", 7000, shoot_patching),  # after an interaction
+              ("app-senses-atlas.png", 6000, shoot_atlas),
+              ("app-steer-evaluate.png", 6000, shoot_evaluate)]
+    unknown = set(only or []) - {name for name, _, _ in shots}
+    if unknown:
+        raise ValueError(f"no screenshot named {sorted(unknown)}; the names: "
+                         f"{', '.join(name for name, _, _ in shots)}")
+    shots = [shot for shot in shots if not only or shot[0] in only]
+
+    from playwright.sync_api import sync_playwright
+
+    out.mkdir(parents=True, exist_ok=True)
     written = []
     with sync_playwright() as p, chromium(p) as browser, \
             serve(model, out / ".server.log") as url:
-        for name, path in pages.items():
+        for name, height, shoot in shots:
             # Streamlit scrolls inside the page, so a tall window shows all of it
-            page = browser.new_page(viewport={"width": 1400, "height": heights[name]})
+            page = browser.new_page(viewport={"width": 1400, "height": height})
             page.set_default_timeout(STEP_MS)
             requests = watch_requests(page)
-            open_page(page, f"{url}/{path}")
-            drawn(page)
-            page.screenshot(path=str(out / name))
+            shoot(page, url, out / name)
             written.append(out / name)
             page.close()
             if remote(requests):
@@ -174,8 +256,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--out", default=str(REPO / "docs" / "figures"))
     parser.add_argument("--model", default=None, help="model directory (default: the shipped one)")
+    parser.add_argument("--only", nargs="+", metavar="NAME",
+                        help="take only these screenshots (e.g. app-senses-atlas.png)")
     args = parser.parse_args()
-    for path in screenshots(Path(args.out), args.model):
+    try:
+        paths = screenshots(Path(args.out), args.model, args.only)
+    except ValueError as e:
+        parser.error(str(e))
+    for path in paths:
         print(path)
 
 

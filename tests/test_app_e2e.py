@@ -251,3 +251,14 @@ def test_views_token_text_changed_rows_divergence_and_sense_cards(server, page, 
     page.get_by_role("button", name="Ablate").first.click()
     page.wait_for_function("() => window.location.pathname.endsWith('/steer')")
     page.get_by_text("ablate sense").first.wait_for()
+
+
+def test_screenshots_name_the_ones_they_can_take(tmp_path):
+    """`python app/browser.py --only NAME` refuses a name it has no recipe for, listing the names
+    (the six pages and the three taken after an interaction), before it starts anything."""
+    with pytest.raises(ValueError, match="no screenshot named") as caught:
+        browser.screenshots(tmp_path / "shots", None, only=["app-atlas.png"])
+    for name in ("app-home.png", "app-context-patching.png", "app-senses-atlas.png",
+                 "app-steer-evaluate.png"):
+        assert name in str(caught.value)
+    assert not (tmp_path / "shots").exists()
