@@ -70,8 +70,14 @@ def measure(run: Path, wv, val_words: int, at_tokens: int | None, full_val: bool
         "tokens_per_s": sum(x["tokens_per_s"] for x in train) / max(1, len(train)),
         "val_ppl_at": at, "val_ppl": ppl.perplexity if ppl else None,
         "val_word_ppl": ppl.word_perplexity if ppl else None,
-        **sense_quality(model, tok, wv),
+        **(sense_quality(model, tok, wv) if cfg["model"].get("model_kind", "backpack") == "backpack"
+           else NO_SENSES),
     }
+
+
+# A Transformer twin has no senses: its rows leave the sense figures empty.
+NO_SENSES = {"simlex999": None, "wordsim353": None, "word2vec": None, "pairs": None,
+             "readable": None, "readable_first_rule": None, "readable_words": None}
 
 
 def window_ppl(model, val, seq_len: int, n_windows: int) -> float:
@@ -105,6 +111,14 @@ def sense_quality(model, tok, wv) -> dict:
             "pairs": {b: sims[b]["pairs_used"] for b in sims},
             "readable": readable["share"], "readable_first_rule": readable["share_first_rule"],
             "readable_words": {r["word"]: r["related_hits"] for r in readable["words"]}}
+
+
+def _sense_cells(r: dict) -> str:
+    """SimLex, WordSim and readable cells of a row ("-" for a model without senses)."""
+    if r["simlex999"] is None:
+        return "- | - | -"
+    return (f"{r['simlex999']['spearman']:.3f} | {r['wordsim353']['spearman']:.3f} | "
+            f"{r['readable']:.0%} ({r['readable_first_rule']:.0%})")
 
 
 def step0(config: str, shards: str, init: str, wv) -> dict:
@@ -161,12 +175,12 @@ def main() -> None:
         m = r["model"]
         at = f"{r['val_ppl_at'][1]:.1f} ({r['val_ppl_at'][0] / 1e6:.2f}M)" if r["val_ppl_at"] else "-"
         init = f"{r['train']['init_embeddings']}, E lr x{r['train'].get('embedding_lr_scale') or 1:g}"
+        senses = m.get("num_senses") if m.get("model_kind", "backpack") == "backpack" else "-"
         print(f"| {r['run']} | {r['vocab']} | {m.get('n_embd')} x {m.get('n_layer')} x "
-              f"{m.get('num_senses')} | {init} | {r['tokens'] / 1e6:.2f}M | "
+              f"{senses} | {init} | {r['tokens'] / 1e6:.2f}M | "
               f"{r['tokens_per_s']:.0f} | {at} | {r.get('ckpt_val_ppl') or float('nan'):.1f} | "
               f"{r['val_word_ppl'] or float('nan'):.0f} | "
-              f"{r['simlex999']['spearman']:.3f} | {r['wordsim353']['spearman']:.3f} | "
-              f"{r['readable']:.0%} ({r['readable_first_rule']:.0%}) |")
+              f"{_sense_cells(r)} |")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1) + "\n")
 

@@ -328,3 +328,17 @@ def test_campaign_resumes_a_checkpoint_else_warm_starts(shards, tmp_path):
     run(tiny(shards, run_dir, "train.max_steps=2"))
     assert campaign_command(run_dir, False, str(shards), ["train.max_steps=4"])[-3:] == [
         "--resume", str(run_dir), "train.max_steps=4"]
+
+
+def test_pilot_report_measures_a_twin_without_senses(shards, tmp_path):
+    """A Transformer twin's run has a curve and a perplexity but no senses: its row leaves the
+    sense figures empty instead of failing on the first benchmark."""
+    from data.pilot_report import _sense_cells, measure
+
+    out = tmp_path / "twin"
+    assert run(tiny(shards, out, "model.model_kind=transformer", "train.max_steps=4",
+                    "train.eval_every=4")).exit_code == 0
+    row = measure(out, wv=None, val_words=1, at_tokens=None, full_val=False)
+    assert row["simlex999"] is None and row["readable"] is None
+    assert row["val_ppl_at"][1] == pytest.approx(row["ckpt_val_ppl"], rel=1e-4)
+    assert _sense_cells(row) == "- | - | -"
