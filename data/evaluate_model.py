@@ -159,8 +159,7 @@ def _embedding_lr_note(t: dict) -> str:
     scale = t.get("embedding_lr_scale", 1.0)
     if scale == 1.0:
         return ""
-    note = (f"; E then learned at {scale:g} x the learning rate (`train.embedding_lr_scale`), so it "
-            "kept much of its starting geometry")
+    note = f"; E then learned at {scale:g} x the learning rate (`train.embedding_lr_scale`)"
     if t.get("init_embeddings") == "word2vec":
         note += (". Mind that the readable-senses rule below takes its related words from a word2vec "
                  "of the same training split: E's start and that rule share their source (word "
