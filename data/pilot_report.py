@@ -43,13 +43,20 @@ def held_out_sense(sims: dict) -> dict:
 
 
 def measure(run: Path, wv, val_words: int, at_tokens: int | None, full_val: bool) -> dict:
+    """The pilot table's figures of one run directory (its newest checkpoint), without autograd."""
+    import torch
+
+    with torch.no_grad():
+        return _measure(run, wv, val_words, at_tokens, full_val)
+
+
+def _measure(run: Path, wv, val_words: int, at_tokens: int | None, full_val: bool) -> dict:
     import numpy as np
     import torch
 
     from backpack_core import load_backpack
     from backpack_core.model.evaluation import perplexity
 
-    torch.set_grad_enabled(False)
     cfg = json.loads((run / "run_config.json").read_text())
     model, tok = load_backpack(run, device="cpu")
     lines = curve(run)

@@ -339,6 +339,7 @@ def test_pilot_report_measures_a_twin_without_senses(shards, tmp_path):
     assert run(tiny(shards, out, "model.model_kind=transformer", "train.max_steps=4",
                     "train.eval_every=4")).exit_code == 0
     row = measure(out, wv=None, val_words=1, at_tokens=None, full_val=False)
+    assert torch.is_grad_enabled()  # no global state left behind for whoever trains next
     assert row["simlex999"] is None and row["readable"] is None
     assert row["val_ppl_at"][1] == pytest.approx(row["ckpt_val_ppl"], rel=1e-4)
     assert _sense_cells(row) == "- | - | -"
