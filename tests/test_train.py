@@ -243,6 +243,49 @@ def test_word2vec_init_sets_centred_scaled_embeddings_deterministically(shards, 
     assert 0 < moved < 0.01  # one step of lr <= 3e-3 away from the word2vec start
 
 
+def test_init_senses_starts_every_sense_at_its_tokens_embedding(shards, tmp_path, capsys):
+    """train.init_senses=embeddings: before step 0 the sense network is fitted so that all k
+    senses of a token point where its embedding E[x] points (a random sense network: near 0);
+    E itself is not changed by the fit; transformer runs and warm starts refuse the option."""
+    from backpack_core.model.backpack import Backpack
+    from backpack_core.training.config import resolve_model_config
+    from backpack_core.training.init import fit_senses_to_embeddings
+
+    cfg, data = tiny(shards, tmp_path / "unused"), ShardSet(shards)
+    torch.manual_seed(0)
+    model = Backpack(resolve_model_config(cfg, data.vocab_size, data.eos_token_id))
+    table = model.wte.weight.detach().clone()
+    fit = fit_senses_to_embeddings(model, steps=150, lr=3e-3, seed=0)
+    assert abs(fit["cosine_before"]) < 0.2 and fit["cosine_after"] > 0.9, fit
+    assert 0.7 < fit["norm_ratio_after"] < 1.3, fit
+    assert torch.equal(model.wte.weight, table)  # E is the target, never moved
+    with torch.no_grad():
+        senses = model.eval().sense_vectors(torch.arange(model.config.vocab_size))  # (vocab, k, d)
+    cos = torch.nn.functional.cosine_similarity(senses, table[:, None, :], dim=-1)
+    assert cos.min() > 0.5 and cos.mean() > 0.9  # every sense of every token, not an average
+
+    out = tmp_path / "fitted"
+    run(tiny(shards, out, "train.max_steps=1", "train.init_senses=embeddings",
+             "train.init_senses_steps=150", "train.init_senses_lr=3e-3"))
+    assert "senses fitted to their token's embedding in 150 steps" in capsys.readouterr().out
+    trained, _ = load_backpack(out)  # one training step away from the fitted start
+    with torch.no_grad():
+        senses = trained.sense_vectors(torch.arange(trained.config.vocab_size))
+        cos = torch.nn.functional.cosine_similarity(senses, trained.wte.weight[:, None, :], dim=-1)
+    assert cos.mean() > 0.8
+
+    base = tmp_path / "base"
+    run(tiny(shards, base, "train.max_steps=1"))
+    for extra, expected in ((f"train.init_from={base}", "already sets the senses"),
+                            ("model.model_kind=transformer", "needs a Backpack"),
+                            ("train.init_senses=sideways", "must be one of random, embeddings")):
+        args = ["--config", "tiny", f"data.dir={shards}", f"train.out_dir={tmp_path / 'x'}"]
+        if not extra.startswith("train.init_senses="):
+            args.append("train.init_senses=embeddings")
+        err = main_error([*args, extra], capsys)
+        assert expected in err, err
+
+
 def test_embedding_lr_scale_slows_only_the_embeddings_and_resumes_exactly(shards, tmp_path, capsys):
     """train.embedding_lr_scale: E (wte) learns at lr x scale, every other weight as before; 0
     keeps E where it started; an interrupted run with the option resumes bit for bit."""

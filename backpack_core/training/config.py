@@ -34,6 +34,7 @@ COMPILE_MIN_STEPS = 300  # train.compile=auto compiles runs at least this long
 TRAIN_DTYPES = ("auto", "float32", "bfloat16")
 NONFINITE_ACTIONS = ("stop", "skip")
 INIT_EMBEDDINGS = ("random", "word2vec")
+INIT_SENSES = ("random", "embeddings")
 VOCAB_MULTIPLE = 64
 
 
@@ -90,6 +91,12 @@ class TrainConfig:
     init_w2v_window: int = 5  # context window, tokens each side
     init_w2v_tokens: int = 0  # use the first N train tokens; 0: all
     init_w2v_std: float = 0.02  # rows get norm init_w2v_std * sqrt(n_embd), as N(0, std) rows
+    # "embeddings": after E is set, fit the sense network (init_senses_steps Adam steps at
+    # init_senses_lr, E fixed) so that every sense of every token starts at its embedding E[x];
+    # "random": the sense network's own N(0, 0.02) start. Backpacks only.
+    init_senses: str = "random"
+    init_senses_steps: int = 300
+    init_senses_lr: float = 1e-3
     # Warm start: a trained model directory (say data/backpack-mini) whose weights this run starts
     # from, with a new optimizer and the run's warm-up; same shape and tokenizer. "": none.
     init_from: str = ""
@@ -325,6 +332,18 @@ def validate(cfg: RunConfig) -> None:
     if t.init_from and t.init_embeddings != "random":
         problems.append("train.init_from (a trained model) and train.init_embeddings="
                         f"{t.init_embeddings} both set the embeddings; choose one")
+    if t.init_senses not in INIT_SENSES:
+        problems.append(f"train.init_senses must be one of {', '.join(INIT_SENSES)}, "
+                        f"got {t.init_senses!r}")
+    if t.init_from and t.init_senses != "random":
+        problems.append("train.init_from (a trained model) already sets the senses; "
+                        f"train.init_senses={t.init_senses} cannot go with it")
+    if t.init_senses != "random" and cfg.model.get("model_kind", "backpack") != "backpack":
+        problems.append(f"train.init_senses={t.init_senses} needs a Backpack "
+                        f"(model.model_kind={cfg.model.get('model_kind')!r} has no senses)")
+    if t.init_senses_steps < 1 or not t.init_senses_lr > 0:
+        problems.append("train.init_senses_steps must be >= 1 and init_senses_lr > 0, got "
+                        f"{t.init_senses_steps} and {t.init_senses_lr}")
     if t.init_w2v_epochs < 1 or t.init_w2v_window < 1 or t.init_w2v_tokens < 0 or not t.init_w2v_std > 0:
         problems.append("train.init_w2v_epochs and init_w2v_window must be >= 1, init_w2v_tokens "
                         ">= 0 and init_w2v_std > 0")

@@ -4,6 +4,10 @@
   on the train split's own token ids (gensim, one worker, fixed seed and hash: deterministic),
   cached next to the shards. Sense vectors C(x) = SenseNet(E[x]) and the output projection both
   read E, so tokens used alike start near each other (`train.init_embeddings = "word2vec"`).
+- `fit_senses_to_embeddings`: the sense network fitted, before step 0, so that every sense of
+  every token starts at the token's own embedding: SenseNet(E[x])_l ~ E[x] for all l
+  (`train.init_senses = "embeddings"`). With word2vec embeddings the senses then start with
+  word2vec's geometry instead of a random map of it.
 - `warm_start`: the weights of a trained model directory (`train.init_from`), with a fresh
   optimizer; the run's own warm-up (`train.warmup_steps`) then ramps the learning rate again.
 """
@@ -17,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from einops import rearrange
 
 from backpack_core.common.files import atomic_write
 from backpack_core.model.backpack import Backpack
@@ -79,6 +85,49 @@ def word2vec_embeddings(tokens: np.ndarray, vocab_size: int, dim: int, eos_token
                 np.save(fh, out)
         atomic_write(cache, write)
     return torch.from_numpy(out)
+
+
+def fit_senses_to_embeddings(model: Backpack, *, steps: int, lr: float, seed: int,
+                             batch_rows: int = 1024, progress: bool = False) -> dict[str, float]:
+    """Fit the sense network so that each of a token's k senses starts at its embedding.
+
+    Regression with E held fixed: rows x of E (batch_rows at a time, a seeded draw), senses
+    SenseNet(E[x]) (b, k, d) against E[x] repeated k times, mean squared error, Adam at `lr`
+    for `steps` steps; dropout off during the fit. Only the sense network's weights change (the
+    optimizer used here is thrown away). Returns the fit: the mean cosine of senses to their
+    token's embedding, and the mean norm ratio |sense| / |E[x]|, over the whole vocabulary,
+    before and after.
+    """
+    from backpack_core.common.progress import progress_bar
+
+    net, table = model.sense_network, model.wte.weight.detach()  # table: E (vocab, d)
+
+    def agreement() -> tuple[float, float]:
+        with torch.no_grad():
+            cos, ratio = [], []
+            for rows in table.split(4096):
+                senses = net(rows)  # (b, k, d)
+                target = rearrange(rows, "b d -> b 1 d")
+                cos.append(F.cosine_similarity(senses, target, dim=-1).flatten())
+                ratio.append((senses.norm(dim=-1) / target.norm(dim=-1).clamp_min(1e-12)).flatten())
+            return torch.cat(cos).mean().item(), torch.cat(ratio).mean().item()
+
+    was_training = net.training
+    net.eval()  # no dropout: the fit is of the function the forward pass computes
+    cos_before, ratio_before = agreement()
+    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    vocab = table.shape[0]
+    for _ in progress_bar(range(steps), desc="senses -> embeddings", enabled=progress):
+        rows = table[torch.randint(vocab, (min(batch_rows, vocab),), generator=generator).to(table.device)]
+        loss = F.mse_loss(net(rows), rearrange(rows, "b d -> b 1 d").expand(-1, net.num_senses, -1))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    net.train(was_training)
+    cos_after, ratio_after = agreement()
+    return {"cosine_before": cos_before, "cosine_after": cos_after,
+            "norm_ratio_before": ratio_before, "norm_ratio_after": ratio_after}
 
 
 def warm_start(model: Backpack, model_dir: str | Path, tokenizer_sha256: str | None) -> None:

@@ -50,7 +50,7 @@ from backpack_core.training.config import (
     resolve_model_config,
     should_compile,
 )
-from backpack_core.training.init import warm_start, word2vec_embeddings
+from backpack_core.training.init import fit_senses_to_embeddings, warm_start, word2vec_embeddings
 from backpack_core.training.loader import ShardSet, TrainBatches, eval_windows, gather
 from backpack_core.training.metrics import (
     MetricsLog,
@@ -201,7 +201,8 @@ class Job:
 
 def initialize(model: Backpack, cfg: RunConfig, shards: ShardSet, say: Callable | None) -> None:
     """The starting weights a new run asks for: word2vec embeddings (train.init_embeddings) or a
-    trained model's weights (train.init_from); random ones (already in place) otherwise."""
+    trained model's weights (train.init_from); random ones (already in place) otherwise. Then,
+    with train.init_senses = "embeddings", the sense network fitted so senses start at E[x]."""
     t = cfg.train
     if t.init_from:
         warm_start(model, t.init_from, shards.manifest.get("tokenizer_sha256"))
@@ -218,6 +219,15 @@ def initialize(model: Backpack, cfg: RunConfig, shards: ShardSet, say: Callable 
             model.wte.weight.copy_(weight.to(model.wte.weight.device))
         if say:
             say(f"embeddings from word2vec on the train tokens ({time.time() - started:.0f}s)")
+    if t.init_senses == "embeddings":
+        started = time.time()
+        fit = fit_senses_to_embeddings(model, steps=t.init_senses_steps, lr=t.init_senses_lr,
+                                       seed=t.seed, progress=say is not None)
+        if say:
+            say(f"senses fitted to their token's embedding in {t.init_senses_steps} steps "
+                f"({time.time() - started:.0f}s): cosine {fit['cosine_before']:.3f} -> "
+                f"{fit['cosine_after']:.3f}, norm ratio {fit['norm_ratio_before']:.2f} -> "
+                f"{fit['norm_ratio_after']:.2f}")
 
 
 def check_writable(out_dir: Path) -> None:
