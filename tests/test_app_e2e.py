@@ -81,6 +81,11 @@ def shown_predictions(page) -> list[list[str]]:
     return [rows.nth(i).locator("th, td").all_inner_texts() for i in range(rows.count())]
 
 
+AFTER_COLUMNS_JS = """() => JSON.stringify([...document.querySelectorAll(
+    '[data-testid="stTable"] tbody tr')].map(r => [...r.querySelectorAll('th, td')]
+    .slice(3, 5).map(c => c.innerText)))"""
+
+
 def test_ablating_a_sense_changes_the_predictions_shown(server, page):
     url, _ = server
     browser.open_page(page, f"{url}/steer?text={quote(TEXT)}")
@@ -92,8 +97,14 @@ def test_ablating_a_sense_changes_the_predictions_shown(server, page):
     senses.fill("0")
     senses.press("Enter")
     browser.settle(page)
+    shown_after = AFTER_COLUMNS_JS  # the table's "after" columns as one string
+    unedited = page.evaluate(shown_after)
     page.get_by_role("button", name="Add edit").click()
     page.wait_for_function("() => document.body.innerText.includes('ablate sense 0 of')")
+    # the edit list is drawn before the table: wait for the table itself (a busy machine's
+    # rerun can outlast settle()); a table that never changes fails here after STEP_MS
+    page.wait_for_function(f"(old) => ({shown_after})() !== old", arg=unedited,
+                           timeout=browser.STEP_MS)
     browser.settle(page)
     after = shown_predictions(page)
     page.wait_for_function("() => window.location.search.includes('edits=')")
