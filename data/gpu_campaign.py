@@ -135,6 +135,16 @@ def feasible(run: Run, now: float, deadline: float, step_tokens: int) -> int:
     return max(step_tokens, tokens // step_tokens * step_tokens)
 
 
+def smaller_budgets(live: list[Run], now: float, deadline: float, step_tokens: int) -> dict[str, int]:
+    """The runs that must shrink to end by the deadline, with their new budgets: each its
+    feasible budget (unmeasured runs keep theirs), a twin at most its Backpack's."""
+    new = {r.name: feasible(r, now, deadline, step_tokens) if r.rate() else r.budget for r in live}
+    for r in live:  # a twin gets no more tokens than its Backpack
+        if r.match in new:
+            new[r.name] = min(new[r.name], new[r.match])
+    return {r.name: new[r.name] for r in live if new[r.name] < r.budget}
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m data.gpu_campaign", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -181,12 +191,9 @@ def main(argv: list[str] | None = None) -> int:
         live = [r for r in runs.values() if r.running()]
         if not adapted and live and (now - start >= args.measure or all(r.rate() for r in live)):
             adapted = True
-            new = {r.name: feasible(r, now, deadline, step_tokens) if r.rate() else r.budget for r in live}
-            for r in live:  # a twin gets no more tokens than its Backpack
-                if r.match in new:
-                    new[r.name] = min(new[r.name], new[r.match])
+            new = smaller_budgets(live, now, deadline, step_tokens)
             for r in live:
-                if new[r.name] < r.budget:
+                if r.name in new:
                     print(f"{r.name}: {r.rate():,.0f} tok/s; budget {r.budget:,} -> {new[r.name]:,} "
                           "tokens to finish by the deadline", flush=True)
                     stop(r)

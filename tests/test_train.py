@@ -5,6 +5,7 @@ process with the same global batch, and user errors are messages, not tracebacks
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import signal
@@ -19,7 +20,7 @@ from safetensors.torch import load_file
 
 from backpack_core import load_backpack
 from backpack_core.training.checkpoint import saved_step
-from backpack_core.training.config import ConfigError, load_run_config
+from backpack_core.training.config import ConfigError, load_run_config, resolve_model_config
 from backpack_core.training.loader import ShardSet, eval_windows, gather
 from backpack_core.training.prepare import prepare
 from backpack_core.training.schedule import lr_at
@@ -290,7 +291,6 @@ def test_embedding_lr_scale_slows_only_the_embeddings_and_resumes_exactly(shards
     """train.embedding_lr_scale: E (wte) learns at lr x scale, every other weight as before; 0
     keeps E where it started; an interrupted run with the option resumes bit for bit."""
     from backpack_core.model.backpack import Backpack
-    from backpack_core.training.config import resolve_model_config
     from backpack_core.training.trainer import initialize
 
     frozen, slow, full = (tmp_path / n for n in ("frozen", "slow", "full"))
@@ -319,6 +319,41 @@ def test_embedding_lr_scale_slows_only_the_embeddings_and_resumes_exactly(shards
     err = main_error(["--config", "tiny", f"data.dir={shards}", f"train.out_dir={tmp_path / 'x'}",
                       "train.embedding_lr_scale=-1"], capsys)
     assert "embedding_lr_scale" in err and "between 0 and 10" in err
+
+
+def test_sense_warmup_ramps_only_the_sense_network_and_resumes_exactly(shards, tmp_path, capsys):
+    """train.sense_warmup_steps: the sense network's groups get lr x min(1, (step + 1) / N) on top
+    of the schedule, every other group the schedule's lr; a run with it resumes bit for bit;
+    a negative value, or one on a Transformer twin, is refused in one line."""
+    from backpack_core.model.backpack import Backpack
+    from backpack_core.training.optim import build_optimizer, set_lr
+
+    cfg, data = tiny(shards, tmp_path / "unused", "train.sense_warmup_steps=10"), ShardSet(shards)
+    model = Backpack(resolve_model_config(cfg, data.vocab_size, data.eos_token_id))
+    optimizer = build_optimizer(model, cfg.train, torch.device("cpu"))
+    senses = {id(p) for p in model.sense_network.parameters()}
+    for step, ramp in ((0, 0.1), (4, 0.5), (9, 1.0), (50, 1.0)):
+        set_lr(optimizer, 1e-3, step)
+        for group in optimizer.param_groups:
+            in_senses = {id(p) in senses for p in group["params"]}
+            assert len(in_senses) <= 1  # a group is all sense network or none of it
+            want = 1e-3 * (ramp if in_senses == {True} else 1.0)
+            assert math.isclose(group["lr"], want), (step, group["lr"], want)
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
+
+    settings = ("train.max_steps=12", "train.ckpt_every=4", "train.sense_warmup_steps=8")
+    whole, part, plain = tmp_path / "whole", tmp_path / "part", tmp_path / "plain"
+    run(tiny(shards, whole, *settings))
+    run(tiny(shards, plain, "train.max_steps=12"))
+    run(tiny(shards, part, *settings), on_step=lambda step: step == 5 and signal.raise_signal(signal.SIGTERM))
+    assert saved_step(part) == 5 and main(["--resume", str(part)]) == 0
+    assert losses(part) == losses(whole) != losses(plain)
+    capsys.readouterr()  # the runs' own output
+    base = ["--config", "tiny", f"data.dir={shards}", f"train.out_dir={tmp_path / 'x'}"]
+    err = main_error([*base, "train.sense_warmup_steps=-1"], capsys)
+    assert "sense_warmup_steps must be >= 0" in err
+    err = main_error([*base, "model.model_kind=transformer", "train.sense_warmup_steps=5"], capsys)
+    assert "needs a Backpack" in err
 
 
 def test_warm_start_from_a_trained_model(shards, tmp_path, capsys):

@@ -63,6 +63,10 @@ class TrainConfig:
     # The tied embedding matrix E learns at lr x this (its weight decay scales with it): < 1 keeps a
     # word2vec-started E's geometry while the rest learns; 0 freezes E in effect. 1: as the rest.
     embedding_lr_scale: float = 1.0
+    # The sense network's learning rate gets a second linear ramp, from 0 to the schedule's over
+    # this many steps (on top of warmup_steps): senses started at their embedding
+    # (init_senses = "embeddings") are not undone while the rest of the model warms up. 0: none.
+    sense_warmup_steps: int = 0
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8
     grad_clip: float = 1.0  # max global gradient norm; 0: no clipping
@@ -324,6 +328,12 @@ def validate(cfg: RunConfig) -> None:
     if not 0.0 <= t.embedding_lr_scale <= 10.0:
         problems.append(f"train.embedding_lr_scale must be between 0 and 10 (1: E learns as the "
                         f"rest, 0: E stays as initialised), got {t.embedding_lr_scale}")
+    if t.sense_warmup_steps < 0:
+        problems.append(f"train.sense_warmup_steps must be >= 0 (0: the sense network warms up with "
+                        f"the rest), got {t.sense_warmup_steps}")
+    if t.sense_warmup_steps and cfg.model.get("model_kind", "backpack") != "backpack":
+        problems.append(f"train.sense_warmup_steps={t.sense_warmup_steps} needs a Backpack "
+                        "(a Transformer twin has no sense network); set it to 0")
     if t.threads < 0:
         problems.append(f"train.threads must be >= 0, got {t.threads}")
     if t.init_embeddings not in INIT_EMBEDDINGS:

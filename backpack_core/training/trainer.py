@@ -331,7 +331,7 @@ def loop(job: Job, on_step: Callable[[int], None] | None = None) -> TrainResult:
         while job.step < plan.max_steps:
             lr = lr_at(job.step, lr=t.lr, min_lr=t.min_lr, warmup_steps=t.warmup_steps,
                        max_steps=plan.max_steps, schedule=t.schedule)
-            set_lr(job.optimizer, lr)
+            set_lr(job.optimizer, lr, job.step)
             torch.manual_seed(step_seed(t.seed, job.step, d.rank))  # dropout masks of this step
             micro = job.batches.micro_batches(job.step, plan.micro_batch, d.rank, d.world_size)
             loss, grad_norm, applied = train_step(job.train_model, job.optimizer, micro, d.device,

@@ -1,0 +1,41 @@
+"""data/gpu_campaign.py without a GPU: the budget each run can finish by the deadline, a twin
+held to its Backpack's tokens, and the refusal of a run the plan does not have."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from data import gpu_campaign as gc
+
+
+def logged_run(tmp_path: Path, name: str, match: str | None, rates: list[float], tokens: int,
+               budget: int = 100_000_000) -> gc.Run:
+    out = tmp_path / name
+    out.mkdir()
+    lines = [{"step": 50 * (i + 1), "tokens": tokens * (i + 1) // len(rates), "tokens_per_s": r}
+             for i, r in enumerate(rates)] + [{"step": 100, "val_loss": 5.0}]
+    (out / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return gc.Run(name, "backpack-mini-cpu", match, [], out, tmp_path / f"{name}.log", budget=budget)
+
+
+def test_budgets_shrink_to_the_deadline_and_twins_follow_their_backpack(tmp_path):
+    step = 64 * 256
+    slow = logged_run(tmp_path, "bp", None, [1_000.0, 200_000.0], tokens=10_000_000)
+    fast = logged_run(tmp_path, "tw", "bp", [1_000.0, 900_000.0], tokens=12_000_000)
+    quick = logged_run(tmp_path, "solo", None, [1_000.0, 1e9], tokens=1_000_000)
+    compiling = logged_run(tmp_path, "late", None, [1_000.0], tokens=0)
+    assert compiling.rate() is None and slow.rate() == 200_000.0 and slow.tokens() == 10_000_000
+    now, deadline = 1000.0, 1400.0  # 400 s left: 300 s of training after the margin and restart
+    new = gc.smaller_budgets([slow, fast, quick, compiling], now, deadline, step)
+    left = deadline - gc.STOP_MARGIN_S - now - gc.RESTART_S
+    expected = (10_000_000 + int(0.9 * 200_000 * left)) // step * step
+    assert new == {"bp": expected, "tw": expected}  # the twin's own budget would be larger
+    assert expected % step == 0 and expected < slow.budget
+    # past the deadline a run keeps what it has trained, and at least one step
+    assert gc.feasible(slow, 2000.0, deadline, step) == 10_000_000 // step * step
+
+
+def test_an_unknown_run_is_refused(tmp_path, capsys):
+    assert gc.main(["--shards", "x", "--out", str(tmp_path), "--seconds", "1", "--only", "bp128,bp999"]) == 2
+    assert "bp999" in capsys.readouterr().err
