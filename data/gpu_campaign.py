@@ -166,6 +166,11 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"unknown run(s) {unknown}; the plan has {list(PLAN)}", file=sys.stderr)
         return 2
+    if args.seconds <= STOP_MARGIN_S + RESTART_S:
+        print(f"--seconds {args.seconds:g} leaves no time to train: the deadline must be more than "
+              f"{STOP_MARGIN_S + RESTART_S:g} s away (a run's restart and its final checkpoint); "
+              "one GPU call holds 420", file=sys.stderr)
+        return 2
     start = time.time()
     deadline = start + args.seconds
     args.out.mkdir(parents=True, exist_ok=True)
