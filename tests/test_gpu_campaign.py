@@ -37,7 +37,8 @@ def test_budgets_shrink_to_the_deadline_and_twins_follow_their_backpack(tmp_path
 
 
 def test_an_unknown_run_is_refused(tmp_path, capsys):
-    assert gc.main(["--shards", "x", "--out", str(tmp_path), "--seconds", "400", "--only", "bp128,bp999"]) == 2
+    base = ["--shards", "x", "--out", str(tmp_path)]
+    assert gc.main([*base, "--seconds", "400", "--only", "bp128,bp999"]) == 2
     assert "bp999" in capsys.readouterr().err
-    assert gc.main(["--shards", "x", "--out", str(tmp_path), "--seconds", "30"]) == 2
+    assert gc.main([*base, "--seconds", "30"]) == 2
     assert "leaves no time to train" in capsys.readouterr().err
