@@ -5,9 +5,9 @@
     python -m data.gpu_campaign ... --set train.max_tokens=50e6 # an override for every run
 
 Issue 22's campaign runs on the 2-core CPU, a few million tokens a session. When a session is
-lent a GPU (docs/DEVELOPERS.md says how to tell), its device time is short (about 15 minutes, one
-call of at most 10), so the GPU campaign is one command that must end, with finished models, by a
-deadline. It starts every run of the plan at once (small models leave the GPU idle between
+lent a GPU (the device tool's status answers can_start_another: true), its device time is
+short (about 15 minutes, one call of at most 10), so the GPU campaign is one command that must
+end, with finished models, by a deadline. It starts every run of the plan at once (small models leave the GPU idle between
 kernels; several processes fill it), each a plain `python -m backpack_core.train` in its own
 run directory under --out, so every run is an ordinary run directory: resumable, loadable,
 evaluated by data/evaluate_model.py like the CPU runs.
@@ -43,6 +43,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from backpack_core.training.config import ConfigError, RunConfig, load_run_config
+
 WIDE = ["model.n_embd=192", "model.n_layer=6", "model.n_head=6"]
 GPU_SCHEDULE = ["train.batch_size=64", "train.max_tokens=100e6", "train.warmup_steps=200",
                 "train.dtype=auto", "train.compile=true", "train.device=cuda", "train.eval_every=250",
@@ -67,8 +69,8 @@ class Run:
     out_dir: Path
     log: Path
     budget: int = 0  # train.max_tokens of the running process
+    step_tokens: int = 0  # tokens per optimizer step (batch x accumulation x sequence)
     proc: subprocess.Popen | None = None
-    started: float = 0.0
     restarts: list[str] = field(default_factory=list)
 
     def records(self) -> list[dict]:
@@ -112,7 +114,6 @@ def launch(run: Run, shards: str, common: list[str], resume: bool, extra: list[s
         log.flush()
         run.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    run.started = time.time()
 
 
 def stop(run: Run, wait_s: float = 60.0) -> None:
@@ -127,22 +128,28 @@ def stop(run: Run, wait_s: float = 60.0) -> None:
         run.proc.wait()
 
 
-def feasible(run: Run, now: float, deadline: float, step_tokens: int) -> int:
+def feasible(run: Run, now: float, deadline: float) -> int:
     """The budget this run can finish by the deadline at its measured rate, after a restart."""
     rate = run.rate() or 0.0
     left = deadline - STOP_MARGIN_S - now - RESTART_S
     tokens = run.tokens() + int(0.9 * rate * max(left, 0.0))
-    return max(step_tokens, tokens // step_tokens * step_tokens)
+    return max(run.step_tokens, tokens // run.step_tokens * run.step_tokens)
 
 
-def smaller_budgets(live: list[Run], now: float, deadline: float, step_tokens: int) -> dict[str, int]:
+def smaller_budgets(live: list[Run], now: float, deadline: float) -> dict[str, int]:
     """The runs that must shrink to end by the deadline, with their new budgets: each its
     feasible budget (unmeasured runs keep theirs), a twin at most its Backpack's."""
-    new = {r.name: feasible(r, now, deadline, step_tokens) if r.rate() else r.budget for r in live}
+    new = {r.name: feasible(r, now, deadline) if r.rate() else r.budget for r in live}
     for r in live:  # a twin gets no more tokens than its Backpack
         if r.match in new:
             new[r.name] = min(new[r.name], new[r.match])
     return {r.name: new[r.name] for r in live if new[r.name] < r.budget}
+
+
+def plan_config(name: str, shards: str, common: list[str]) -> RunConfig:
+    """The run config of one run of the plan, as its trainer will read it."""
+    config, _, overrides = PLAN[name]
+    return load_run_config(config, [f"data.dir={shards}", *GPU_SCHEDULE, *overrides, *common])
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -171,15 +178,18 @@ def main(argv: list[str] | None = None) -> int:
               f"{STOP_MARGIN_S + RESTART_S:g} s away (a run's restart and its final checkpoint); "
               "one GPU call holds 420", file=sys.stderr)
         return 2
+    try:
+        configs = {n: plan_config(n, args.shards, args.set) for n in names}
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     start = time.time()
     deadline = start + args.seconds
     args.out.mkdir(parents=True, exist_ok=True)
-    settings = dict(o.split("=", 1) for o in [*GPU_SCHEDULE, *args.set])  # the last one wins
-    planned, batch = int(float(settings["train.max_tokens"])), int(settings["train.batch_size"])
-    seq = 256  # configs/backpack-mini-cpu.toml's data.seq_len
-    step_tokens = batch * seq
     runs = {n: Run(n, PLAN[n][0], PLAN[n][1], PLAN[n][2], args.out / n, args.out / f"{n}.log",
-                   budget=planned) for n in names}
+                   budget=c.train.max_tokens,
+                   step_tokens=c.train.batch_size * c.train.grad_accum * c.data.seq_len)
+            for n, c in configs.items()}
     for run in runs.values():
         launch(run, args.shards, args.set, resume=False)
     adapted, last_print = False, 0.0
@@ -196,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         live = [r for r in runs.values() if r.running()]
         if not adapted and live and (now - start >= args.measure or all(r.rate() for r in live)):
             adapted = True
-            new = smaller_budgets(live, now, deadline, step_tokens)
+            new = smaller_budgets(live, now, deadline)
             for r in live:
                 if r.name in new:
                     print(f"{r.name}: {r.rate():,.0f} tok/s; budget {r.budget:,} -> {new[r.name]:,} "

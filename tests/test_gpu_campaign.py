@@ -16,7 +16,8 @@ def logged_run(tmp_path: Path, name: str, match: str | None, rates: list[float],
     lines = [{"step": 50 * (i + 1), "tokens": tokens * (i + 1) // len(rates), "tokens_per_s": r}
              for i, r in enumerate(rates)] + [{"step": 100, "val_loss": 5.0}]
     (out / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
-    return gc.Run(name, "backpack-mini-cpu", match, [], out, tmp_path / f"{name}.log", budget=budget)
+    return gc.Run(name, "backpack-mini-cpu", match, [], out, tmp_path / f"{name}.log", budget=budget,
+                  step_tokens=64 * 256)
 
 
 def test_budgets_shrink_to_the_deadline_and_twins_follow_their_backpack(tmp_path):
@@ -27,13 +28,13 @@ def test_budgets_shrink_to_the_deadline_and_twins_follow_their_backpack(tmp_path
     compiling = logged_run(tmp_path, "late", None, [1_000.0], tokens=0)
     assert compiling.rate() is None and slow.rate() == 200_000.0 and slow.tokens() == 10_000_000
     now, deadline = 1000.0, 1400.0  # 400 s left: 300 s of training after the margin and restart
-    new = gc.smaller_budgets([slow, fast, quick, compiling], now, deadline, step)
+    new = gc.smaller_budgets([slow, fast, quick, compiling], now, deadline)
     left = deadline - gc.STOP_MARGIN_S - now - gc.RESTART_S
     expected = (10_000_000 + int(0.9 * 200_000 * left)) // step * step
     assert new == {"bp": expected, "tw": expected}  # the twin's own budget would be larger
     assert expected % step == 0 and expected < slow.budget
     # past the deadline a run keeps what it has trained, and at least one step
-    assert gc.feasible(slow, 2000.0, deadline, step) == 10_000_000 // step * step
+    assert gc.feasible(slow, 2000.0, deadline) == 10_000_000 // step * step
 
 
 def test_an_unknown_run_is_refused(tmp_path, capsys):
@@ -42,3 +43,8 @@ def test_an_unknown_run_is_refused(tmp_path, capsys):
     assert "bp999" in capsys.readouterr().err
     assert gc.main([*base, "--seconds", "30"]) == 2
     assert "leaves no time to train" in capsys.readouterr().err
+    # the plan's configs are read as the trainers will read them: a bad override is one line
+    assert gc.main([*base, "--seconds", "400", "--set", "train.batch_size=0"]) == 2
+    assert "batch_size" in capsys.readouterr().err
+    config = gc.plan_config("bp192", "x", ["train.max_tokens=5e6"])
+    assert (config.model["n_embd"], config.train.batch_size, config.train.max_tokens) == (192, 64, 5_000_000)
