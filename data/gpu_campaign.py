@@ -4,13 +4,13 @@
     python -m data.gpu_campaign ... --only bp128,tw128          # a subset of the plan
     python -m data.gpu_campaign ... --set train.max_tokens=50e6 # an override for every run
 
-Issue 22's campaign runs on the 2-core CPU, a few million tokens a session. When a session is
-lent a GPU (the device tool's status answers can_start_another: true), its device time is
-short (about 15 minutes, one call of at most 10), so the GPU campaign is one command that must
-end, with finished models, by a deadline. It starts every run of the plan at once (small models leave the GPU idle between
-kernels; several processes fill it), each a plain `python -m backpack_core.train` in its own
-run directory under --out, so every run is an ordinary run directory: resumable, loadable,
-evaluated by data/evaluate_model.py like the CPU runs.
+Issue 22's campaign runs on the 2-core CPU, a few million tokens a session. When a session is lent
+a GPU (the device tool's status answers can_start_another: true), its device time is short (about
+15 minutes, one call of at most 10), so the GPU campaign is one command that must end, with
+finished models, by a deadline. It starts every run of the plan at once (small models leave the
+GPU idle between kernels; several processes fill it), each a plain `python -m backpack_core.train`
+in its own run directory under --out, so every run is an ordinary run directory: resumable,
+loadable, evaluated by data/evaluate_model.py like the CPU runs.
 
 The plan (PLAN): two Backpacks, the shipped shape (width 128, 4 layers; `bp128`) and a wider one
 that still fits the 24 MB weights file (width 192, 6 layers, 6 heads: 5.9M parameters, 23.7 MB;
