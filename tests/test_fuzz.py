@@ -86,7 +86,8 @@ json_values = st.recursive(
 CONFIG_KEYS = ["vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "n_inner", "num_senses",
                "sense_intermediate_scale", "model_kind", "activation_function",
                "scale_attn_by_inverse_layer_idx", "sense_mask_value", "embd_pdrop", "attn_pdrop",
-               "resid_pdrop", "layer_norm_epsilon", "bos_token_id", "eos_token_id", "model_type",
+               "resid_pdrop", "sense_pdrop", "layer_norm_epsilon", "bos_token_id", "eos_token_id",
+               "model_type",
                "edit_overrides"]
 
 

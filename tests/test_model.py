@@ -482,3 +482,28 @@ def test_float64_model_computes_sense_weights_in_float64():
     logits = torch.einsum("bkij,bkjd->bid", alpha, out.senses) @ model.wte.weight.T
     assert (out.logits - logits).abs().max() < 1e-10
     assert (fused - logits).abs().max() < 1e-10
+
+
+def test_sense_dropout_drops_whole_senses_in_training_only():
+    """model.sense_pdrop zeroes whole sense vectors (one draw per sense and source token) and
+    scales the rest by 1 / (1 - p), in training mode only; a model trained with it computes
+    the same function as one without it in eval mode, and its config says so only when p > 0."""
+    ids = torch.randint(0, 512, (4, 32))
+    plain, dropped = tiny(), tiny(sense_pdrop=0.25)
+    dropped.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        reference = plain(ids, output_senses=True)
+        torch.testing.assert_close(dropped(ids).logits, reference.logits)  # eval: no dropout
+        torch.manual_seed(1)
+        noisy = dropped.train()(ids, output_senses=True)
+    ratio = noisy.senses.norm(dim=-1) / reference.senses.norm(dim=-1)  # (b, k, s)
+    zero = ratio < 1e-6
+    kept = (ratio - 1 / 0.75).abs() < 1e-4
+    assert bool((zero | kept).all()), "each sense vector is either dropped or scaled by 1/(1-p)"
+    assert 0.15 < zero.float().mean().item() < 0.35  # 512 draws at p = 0.25
+    torch.testing.assert_close(noisy.senses[kept], reference.senses[kept] / 0.75)
+    assert not torch.allclose(noisy.logits, reference.logits)
+    assert "sense_pdrop" not in ModelConfig(**PRESETS["tiny"]).to_dict()
+    assert ModelConfig(**PRESETS["tiny"], sense_pdrop=0.25).to_dict()["sense_pdrop"] == 0.25
+    with pytest.raises(ValueError, match=r"sense_pdrop must be a number in \[0, 1\)"):
+        ModelConfig(**PRESETS["tiny"], sense_pdrop=1.0)

@@ -613,6 +613,10 @@ class Backpack(nn.Module):
             else:
                 senses_new = self.sense_network(token_embeddings)  # (b, s, k, d)
             senses_new = rearrange(senses_new, "b s k d -> b k s d")
+            if self.training and cfg.sense_pdrop > 0:  # sense dropout: whole sense vectors
+                p = cfg.sense_pdrop
+                keep = torch.rand(senses_new.shape[:3], device=senses_new.device) >= p  # (b, k, s)
+                senses_new = senses_new * (keep.unsqueeze(-1).to(senses_new.dtype) / (1 - p))
             if self.edit_overrides is not None:  # the edits the model carries, then the caller's
                 senses_new = self.edit_overrides.on_senses(senses_new, input_ids, positions)
             if intervention is not None:

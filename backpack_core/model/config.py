@@ -37,6 +37,10 @@ class ModelConfig:
     embd_pdrop: float = 0.0
     attn_pdrop: float = 0.0
     resid_pdrop: float = 0.0
+    # Training only: each sense vector of each source token is zeroed with this probability
+    # (the others scaled by 1 / (1 - p)), so that no prediction leans on one sense alone.
+    # 0 (the default) is left out of `to_dict`, so configs and keys made of them stay as before.
+    sense_pdrop: float = 0.0
     layer_norm_epsilon: float = 1e-5
     bos_token_id: int = 50256
     eos_token_id: int = 50256
@@ -65,7 +69,7 @@ class ModelConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 problems.append(f"{name} must be an integer >= 0, got {value!r}")
-        for name in ("embd_pdrop", "attn_pdrop", "resid_pdrop"):
+        for name in ("embd_pdrop", "attn_pdrop", "resid_pdrop", "sense_pdrop"):
             if not _is_number(getattr(self, name)) or not 0 <= getattr(self, name) < 1:
                 problems.append(f"{name} must be a number in [0, 1), got {getattr(self, name)!r}")
         if not _is_number(self.layer_norm_epsilon) or not 0 < self.layer_norm_epsilon < 1:
@@ -101,6 +105,8 @@ class ModelConfig:
         out = dataclasses.asdict(self)
         if out["edit_overrides"] is None:  # an unedited model's config (and keys made of it) as before
             del out["edit_overrides"]
+        if out["sense_pdrop"] == 0:  # likewise for a model trained without sense dropout
+            del out["sense_pdrop"]
         return out
 
     @classmethod

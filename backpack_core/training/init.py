@@ -139,7 +139,7 @@ def warm_start(model: Backpack, model_dir: str | Path, tokenizer_sha256: str | N
     source, tok = load_backpack(model_dir, device="cpu")
     mine, theirs = model.config.to_dict(), source.config.to_dict()
     differ = [f"{k}: {theirs.get(k)!r} vs {mine[k]!r}" for k in mine
-              if k not in ("architectures", "torch_dtype") and theirs.get(k) != mine[k]]
+              if k not in ("architectures", "torch_dtype", "sense_pdrop") and theirs.get(k) != mine[k]]
     if differ:
         raise CheckpointError(f"train.init_from={model_dir} has another shape than this run: "
                               + "; ".join(differ))
