@@ -1,5 +1,6 @@
 """data/gpu_campaign.py without a GPU: the budget each run can finish by the deadline, a twin
-held to its Backpack's tokens, and the refusal of a run the plan does not have."""
+held to its Backpack's tokens, and the refusals (a run the plan does not have, a vocabulary
+without shards)."""
 
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ def logged_run(tmp_path: Path, name: str, match: str | None, rates: list[float],
     lines = [{"step": 50 * (i + 1), "tokens": tokens * (i + 1) // len(rates), "tokens_per_s": r}
              for i, r in enumerate(rates)] + [{"step": 100, "val_loss": 5.0}]
     (out / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
-    return gc.Run(name, "backpack-mini-cpu", match, [], out, tmp_path / f"{name}.log", budget=budget,
-                  step_tokens=64 * 256)
+    return gc.Run(name, "backpack-mini-cpu", match, [], "shards", out, tmp_path / f"{name}.log",
+                  budget=budget, step_tokens=64 * 256)
 
 
 def test_budgets_shrink_to_the_deadline_and_twins_follow_their_backpack(tmp_path):
@@ -38,7 +39,7 @@ def test_budgets_shrink_to_the_deadline_and_twins_follow_their_backpack(tmp_path
 
 
 def test_an_unknown_run_is_refused(tmp_path, capsys):
-    base = ["--shards", "x", "--out", str(tmp_path)]
+    base = ["--shards", "8k=x", "16k=y", "--out", str(tmp_path)]
     assert gc.main([*base, "--seconds", "400", "--only", "bp128,bp999"]) == 2
     assert "bp999" in capsys.readouterr().err
     assert gc.main([*base, "--seconds", "30"]) == 2
@@ -48,3 +49,17 @@ def test_an_unknown_run_is_refused(tmp_path, capsys):
     assert "batch_size" in capsys.readouterr().err
     config = gc.plan_config("bp192", "x", ["train.max_tokens=5e6"])
     assert (config.model["n_embd"], config.train.batch_size, config.train.max_tokens) == (192, 64, 5_000_000)
+    config = gc.plan_config("bp128-16k", "y", [])
+    assert (config.data.dir, config.model["n_embd"]) == ("y", 128)
+
+
+def test_each_run_needs_its_vocabulary_s_shards(tmp_path, capsys):
+    out = ["--out", str(tmp_path), "--seconds", "400"]
+    assert gc.main(["--shards", "8k=x", *out]) == 2  # the default plan has 16k runs
+    err = capsys.readouterr().err
+    assert "bp128-16k" in err and "16k=DIR" in err and "--only" in err
+    assert gc.main(["--shards", "x", *out]) == 2
+    assert "VOCAB=DIR" in capsys.readouterr().err
+    assert {gc.PLAN[n][1] for n in gc.DEFAULT_RUNS} == {"8k", "16k"}
+    for name, (_, vocab, match, _) in gc.PLAN.items():  # a twin trains on its Backpack's tokens
+        assert match is None or gc.PLAN[match][1] == vocab, name

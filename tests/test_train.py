@@ -214,7 +214,7 @@ def test_compile_auto_compiles_long_runs_only():
         load_run_config("tiny", ["train.compile=maybe"])
 
 
-def test_word2vec_init_sets_centred_scaled_embeddings_deterministically(shards, tmp_path):
+def test_word2vec_init_sets_centred_scaled_embeddings_deterministically(shards, tmp_path, capsys):
     """train.init_embeddings=word2vec: E starts from skip-gram vectors of the train tokens (rows
     of norm std*sqrt(d), tokens used alike close), the same on a second run (cached file)."""
     from backpack_core.training.init import word2vec_embeddings
@@ -235,7 +235,8 @@ def test_word2vec_init_sets_centred_scaled_embeddings_deterministically(shards, 
     out = tmp_path / "w2v"
     run(tiny(shards, out, "train.max_steps=1", "train.init_embeddings=word2vec",
              "train.init_w2v_epochs=5", "train.init_w2v_window=3"))
-    assert len(list(shards.glob("init-word2vec-*.npy"))) == 1
+    caches = list(shards.glob("init-word2vec-*.npy"))
+    assert len(caches) == 1 and f"cached as {caches[0]}" in capsys.readouterr().out  # log names it
     model, _ = load_backpack(out)
     step0 = word2vec_embeddings(set_.train, model.config.vocab_size, 32, set_.eos_token_id,
                                 cache_dir=shards, identity=str(set_.manifest["tokenizer_sha256"]),

@@ -53,6 +53,16 @@ def token_sentences(tokens: np.ndarray, eos_token_id: int, max_tokens: int) -> l
     return sentences
 
 
+def word2vec_cache_name(tokens: np.ndarray, vocab_size: int, dim: int, eos_token_id: int, *,
+                        std: float, epochs: int, window: int, max_tokens: int, seed: int,
+                        identity: str = "") -> str:
+    """The file name under which `word2vec_embeddings` caches its result for these arguments."""
+    key = json.dumps({"v": W2V_CACHE_VERSION, "vocab": vocab_size, "dim": dim, "eos": eos_token_id,
+                      "std": std, "epochs": epochs, "window": window, "max_tokens": max_tokens,
+                      "seed": seed, "tokens": int(len(tokens)), "identity": identity}, sort_keys=True)
+    return f"init-word2vec-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npy"
+
+
 def word2vec_embeddings(tokens: np.ndarray, vocab_size: int, dim: int, eos_token_id: int, *,
                         std: float, epochs: int, window: int, max_tokens: int, seed: int,
                         cache_dir: Path | None = None, identity: str = "") -> torch.Tensor:
@@ -60,10 +70,9 @@ def word2vec_embeddings(tokens: np.ndarray, vocab_size: int, dim: int, eos_token
     removed), each row scaled to norm std * sqrt(dim), the expected norm of a N(0, std) row.
     Ids the word2vec never saw keep N(0, std) rows (seeded). Cached in cache_dir under a name
     that hashes every argument and `identity` (say, the shards' tokenizer and size)."""
-    key = json.dumps({"v": W2V_CACHE_VERSION, "vocab": vocab_size, "dim": dim, "eos": eos_token_id,
-                      "std": std, "epochs": epochs, "window": window, "max_tokens": max_tokens,
-                      "seed": seed, "tokens": int(len(tokens)), "identity": identity}, sort_keys=True)
-    cache = (cache_dir / f"init-word2vec-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npy"
+    cache = (cache_dir / word2vec_cache_name(tokens, vocab_size, dim, eos_token_id, std=std,
+                                             epochs=epochs, window=window, max_tokens=max_tokens,
+                                             seed=seed, identity=identity)
              if cache_dir is not None else None)
     if cache is not None and cache.is_file():
         return torch.from_numpy(np.load(cache))
