@@ -218,13 +218,13 @@ def initialize(model: Backpack, cfg: RunConfig, shards: ShardSet, say: Callable 
         w2v = dict(std=t.init_w2v_std, epochs=t.init_w2v_epochs, window=t.init_w2v_window,
                    max_tokens=t.init_w2v_tokens, seed=t.seed,
                    identity=str(shards.manifest.get("tokenizer_sha256")))
-        shape = (shards.train, model.config.vocab_size, model.config.n_embd, shards.eos_token_id)
-        weight = word2vec_embeddings(*shape, **w2v, cache_dir=shards.directory)
+        data = (shards.train, model.config.vocab_size, model.config.n_embd, shards.eos_token_id)
+        weight = word2vec_embeddings(*data, **w2v, cache_dir=shards.directory)
         with torch.no_grad():
             model.wte.weight.copy_(weight.to(model.wte.weight.device))
         if say:
             say(f"embeddings from word2vec on the train tokens ({time.time() - started:.0f}s; "
-                f"cached as {shards.directory / word2vec_cache_name(*shape, **w2v)})")
+                f"cached as {shards.directory / word2vec_cache_name(*data, **w2v)})")
     if t.init_senses == "embeddings":
         started = time.time()
         fit = fit_senses_to_embeddings(model, steps=t.init_senses_steps, lr=t.init_senses_lr,
