@@ -1,6 +1,7 @@
 """The model core: shapes, the cache, padding, the twin, saving and loading, tokenizers, generate."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -507,3 +508,26 @@ def test_sense_dropout_drops_whole_senses_in_training_only():
     assert ModelConfig(**PRESETS["tiny"], sense_pdrop=0.25).to_dict()["sense_pdrop"] == 0.25
     with pytest.raises(ValueError, match=r"sense_pdrop must be a number in \[0, 1\)"):
         ModelConfig(**PRESETS["tiny"], sense_pdrop=1.0)
+
+
+def test_train_bpe_is_the_same_in_two_processes(tmp_path):
+    """A BPE of the same texts is the same tokenizer in another process (where the `tokenizers`
+    library's hash maps get other seeds): docs/TRAINING.md "Corpus v2" relies on it. The texts
+    are built for ties: 200 two-letter words, each as frequent as the next."""
+    import random
+    import subprocess
+    import sys
+
+    rng = random.Random(0)
+    words = sorted({"".join(rng.choices("abcdefghij", k=2)) + "".join(rng.choices("klmnop", k=2))
+                    for _ in range(400)})[:200]
+    corpus = tmp_path / "texts.txt"
+    corpus.write_text("\n".join(" ".join(words[i:] + words[:i]) for i in range(0, 200, 7)))
+    script = ("import sys; from backpack_core import train_bpe; "
+              "lines = open(sys.argv[1]).read().splitlines(); "
+              "print(train_bpe(lines, 600, min_frequency=1).backend.to_str())")
+    built = [subprocess.run([sys.executable, "-c", script, str(corpus)], capture_output=True,
+                            text=True, check=True, env={**os.environ, "PYTHONHASHSEED": seed}).stdout
+             for seed in ("1", "2")]
+    assert json.loads(built[0])["model"]["merges"], "no merges were learned"
+    assert built[0] == built[1]

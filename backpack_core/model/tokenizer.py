@@ -104,9 +104,11 @@ def gpt2_tokenizer() -> Tokenizer:
 
 def train_bpe(texts: Iterable[str] | Iterator[str], vocab_size: int,
               min_frequency: int = 2) -> Tokenizer:
-    """Train a byte-level BPE on texts; `<|endoftext|>` gets id 0. Not bit-reproducible: the
-    `tokenizers` trainer breaks ties between equally frequent merges in hash-map order
-    (huggingface/tokenizers#1794), so keep the tokenizer.json of a run rather than retraining it."""
+    """Train a byte-level BPE on texts; `<|endoftext|>` gets id 0. The same texts give the same
+    tokenizer, in any process (tests/test_model.py): the `tokenizers` trainer's hash-map order
+    (huggingface/tokenizers#1794) only numbers continuing-subword tokens, which a byte-level BPE
+    has none of. Keep a run's tokenizer.json anyway: other texts (a corpus rebuilt from newer
+    Debian packages) or another `tokenizers` release give other merges."""
     backend = _byte_level(_HFTokenizer(models.BPE()))
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
                                   special_tokens=[EOS],
