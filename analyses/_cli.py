@@ -103,6 +103,30 @@ def check_windows(args: argparse.Namespace) -> None:
     check_batch_windows(args.batch_size)
 
 
+def add_long_text(p: argparse.ArgumentParser) -> None:
+    """--long-text and --window-start: what to read of a text longer than the model's context."""
+    p.add_argument("--long-text", choices=("error", "last", "window"), default="error",
+                   help="a text longer than the model's context: stop (default), read its last "
+                        "tokens, or one window of a sliding window (--window-start)")
+    p.add_argument("--window-start", type=int, default=0,
+                   help="with --long-text window: the token offset of the window (default 0)")
+
+
+def read_window(args: argparse.Namespace, model, tokenizer, prog: str):
+    """The `backpack_core.model.windows.TextWindow` of --text that --long-text asks for; when it
+    is not the whole text, says on stderr which part is read."""
+    import sys
+
+    from backpack_core.model.windows import text_window
+
+    window = text_window(tokenizer.encode(args.text), model.config.n_positions, args.long_text,
+                         args.window_start)
+    if not window.whole:
+        print(f"{prog}: reading {window.describe()} of the text (--long-text {args.long_text})",
+              file=sys.stderr)
+    return window
+
+
 def add_apply_anyway(p: argparse.ArgumentParser) -> None:
     """--apply-anyway: for an edit pack made on another model with the same tokenizer."""
     p.add_argument("--apply-anyway", action="store_true",

@@ -20,11 +20,7 @@ from analyses import _cli
 def build_parser():
     p = _cli.parser("python -m analyses.attribute", __doc__.strip().splitlines()[0])
     p.add_argument("--text", required=True, help="the text to read")
-    p.add_argument("--long-text", choices=("error", "last", "window"), default="error",
-                   help="a text longer than the model's context: stop (default), read its last "
-                        "tokens, or one window of a sliding window (--window-start)")
-    p.add_argument("--window-start", type=int, default=0,
-                   help="with --long-text window: the token offset of the window (default 0)")
+    _cli.add_long_text(p)
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--target", help='the predicted word, one token (e.g. " Apple", with its '
                                           "leading space)")
@@ -73,13 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if edits is not None:
         edits = _cli.checked_edits(edits, model, tokenizer, args)
     from backpack_core.interpret.session import attribute
-    from backpack_core.model.windows import text_window
 
-    window = text_window(tokenizer.encode(args.text), model.config.n_positions, args.long_text,
-                         args.window_start)
-    if not window.whole:
-        print(f"attribute: reading {window.describe()} of the text (--long-text {args.long_text})",
-              file=sys.stderr)
+    window = _cli.read_window(args, model, tokenizer, "attribute")
     attribution = attribute(model, tokenizer, window.token_ids, target, args.position, edits=edits)
     if args.json:
         _cli.print_json(attribution.to_dict())

@@ -21,11 +21,7 @@ from analyses import _cli
 def build_parser():
     p = _cli.parser("python -m analyses.steer", __doc__.strip().splitlines()[0])
     p.add_argument("--text", required=True, help="the text (prompt) to read")
-    p.add_argument("--long-text", choices=("error", "last", "window"), default="error",
-                   help="a text longer than the model's context: stop (default), read its last "
-                        "tokens, or one window of a sliding window (--window-start)")
-    p.add_argument("--window-start", type=int, default=0,
-                   help="with --long-text window: the token offset of the window (default 0)")
+    _cli.add_long_text(p)
     p.add_argument("--edits", required=True,
                    help="edit set: a JSON file (see docs/API.md), or inline JSON starting with '{'")
     p.add_argument("--top", type=int, default=10, help="most probable words to list (default 10)")
@@ -78,13 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     edits = _cli.checked_edits(edits, model, tokenizer, args)
     edits.validate(tokenizer, model.config)
     from backpack_core.interpret.session import ContextSession
-    from backpack_core.model.windows import text_window
 
-    window = text_window(tokenizer.encode(args.text), model.config.n_positions, args.long_text,
-                         args.window_start)
-    if not window.whole:
-        print(f"steer: reading {window.describe()} of the text (--long-text {args.long_text})",
-              file=sys.stderr)
+    window = _cli.read_window(args, model, tokenizer, "steer")
     session = ContextSession(model, tokenizer, window.token_ids)
     result = session.compare(edits, position=args.position, top=args.top, words=args.words).to_dict()
     if args.generate:
