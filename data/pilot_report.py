@@ -162,6 +162,12 @@ def main() -> None:
     parser.add_argument("--full-val", action="store_true",
                         help="also the word perplexity of the whole val split (minutes per run on CPU)")
     args = parser.parse_args()
+    for run in args.runs:  # before the word2vec loads: a wrong path costs no wait
+        missing = [f for f in ("run_config.json", "metrics.jsonl", "model.safetensors")
+                   if not (run / f).is_file()]
+        if missing:
+            parser.error(f"{run} is not a training run directory (no {', '.join(missing)}): pass "
+                         "the train.out_dir of a `python -m backpack_core.train` run")
     from gensim.models import KeyedVectors
 
     wv = KeyedVectors.load(args.word2vec)

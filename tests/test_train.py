@@ -425,3 +425,20 @@ def test_pilot_report_measures_a_twin_without_senses(shards, tmp_path):
     assert row["simlex999"] is None and row["readable"] is None
     assert row["val_ppl_at"][1] == pytest.approx(row["ckpt_val_ppl"], rel=1e-4)
     assert _sense_cells(row) == "- | - | -"
+
+
+def test_pilot_report_refuses_a_model_directory_that_is_not_a_run(tmp_path, monkeypatch, capsys):
+    """A saved model without its run's files (run_config.json, the curve) is refused in one line
+    before the word2vec loads, not with a traceback from the middle of the measurement."""
+    from data import pilot_report
+
+    model_only = tmp_path / "model"
+    model_only.mkdir()
+    (model_only / "model.safetensors").write_bytes(b"")
+    monkeypatch.setattr(sys, "argv", ["pilot_report", str(model_only), "--word2vec", "absent.kv"])
+    with pytest.raises(SystemExit) as exit_:
+        pilot_report.main()
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "not a training run directory (no run_config.json, metrics.jsonl)" in err
+    assert "Traceback" not in err
