@@ -513,7 +513,7 @@ def test_sense_dropout_drops_whole_senses_in_training_only():
 def test_train_bpe_is_the_same_in_two_processes(tmp_path):
     """A BPE of the same texts is the same tokenizer in another process (where the `tokenizers`
     library's hash maps get other seeds): docs/TRAINING.md "Corpus v2" relies on it. The texts
-    are built for ties: 200 two-letter words, each as frequent as the next."""
+    are built for ties: 200 four-letter words, each as frequent as the next."""
     import random
     import subprocess
     import sys
@@ -527,7 +527,8 @@ def test_train_bpe_is_the_same_in_two_processes(tmp_path):
               "lines = open(sys.argv[1]).read().splitlines(); "
               "print(train_bpe(lines, 600, min_frequency=1).backend.to_str())")
     built = [subprocess.run([sys.executable, "-c", script, str(corpus)], capture_output=True,
-                            text=True, check=True, env={**os.environ, "PYTHONHASHSEED": seed}).stdout
+                            text=True, check=True, timeout=300,
+                            env={**os.environ, "PYTHONHASHSEED": seed}).stdout
              for seed in ("1", "2")]
     assert json.loads(built[0])["model"]["merges"], "no merges were learned"
     assert built[0] == built[1]
