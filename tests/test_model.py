@@ -17,6 +17,7 @@ from backpack_core import (
 )
 from backpack_core.model.backpack import count_parameters, flops_per_token
 from backpack_core.model.config import PRESETS
+from tests.conftest import HANG_S
 
 
 def tiny(**overrides):
@@ -527,7 +528,7 @@ def test_train_bpe_is_the_same_in_two_processes(tmp_path):
               "lines = open(sys.argv[1]).read().splitlines(); "
               "print(train_bpe(lines, 600, min_frequency=1).backend.to_str())")
     built = [subprocess.run([sys.executable, "-c", script, str(corpus)], capture_output=True,
-                            text=True, check=True, timeout=300,
+                            text=True, check=True, timeout=HANG_S,
                             env={**os.environ, "PYTHONHASHSEED": seed}).stdout
              for seed in ("1", "2")]
     assert json.loads(built[0])["model"]["merges"], "no merges were learned"
