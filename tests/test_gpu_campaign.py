@@ -51,6 +51,8 @@ def test_an_unknown_run_is_refused(tmp_path, capsys):
     assert (config.model["n_embd"], config.train.batch_size, config.train.max_tokens) == (192, 64, 5_000_000)
     config = gc.plan_config("bp128-16k", "y", [])
     assert (config.data.dir, config.model["n_embd"]) == ("y", 128)
+    config = gc.plan_config("tw128-32k", "z", [])
+    assert (config.data.dir, config.model["model_kind"], config.model["n_embd"]) == ("z", "transformer", 128)
 
 
 def test_each_run_needs_its_vocabulary_s_shards(tmp_path, capsys):
@@ -60,6 +62,9 @@ def test_each_run_needs_its_vocabulary_s_shards(tmp_path, capsys):
     assert "bp128-16k" in err and "16k=DIR" in err and "--only" in err
     assert gc.main(["--shards", "x", *out]) == 2
     assert "VOCAB=DIR" in capsys.readouterr().err
+    assert gc.main(["--shards", "8k=x", "16k=y", *out, "--only", "bp128-32k,tw128-32k"]) == 2
+    err = capsys.readouterr().err
+    assert "bp128-32k" in err and "32k=DIR" in err
     assert {gc.PLAN[n][1] for n in gc.DEFAULT_RUNS} == {"8k", "16k"}
     for name, (_, vocab, match, _) in gc.PLAN.items():  # a twin trains on its Backpack's tokens
         assert match is None or gc.PLAN[match][1] == vocab, name
