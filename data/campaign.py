@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--twin", action="store_true", help="the Transformer twin's campaign")
     parser.add_argument("--runs", type=Path, default=DEFAULT_RUNS, help="where run directories live")
-    parser.add_argument("--shards", default="data/shards/corpus8k", help="token shards (a new run)")
+    parser.add_argument("--shards", default="data/shards/corpus32k", help="token shards (a new run)")
     parser.add_argument("--warmup", type=int, default=WARMUP_STEPS, help="warm-start warm-up steps")
     parser.add_argument("--dry-run", action="store_true", help="print the command only")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value")

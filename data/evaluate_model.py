@@ -1,7 +1,7 @@
 """Evaluate a trained Backpack against its Transformer twin and word2vec, and write its model card.
 
     python -m data.evaluate_model --model data/backpack-mini --twin runs/transformer-mini-cpu \
-        --word2vec data/cache/word2vec.kv --shards data/shards/corpus8k
+        --word2vec data/cache/word2vec.kv --shards data/shards/corpus32k
 
 Writes `<model>/eval.json` (every number) and `<model>/README.md` (the model card: recipe, exact
 commands, numbers, senses of a few words). All computation is in `backpack_core`; this script
@@ -29,7 +29,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--model", default="data/backpack-mini")
     parser.add_argument("--twin", required=True, help="the Transformer twin's run directory")
-    parser.add_argument("--shards", default="data/shards/corpus8k", help="token shards (val split)")
+    parser.add_argument("--shards", default="data/shards/corpus32k", help="token shards (val split)")
     parser.add_argument("--corpus-manifest", default="data/corpus/manifest.json")
     parser.add_argument("--word2vec", help="gensim KeyedVectors trained on the same corpus")
     parser.add_argument("--train-run", help="the Backpack's run directory (metrics.jsonl, run_config.json)")
@@ -252,10 +252,18 @@ def _embedding_similarity(model, tokenizer):
     return similarity
 
 
+def _threads_line(t: dict) -> str:
+    threads = t.get("threads") or 1
+    if threads == 1:
+        return "one CPU thread per run, the Backpack and its twin trained side by side on 2 shared cores"
+    return f"{threads} CPU threads, one run at a time on 2 cores"
+
+
 def model_card(r: dict, corpus: dict) -> str:
     bp, tw = r["backpack_val"], r["twin_val"]
     cfg = r.get("training", {}).get("run_config", {})
     m, t = cfg.get("model", {}), cfg.get("train", {})
+    vocab = r["parameters"]["embeddings"] // m.get("n_embd", 1)
     lines = [
         "# backpack-mini: the workbench's shipped default model",
         "",
@@ -265,15 +273,16 @@ def model_card(r: dict, corpus: dict) -> str:
         "",
         "**Status: a CPU-budget build.** No GPU was available in the sessions that trained it, so it "
         f"saw {(r.get('training', {}).get('tokens') or 0) / 1e6:.1f}M tokens; it is small and "
-        "undertrained. It is trained as a campaign that resumes across sessions (docs/TRAINING.md, "
-        "Campaign); retrain it on a GPU with `configs/backpack-mini-256.toml` when one is available.",
+        "undertrained. It was chosen by a campaign of CPU pilots that ran across sessions "
+        "(docs/TRAINING.md, Campaign); retrain it on a GPU with `configs/backpack-mini-256.toml` "
+        "when one is available.",
         "",
         "## Architecture",
         "",
         f"- width {m.get('n_embd')}, {m.get('n_layer')} layers, {m.get('n_head')} heads, "
         f"{m.get('num_senses')} senses, sense intermediate scale {m.get('sense_intermediate_scale')}, "
         f"context {m.get('n_positions')}, BPE vocabulary of "
-        f"{r['parameters']['embeddings'] // m.get('n_embd', 1):,}",
+        f"{vocab:,}",
         f"- {r['parameters']['total'] / 1e6:.2f}M parameters "
         f"({', '.join(f'{k} {v / 1e6:.2f}M' for k, v in r['parameters'].items() if k != 'total')}); "
         f"weights file {r['weights_bytes'] / 2**20:.1f} MiB",
@@ -288,7 +297,7 @@ def model_card(r: dict, corpus: dict) -> str:
         f"weight decay {t.get('weight_decay')}, grad clip {t.get('grad_clip')}",
         f"- initialisation: {_init_line(t)}",
         f"- mean throughput {r.get('training', {}).get('mean_tokens_per_s') or 0:.0f} tokens/s "
-        "(one CPU thread per run, the Backpack and its twin trained side by side on 2 shared cores); "
+        f"({_threads_line(t)}); "
         f"training time {(r.get('training', {}).get('train_seconds') or 0) / 3600:.2f} h "
         "(tokens over tokens/s of each logged stretch: evaluation, checkpoints and pauses excluded)",
         "- training curve: `metrics.jsonl` in this directory",
@@ -406,7 +415,7 @@ def model_card(r: dict, corpus: dict) -> str:
         "```bash",
         "python -m data.build_corpus",
         "python -m backpack_core.training.prepare --input data/corpus/train.jsonl "
-        "--val-input data/corpus/val.jsonl --tokenizer bpe:8192 --out data/shards/corpus8k",
+        f"--val-input data/corpus/val.jsonl --tokenizer bpe:{vocab} --out data/shards/corpus{vocab // 1024}k",
         "PYTHONHASHSEED=0 python -m data.train_word2vec --corpus data/corpus/train.jsonl \\",
         "    --out data/cache/word2vec.kv",
         "python -m backpack_core.train --config backpack-mini-cpu      # this model (CPU)",
@@ -414,8 +423,8 @@ def model_card(r: dict, corpus: dict) -> str:
         "python -m backpack_core.train --config backpack-mini-256      # the GPU recipe",
         "python -m data.evaluate_model --model data/backpack-mini --twin runs/transformer-mini-cpu \\",
         "    --word2vec data/cache/word2vec.kv --train-run runs/backpack-mini-cpu",
-        "# the exact overrides of this build: training.run_config in eval.json; the campaign that",
-        "# trained it (resumed across sessions): docs/TRAINING.md, Campaign",
+        "# the exact overrides of this build: training.run_config in eval.json; the pilots that",
+        "# chose its recipe: docs/TRAINING.md, section 8",
         "```",
         "",
     ]

@@ -510,10 +510,10 @@ def test_knowledge_edit_defaults_fit_the_model(tiny_tokenizer):
     from backpack_core.model.tokenizer import Tokenizer
 
     assert views.knowledge_defaults(tiny_tokenizer, 512) == (" MacBook", " Apple", " HP")
-    if (DEFAULT_MODEL_DIR / "tokenizer.json").is_file():  # the shipped 8k BPE: ' MacBook' splits
+    if (DEFAULT_MODEL_DIR / "tokenizer.json").is_file():  # the shipped 32k BPE: ' MacBook' splits
         shipped = Tokenizer.load(DEFAULT_MODEL_DIR)
         assert len(shipped.encode(" MacBook")) > 1
-        assert views.knowledge_defaults(shipped, 8192) == (" United", " States", " Nations")
+        assert views.knowledge_defaults(shipped, 32768) == (" United", " States", " Nations")
     tokens = [" The", " bank", " by", " the", " river", "."]
     assert views.default_position(tokens) == 4 and views.default_position([".", ","]) == 1
 

@@ -170,7 +170,8 @@ def test_installed_wheel_works_from_another_directory(wheel, overlay_venv, tmp_p
     info = json.loads(proc.stdout.strip().splitlines()[-1])
     site = str(tmp_path / "venv")
     assert info["core"].startswith(site) and info["analyses"].startswith(site), info
-    assert "backpack-small" in info["configs"] and info["vocab"] == 8192
+    shipped = json.loads((REPO / "data" / "backpack-mini" / "config.json").read_text())
+    assert "backpack-small" in info["configs"] and info["vocab"] == shipped["vocab_size"]
     proc = run("-m", "analyses.sense_topk", "--word", "science", "--json")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout)["word"].strip() == "science"
