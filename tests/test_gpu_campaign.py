@@ -39,7 +39,7 @@ def test_budgets_shrink_to_the_deadline_and_twins_follow_their_backpack(tmp_path
 
 
 def test_an_unknown_run_is_refused(tmp_path, capsys):
-    base = ["--shards", "8k=x", "16k=y", "--out", str(tmp_path)]
+    base = ["--shards", "8k=x", "16k=y", "32k=z", "--out", str(tmp_path)]
     assert gc.main([*base, "--seconds", "400", "--only", "bp128,bp999"]) == 2
     assert "bp999" in capsys.readouterr().err
     assert gc.main([*base, "--seconds", "30"]) == 2
@@ -57,14 +57,14 @@ def test_an_unknown_run_is_refused(tmp_path, capsys):
 
 def test_each_run_needs_its_vocabulary_s_shards(tmp_path, capsys):
     out = ["--out", str(tmp_path), "--seconds", "400"]
-    assert gc.main(["--shards", "8k=x", *out]) == 2  # the default plan has 16k runs
+    assert gc.main(["--shards", "8k=x", *out]) == 2  # the default plan is the shipped 32k pair
     err = capsys.readouterr().err
-    assert "bp128-16k" in err and "16k=DIR" in err and "--only" in err
+    assert "bp128-32k" in err and "32k=DIR" in err and "--only" in err
     assert gc.main(["--shards", "x", *out]) == 2
     assert "VOCAB=DIR" in capsys.readouterr().err
     assert gc.main(["--shards", "8k=x", "16k=y", *out, "--only", "bp128-32k,tw128-32k"]) == 2
     err = capsys.readouterr().err
     assert "bp128-32k" in err and "32k=DIR" in err
-    assert {gc.PLAN[n][1] for n in gc.DEFAULT_RUNS} == {"8k", "16k"}
+    assert {gc.PLAN[n][1] for n in gc.DEFAULT_RUNS} == {"32k"}
     for name, (_, vocab, match, _) in gc.PLAN.items():  # a twin trains on its Backpack's tokens
         assert match is None or gc.PLAN[match][1] == vocab, name
