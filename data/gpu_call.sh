@@ -3,9 +3,9 @@
 #   bash data/gpu_call.sh SECONDS [VOCAB=DIR ...] [-- data.gpu_campaign options, e.g. --only bp128,tw128]
 # Each VOCAB=DIR (default 32k=gpu/shards-32k, the shipped vocabulary) holds one vocabulary's shards
 # with their word2vec caches; a train.bin.xz there is unpacked first, and a missing tokenizer.json
-# is taken from data/backpack-mini when the shards' manifest names its sha256 (2.3 MB less to carry). The runs go to /tmp/gpu; their
-# models, metrics and logs come out as one tar in pieces of 15 MiB under $OUT (default out/gpu),
-# then tests/test_cuda.py runs.
+# is taken from data/backpack-mini when the shards were made with it (2.3 MB less to carry).
+# The runs go to /tmp/gpu; their models, metrics and logs come out as one tar in pieces of 15 MiB
+# under $OUT (default out/gpu), then tests/test_cuda.py runs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_BUDGET="${1:?give the deadline in seconds, e.g. 420}"
@@ -28,17 +28,15 @@ with lzma.open(sys.argv[1] + '/train.bin.xz') as f, open(sys.argv[1] + '/train.b
   fi
   if [ ! -f "$dir/tokenizer.json" ]; then
     python3 -c "
-import json, shutil, sys
-from backpack_core.model.tokenizer import Tokenizer
-from backpack_core.training.prepare import tokenizer_sha256
-d = sys.argv[1]
-want = json.load(open(d + '/manifest.json'))['tokenizer_sha256']
-have = tokenizer_sha256(Tokenizer.load('data/backpack-mini'))
-if want != have:
-    sys.exit(f'{d} has no tokenizer.json and its shards were not made with data/backpack-mini\'s '
-             f'(sha256 {want[:12]} against {have[:12]}): carry the shards\' own tokenizer.json')
+import shutil, sys
+from pathlib import Path
+from data.campaign import same_tokenizer
+d, shipped = Path(sys.argv[1]), Path('data/backpack-mini')
+if not same_tokenizer(shipped, d):
+    sys.exit(f'{d} has no tokenizer.json and its shards were not made with {shipped}\'s tokenizer '
+             '(the manifest names another): carry the shards\' own tokenizer.json')
 for f in ('tokenizer.json', 'tokenizer_config.json'):
-    shutil.copy('data/backpack-mini/' + f, d + '/' + f)
+    shutil.copy(shipped / f, d / f)
 " "$dir" || exit 1
   fi
 done
