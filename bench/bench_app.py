@@ -13,7 +13,7 @@ under the same compiled edits, in the same run. Medians over --runs after warm-u
 
 Model: --model DIR, else the shipped data/backpack-mini, else (with a note in the output)
 random weights of the shipped shape (width 128, 4 layers, 4 heads, 16 senses, sense scale 2,
-8192-token vocabulary, context 256) with edits naming token ids: the time does not depend on
+32768-token vocabulary, context 256) with edits naming token ids: the time does not depend on
 the weights. --generate N also times the Steer page's Generate (`generate_side_by_side`: N new
 tokens greedy, without and with the edits; median of 3) as `generate_ms`. Prints one JSON line.
 """
@@ -39,7 +39,7 @@ from backpack_core.edit.specs import as_edit_set
 from backpack_core.interpret.session import ContextSession
 from backpack_core.model.loading import DEFAULT_MODEL_DIR, load_backpack
 
-SHIPPED_SHAPE = dict(vocab_size=8192, n_positions=256, n_embd=128, n_layer=4, n_head=4,
+SHIPPED_SHAPE = dict(vocab_size=32768, n_positions=256, n_embd=128, n_layer=4, n_head=4,
                      num_senses=16, sense_intermediate_scale=2, bos_token_id=0, eos_token_id=0)
 PARAGRAPH = ("The bank by the river was closed on Sunday, so she walked along the water to the "
              "old market, where farmers sold apples, bread and cheese. Her brother, a doctor at "

@@ -42,7 +42,7 @@ def main():
         backpack, _ = load_backpack(args.model, device=device)
     else:
         torch.manual_seed(0)
-        config = ModelConfig(**PRESETS["backpack-mini-256"], vocab_size=8192, eos_token_id=0,
+        config = ModelConfig(**PRESETS["backpack-mini-256"], vocab_size=32768, eos_token_id=0,
                              bos_token_id=0)
         backpack = Backpack(config).to(device).eval()
     lm = BackpackLM.from_backpack(backpack)

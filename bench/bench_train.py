@@ -4,13 +4,15 @@
         [--compile]
 
 One training step = forward + backward + AdamW step (fp32, no dropout, no compile), on a batch
-of random token ids, at the shipped model's shape (data/backpack-mini/config.json: width 128,
-4 layers, 4 heads, 16 senses, vocabulary 8192). Models:
+of random token ids, at the shipped model's shape (read from data/backpack-mini/config.json;
+since issue 22's fourteenth session: width 128, 4 layers, 4 heads, 16 senses, vocabulary 32768).
+Models:
 
 - backpack: our Backpack as it trains now (shifted-label loss, padded fused mixing);
 - backpack_old: the same model with the step as it was before issue 14 (sliced, upcast logits
   for the loss; the unpadded fused mixing, which runs SDPA's math kernel on CPU);
-- backpack_dedup: backpack with `dedup_senses` (what configs/backpack-mini-cpu.toml trains);
+- backpack_dedup: backpack with `dedup_senses` (exact; configs/backpack-mini-cpu.toml has it off:
+  measured slower at this shape, docs/PERFORMANCE.md);
 - twin: our Transformer twin (model_kind="transformer", GPT-2's head);
 - hf_gpt2: transformers' GPT2LMHeadModel with the same n_embd, n_layer, n_head, vocab and
   n_positions (its own loss from labels).
