@@ -12,7 +12,7 @@ Models:
 - backpack_old: the same model with the step as it was before issue 14 (sliced, upcast logits
   for the loss; the unpadded fused mixing, which runs SDPA's math kernel on CPU);
 - backpack_dedup: backpack with `dedup_senses` (exact; configs/backpack-mini-cpu.toml has it off:
-  measured slower at this shape, docs/PERFORMANCE.md);
+  slower at the 8k shape, within the noise at 32k: docs/PERFORMANCE.md);
 - twin: our Transformer twin (model_kind="transformer", GPT-2's head);
 - hf_gpt2: transformers' GPT2LMHeadModel with the same n_embd, n_layer, n_head, vocab and
   n_positions (its own loss from labels).
