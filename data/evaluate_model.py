@@ -414,8 +414,11 @@ def model_card(r: dict, corpus: dict) -> str:
         "",
         "```bash",
         "python -m data.build_corpus",
+        f"# this model's own {vocab:,}-token BPE; --tokenizer bpe:{vocab} would train a new one on the",
+        "# corpus, which moves with Debian's point releases (docs/TRAINING.md, \"Corpus v2\")",
         "python -m backpack_core.training.prepare --input data/corpus/train.jsonl "
-        f"--val-input data/corpus/val.jsonl --tokenizer bpe:{vocab} --out data/shards/corpus{vocab // 1024}k",
+        "--val-input data/corpus/val.jsonl --tokenizer data/backpack-mini "
+        f"--out data/shards/corpus{vocab // 1024}k",
         "PYTHONHASHSEED=0 python -m data.train_word2vec --corpus data/corpus/train.jsonl \\",
         "    --out data/cache/word2vec.kv",
         "python -m backpack_core.train --config backpack-mini-cpu      # this model (CPU)",
