@@ -19,7 +19,7 @@ For each, float32, batch 1, `torch.inference_mode()`:
   mean per cell times the number of cells (`baseline_measured` says how many were run). The
   baseline's effects are checked against ours on those cells (`max_abs_diff`).
 
-Prints one JSON object and writes bench/results/patch.json (smoke: patch_smoke.json; tiny
+Prints one JSON object and writes --out (default bench/results/patch.json; smoke: patch_smoke.json; tiny
 random model only).
 """
 
@@ -195,6 +195,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--models", default="shipped,published")
     parser.add_argument("--smoke", action="store_true", help="the tiny random model only (tests)")
+    parser.add_argument("--out", default=None,
+                        help="JSON file to write (default bench/results/patch.json; smoke: patch_smoke.json)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     results = {}
@@ -221,9 +223,9 @@ def main(argv=None) -> dict:
                                                *two_words(model, clean, corrupted), args)
     out = {"bench": "patch", "smoke": args.smoke, "threads": args.threads, "runs": args.runs,
            "torch": torch.__version__, "results": results}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / ("patch_smoke.json" if args.smoke else "patch.json")).write_text(
-        json.dumps(out, indent=2) + "\n")
+    path = Path(args.out) if args.out else RESULTS / ("patch_smoke.json" if args.smoke else "patch.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out))
     return out
 
